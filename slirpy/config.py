@@ -1,0 +1,99 @@
+"""Settings of one slirpy instance, validated once at the edge (CLI or YAML)."""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+from typing import Final
+
+from slirpy.errors import UsageError
+
+DEFAULT_CIDR: Final = "10.0.2.0/24"
+DEFAULT_MTU: Final = 1500
+MAX_MTU: Final = 65521
+MIN_MTU: Final = 68  # RFC 791: every IPv4 host must take a 68-byte datagram
+DHCP_POOL_SIZE: Final = 16  # libslirp's NB_BOOTP_CLIENTS: .15 to .30
+# libslirp's address for itself: 52:55 then the gateway's IPv4 address.
+OUR_MAC_PREFIX: Final = b"\x52\x55"
+
+
+def parse_cidr(text: str) -> ipaddress.IPv4Network:
+    """Validate --cidr the way slirp4netns does, with its error texts."""
+    try:
+        iface = ipaddress.IPv4Interface(text)
+    except ValueError:
+        raise UsageError(f"invalid CIDR: {text}") from None
+    if "/" not in text:
+        raise UsageError(f"invalid CIDR: {text}")
+    if iface.ip != iface.network.network_address:
+        raise UsageError(
+            f"CIDR needs to be a network address like {iface.network}, not like {text}")
+    if not 1 <= iface.network.prefixlen <= 25:
+        raise UsageError("prefix length needs to be 1-25")
+    return iface.network
+
+
+def parse_mtu(text: str | int) -> int:
+    try:
+        mtu = int(text)
+    except ValueError:
+        mtu = -1
+    if not 0 < mtu <= MAX_MTU:
+        raise UsageError(f"MTU must be a positive integer (< {MAX_MTU + 1})")
+    if mtu < MIN_MTU:
+        raise UsageError(f"MTU must be at least {MIN_MTU}")
+    return mtu
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Network:
+    """The guest's IPv4 network and the addresses slirpy gives out or owns in it."""
+
+    cidr: ipaddress.IPv4Network = ipaddress.IPv4Network(DEFAULT_CIDR)
+
+    def _nth(self, n: int) -> ipaddress.IPv4Address:
+        return self.cidr.network_address + n
+
+    @property
+    def gateway(self) -> ipaddress.IPv4Address:
+        return self._nth(2)
+
+    @property
+    def dns(self) -> ipaddress.IPv4Address:
+        return self._nth(3)
+
+    @property
+    def guest(self) -> ipaddress.IPv4Address:
+        return self._nth(100)
+
+    @property
+    def dhcp_start(self) -> ipaddress.IPv4Address:
+        return self._nth(15)
+
+    @property
+    def dhcp_end(self) -> ipaddress.IPv4Address:
+        return self._nth(15 + DHCP_POOL_SIZE - 1)
+
+    @property
+    def our_mac(self) -> bytes:
+        return OUR_MAC_PREFIX + self.gateway.packed
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Config:
+    """Everything one slirpy instance needs to know; the sans-IO stack reads only this."""
+
+    network: Network = Network()
+    mtu: int = DEFAULT_MTU
+    host_loopback: bool = True  # slirp4netns form default; `slirpy run` passes False
+    dns: bool = True  # --disable-dns turns the forwarder at network+3 off
+    outbound_addr: ipaddress.IPv4Address | None = None
+    outbound_addr6: ipaddress.IPv6Address | None = None
+    resolv_conf: str = "/etc/resolv.conf"
+    # Flow limits; the defaults suit one container.
+    udp_flow_limit: int = 1024
+    udp_idle_s: float = 120.0
+    icmp_idle_s: float = 30.0
+    dns_timeout_s: float = 2.0
+    # Test-only knob: share of frames the tap layer drops (see TESTING.md: no netem here).
+    test_drop_rate: float = 0.0

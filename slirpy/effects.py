@@ -1,0 +1,74 @@
+"""What the sans-IO stack asks of the world, as values the runtime applies in one `match`.
+
+Results come back as events on the stack: `on_host_datagram`, `on_host_error`, and, for
+sockets that could not even be made, `on_host_error` with an errno and no ICMP fields.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from slirpy.flows.key import FlowKey
+
+
+@dataclass(slots=True)
+class ToGuest:
+    """Write one Ethernet frame to the tap: *headers* then *payload*, gathered, not joined."""
+
+    headers: bytes | bytearray | memoryview
+    payload: bytes | bytearray | memoryview = b""
+
+    @property
+    def frame(self) -> bytes:
+        """The whole frame as one bytes object (for tests and captures, not the data path)."""
+        return bytes(self.headers) + bytes(self.payload)
+
+
+@dataclass(slots=True)
+class OpenUdp:
+    """Make a UDP socket for *flow*, connected to host_addr:host_port (packed address)."""
+
+    flow: FlowKey
+    host_addr: bytes
+    host_port: int
+
+
+@dataclass(slots=True)
+class OpenPing:
+    """Make an unprivileged ICMP echo socket for *flow*, connected to host_addr."""
+
+    flow: FlowKey
+    host_addr: bytes
+
+
+@dataclass(slots=True)
+class SendDatagram:
+    """Send one datagram on the flow's socket (for ping sockets: an ICMP echo message)."""
+
+    flow: FlowKey
+    data: bytes | bytearray | memoryview
+
+
+@dataclass(slots=True)
+class Close:
+    """Close the flow's host socket; nothing more will be said about it."""
+
+    flow: FlowKey
+
+
+Effect = ToGuest | OpenUdp | OpenPing | SendDatagram | Close
+
+
+class HostError(NamedTuple):
+    """What the host side reported for a flow.
+
+    From IP_RECVERR (struct sock_extended_err) when the kernel saw an ICMP error: the
+    ICMP type, code and info (the MTU for "fragmentation needed"). From a failed system
+    call: errno only, with icmp_type None.
+    """
+
+    errno: int
+    icmp_type: int | None = None
+    icmp_code: int | None = None
+    info: int = 0

@@ -1,0 +1,74 @@
+"""ICMP echo from the guest: answered by us for our own addresses, for real otherwise.
+
+Model: an echo request to the gateway or the DNS address is answered here. Any other
+destination is pinged for real through an unprivileged ping socket (SOCK_DGRAM,
+IPPROTO_ICMP), one per (guest, echo id, destination); the kernel rewrites the echo id
+to the socket's own, so replies get the guest's id back before they go to the guest.
+A reply is never invented for a host that did not answer: no answer, no reply.
+Host-side errors (host unreachable, TTL exceeded) reach the guest as ICMP errors.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+
+from slirpy.effects import Close, Effect, HostError, OpenPing, SendDatagram
+from slirpy.flows.key import FlowKey
+from slirpy.flows.table import FlowTable
+from slirpy.guest import GuestLink
+from slirpy.udp import icmp_error_for
+from slirpy.wire import Malformed
+from slirpy.wire.icmp import IcmpHeader, IcmpType, build_icmp
+from slirpy.wire.ipv4 import IpProto
+
+log = logging.getLogger(__name__)
+
+
+class EchoFlows:
+    def __init__(self, link: GuestLink, limit: int, idle_s: float) -> None:
+        self.link = link
+        self.table: FlowTable[bool] = FlowTable(limit, idle_s)
+
+    def answer_ourselves(self, src: bytes, dst: bytes, echo: IcmpHeader) -> list[Effect]:
+        return list(self.link.icmp(src=dst, dst=src, icmp_type=IcmpType.ECHO_REPLY, code=0,
+                                   rest=echo.rest, payload=echo.payload))
+
+    def from_guest(self, src: bytes, dst: bytes, echo: IcmpHeader, now: float) -> list[Effect]:
+        key = FlowKey(IpProto.ICMP, src, echo.echo_id, dst, 0)
+        effects: list[Effect] = []
+        if not self.table.get(key, now):
+            effects += [Close(old) for old in self.table.add(key, True, now)]
+            effects.append(OpenPing(key, dst))
+        request = build_icmp(IcmpType.ECHO_REQUEST, 0, echo.rest, echo.payload)
+        effects.append(SendDatagram(key, request))
+        return effects
+
+    def on_host_datagram(self, key: FlowKey, data: bytes | memoryview,
+                         now: float) -> list[Effect]:
+        if not self.table.get(key, now):
+            return []
+        try:
+            reply = IcmpHeader.parse(memoryview(data))
+        except Malformed:
+            return []  # the kernel checked it; a short read is all that could go wrong
+        if reply.type != IcmpType.ECHO_REPLY:
+            return []
+        rest = struct.pack("!HH", key.guest_port, reply.echo_seq)
+        return list(self.link.icmp(src=key.remote_addr, dst=key.guest_addr,
+                                   icmp_type=IcmpType.ECHO_REPLY, code=0, rest=rest,
+                                   payload=reply.payload))
+
+    def on_host_error(self, key: FlowKey, error: HostError, now: float) -> list[Effect]:
+        if key not in self.table:
+            return []
+        if error.icmp_type is None:
+            self.table.remove(key)  # no ping socket to be had: the guest sees silence
+            return [Close(key)]
+        return icmp_error_for(self.link, key, error.icmp_type, error.icmp_code or 0, error.info)
+
+    def expire(self, now: float) -> list[Effect]:
+        return [Close(key) for key in self.table.expire(now)]
+
+    def next_deadline(self) -> float | None:
+        return self.table.next_deadline()

@@ -1,0 +1,160 @@
+"""The runtime of one slirpy process: the loop that feeds the stack and applies its effects.
+
+Owns the tap, the host sockets, the timers, the signals and the watch on the host's
+resolv.conf. The stack decides; this module only carries its decisions out, in one
+exhaustive `match`, and feeds results back as events.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import resource
+import signal
+import socket
+from collections.abc import Sequence
+from typing import Final, assert_never
+
+from slirpy.config import Config
+from slirpy.effects import Close, Effect, HostError, OpenPing, OpenUdp, SendDatagram, ToGuest
+from slirpy.flows.key import FlowKey
+from slirpy.runtime.loop import EventLoop
+from slirpy.runtime.sockets import HostSockets
+from slirpy.runtime.tap import FrameDevice, TapDevice
+from slirpy.services.dns import parse_resolv_conf
+from slirpy.stack import Stack
+
+log = logging.getLogger(__name__)
+
+TAP_BATCH: Final = 64
+RESOLV_CONF_CHECK_S: Final = 2.0
+_STOP_SIGNALS: Final = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+class Driver:
+    def __init__(self, config: Config, device: FrameDevice) -> None:
+        self.config = config
+        self.device = device
+        self.loop = EventLoop()
+        self.stack = Stack(config)
+        self.sockets = HostSockets(config, self.loop, self._on_datagram, self._on_error)
+        self.stopping = False
+        self._resolv_stamp: tuple[int, int, int] | None = None
+        self._resolv_check_at = 0.0
+        self.loop.add(device.fileno(), self._on_tap)
+
+    # --- events to the stack -------------------------------------------------------------
+
+    def _on_tap(self, mask: int) -> None:
+        for frame in self.device.read_frames(TAP_BATCH):
+            self.apply(self.stack.on_frame(frame, self.loop.now()))
+
+    def _on_datagram(self, flow: FlowKey, data: bytes) -> None:
+        self.apply(self.stack.on_host_datagram(flow, data, self.loop.now()))
+
+    def _on_error(self, flow: FlowKey, error: HostError) -> None:
+        self.apply(self.stack.on_host_error(flow, error, self.loop.now()))
+
+    # --- effects from the stack --------------------------------------------------------------
+
+    def apply(self, effects: list[Effect]) -> None:
+        for effect in effects:
+            match effect:
+                case ToGuest(headers, payload):
+                    self.device.write_frame(headers, payload)
+                case OpenUdp(flow, host_addr, host_port):
+                    self.sockets.open_udp(flow, host_addr, host_port)
+                case OpenPing(flow, host_addr):
+                    self.sockets.open_ping(flow, host_addr)
+                case SendDatagram(flow, data):
+                    self.sockets.send(flow, data)
+                case Close(flow):
+                    self.sockets.close(flow)
+                case _:
+                    assert_never(effect)
+
+    # --- the loop ------------------------------------------------------------------------------
+
+    def watch_stop_fd(self, fd: int) -> None:
+        """Stop when *fd* becomes readable or hangs up; at once if it is not open."""
+        try:
+            self.loop.add(fd, self._on_stop_fd)
+        except OSError as exc:
+            if exc.errno not in (errno.EBADF, errno.EPERM):
+                raise
+            log.debug("stop fd %d is not open: stopping", fd)
+            self.stopping = True
+
+    def _on_stop_fd(self, mask: int) -> None:
+        log.debug("stop fd event")
+        self.stopping = True
+
+    def _check_resolv_conf(self, now: float) -> None:
+        self._resolv_check_at = now + RESOLV_CONF_CHECK_S
+        path = self.config.resolv_conf
+        try:
+            st = os.stat(path)
+            stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
+            if stamp == self._resolv_stamp:
+                return
+            with open(path, encoding="utf-8", errors="replace") as file:
+                servers = parse_resolv_conf(file.read())
+        except OSError as exc:
+            stamp = None
+            servers = []
+            log.warning("cannot read %s: %s", path, exc)
+        if not servers:
+            servers = [(socket.inet_aton("127.0.0.1"), 53)]  # glibc's default: none listed
+        self._resolv_stamp = stamp
+        self.stack.set_dns_upstreams(servers)
+
+    def run(self) -> None:
+        wakeup_r, wakeup_w = socket.socketpair()
+        wakeup_r.setblocking(False)
+        wakeup_w.setblocking(False)
+        previous = {sig: signal.signal(sig, lambda *_: None) for sig in _STOP_SIGNALS}
+        old_wakeup = signal.set_wakeup_fd(wakeup_w.fileno(), warn_on_full_buffer=False)
+        self.loop.add(wakeup_r.fileno(), self._on_stop_fd)
+        try:
+            while not self.stopping:
+                now = self.loop.now()
+                if self.config.dns and now >= self._resolv_check_at:
+                    self._check_resolv_conf(now)
+                deadline = self.stack.next_deadline()
+                if deadline is not None and deadline <= now:
+                    self.apply(self.stack.on_timer(now))
+                    continue
+                if self.config.dns:
+                    deadline = min(d for d in (deadline, self._resolv_check_at) if d is not None)
+                self.loop.wait(deadline)
+        finally:
+            signal.set_wakeup_fd(old_wakeup)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            self.loop.remove(wakeup_r.fileno())
+            wakeup_r.close()
+            wakeup_w.close()
+
+    def close(self) -> None:
+        self.sockets.close_all()
+        self.loop.close()
+
+
+def raise_fd_limit() -> None:
+    """Every flow is an fd: take the hard limit, as servers do, rather than 1024."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def serve(config: Config, tap_fd: int, *, stop_fds: Sequence[int] = ()) -> None:
+    """Carry the guest's traffic until a stop fd fires or a signal asks us to stop."""
+    raise_fd_limit()
+    driver = Driver(config, TapDevice(tap_fd, drop_rate=config.test_drop_rate))
+    for fd in stop_fds:
+        driver.watch_stop_fd(fd)
+    try:
+        driver.run()
+    finally:
+        driver.close()

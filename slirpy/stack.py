@@ -1,0 +1,201 @@
+"""The sans-IO stack for one guest link: frames and host events in, effects out.
+
+Every frame from the guest enters through `on_frame`, the one place where hostile
+input ends as a count: any `Malformed` raised below is caught there, counted in
+`drops` by reason and logged at debug. Results of effects come back through
+`on_host_datagram` and `on_host_error`; time passes through `on_timer`, due at
+`next_deadline()`.
+
+Where a datagram from the guest goes is decided by its destination:
+- the DNS address: port 53 is the forwarder's, anything else is "port unreachable";
+- the gateway: the DHCP server on port 67, else the host's loopback when host loopback
+  is on (as slirp4netns does), else "net unreachable" (also as slirp4netns does);
+- our addresses answer pings themselves;
+- broadcast: DHCP only; addresses slirpy will never forward (0/8, loopback, multicast,
+  class E, the guest's own network): dropped and counted;
+- anything else: a flow on a host socket to that very address.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from collections import Counter
+from typing import Final
+
+from slirpy.config import Config
+from slirpy.effects import Effect, HostError
+from slirpy.flows.key import FlowKey
+from slirpy.guest import GuestLink
+from slirpy.icmp import EchoFlows
+from slirpy.reassembly import FragKey, Reassembler
+from slirpy.services.dhcp import DhcpServer
+from slirpy.services.dns import DNS_PORT, DnsForwarder
+from slirpy.udp import UdpFlows, icmp_error_for
+from slirpy.wire import Malformed
+from slirpy.wire.arp import ArpOp, ArpPacket, build_arp, PACKET_LEN as ARP_LEN
+from slirpy.wire.dhcp import CLIENT_PORT, SERVER_PORT, DhcpMessage
+from slirpy.wire.ethernet import HEADER_LEN as ETH_LEN, EtherType, EthernetHeader
+from slirpy.wire.icmp import IcmpHeader, IcmpType, UnreachCode
+from slirpy.wire.ipv4 import IpProto, Ipv4Header
+from slirpy.wire.udp import UdpHeader
+from slirpy.effects import ToGuest
+
+log = logging.getLogger(__name__)
+
+HOST_LOOPBACK4: Final = ipaddress.IPv4Address("127.0.0.1").packed
+_LIMITED_BROADCAST: Final = b"\xff\xff\xff\xff"
+_NEVER_FORWARDED: Final = tuple(ipaddress.IPv4Network(n) for n in (
+    "0.0.0.0/8", "127.0.0.0/8", "224.0.0.0/4", "240.0.0.0/4"))
+ICMP_FLOW_LIMIT: Final = 256
+
+
+class Stack:
+    def __init__(self, config: Config) -> None:
+        net = config.network
+        self.config = config
+        self.gateway = net.gateway.packed
+        self.dns_addr = net.dns.packed
+        self.our_addrs = frozenset({self.gateway, self.dns_addr})
+        self.broadcasts = frozenset({_LIMITED_BROADCAST, net.cidr.broadcast_address.packed})
+        self.drops: Counter[str] = Counter()
+        self.link = GuestLink(net.our_mac, config.mtu)
+        self.reassembler = Reassembler()
+        self.udp = UdpFlows(self.link, config.udp_flow_limit, config.udp_idle_s)
+        self.echo = EchoFlows(self.link, ICMP_FLOW_LIMIT, config.icmp_idle_s)
+        self.dhcp = DhcpServer(config)
+        self.dns = DnsForwarder(self.link, self.dns_addr, config.dns_timeout_s)
+
+    # --- events in --------------------------------------------------------------------
+
+    def on_frame(self, frame: bytes | bytearray | memoryview, now: float) -> list[Effect]:
+        """The one entry point for guest frames. Hostile input ends here, as a count."""
+        try:
+            return self._dispatch(EthernetHeader.parse(memoryview(frame)), now)
+        except Malformed as exc:
+            self.drops[exc.reason] += 1
+            log.debug("dropped frame: %s", exc.reason)
+            return []
+
+    def on_host_datagram(self, flow: FlowKey, data: bytes | memoryview,
+                         now: float) -> list[Effect]:
+        if self.dns.owns(flow):
+            return self.dns.on_answer(flow, data, now)
+        if flow.proto == IpProto.ICMP:
+            return self.echo.on_host_datagram(flow, data, now)
+        return self.udp.on_host_datagram(flow, data, now)
+
+    def on_host_error(self, flow: FlowKey, error: HostError, now: float) -> list[Effect]:
+        if self.dns.owns(flow):
+            return self.dns.on_error(flow, error, now)
+        if flow.proto == IpProto.ICMP:
+            return self.echo.on_host_error(flow, error, now)
+        return self.udp.on_host_error(flow, error, now)
+
+    def on_timer(self, now: float) -> list[Effect]:
+        self.reassembler.expire(now)
+        return [*self.udp.expire(now), *self.echo.expire(now), *self.dns.on_timer(now)]
+
+    def next_deadline(self) -> float | None:
+        deadlines = [d for d in (self.udp.next_deadline(), self.echo.next_deadline(),
+                                 self.dns.next_deadline(), self.reassembler.next_deadline())
+                     if d is not None]
+        return min(deadlines, default=None)
+
+    def set_dns_upstreams(self, servers: list[tuple[bytes, int]]) -> None:
+        self.dns.set_upstreams(servers)
+
+    def counters(self) -> dict[str, int]:
+        """Drops by reason, the stack's own and those of reassembly."""
+        return dict(self.drops + self.reassembler.drops)
+
+    # --- frames from the guest ------------------------------------------------------------
+
+    def _dispatch(self, eth: EthernetHeader, now: float) -> list[Effect]:
+        match eth.ethertype:
+            case EtherType.IPV4:
+                return self._on_ipv4(eth, Ipv4Header.parse(eth.payload), now)
+            case EtherType.ARP:
+                return self._on_arp(eth, ArpPacket.parse(eth.payload))
+            case EtherType.IPV6:
+                raise Malformed("ipv6-unsupported")
+            case _:
+                raise Malformed("eth-unsupported-type")
+
+    def _on_arp(self, eth: EthernetHeader, arp: ArpPacket) -> list[Effect]:
+        if arp.sender_ip not in self.our_addrs:
+            self.link.learn(arp.sender_ip, arp.sender_mac)
+        if arp.op != ArpOp.REQUEST or arp.target_ip not in self.our_addrs:
+            return []  # gratuitous ARP, replies, and questions about others: nothing to say
+        buf = self.link.ethernet(arp.sender_mac, EtherType.ARP, ETH_LEN + ARP_LEN)
+        build_arp(buf, ETH_LEN, op=ArpOp.REPLY, sender_mac=self.link.our_mac,
+                  sender_ip=arp.target_ip, target_mac=arp.sender_mac, target_ip=arp.sender_ip)
+        return [ToGuest(buf)]
+
+    def _on_ipv4(self, eth: EthernetHeader, ip: Ipv4Header, now: float) -> list[Effect]:
+        if ip.src in self.our_addrs or ip.src in self.broadcasts:
+            raise Malformed("ipv4-bad-src")
+        self.link.learn(ip.src, eth.src)
+        payload = ip.payload
+        if ip.is_fragment:
+            key = FragKey(ip.src, ip.dst, ip.proto, ip.ident)
+            whole = self.reassembler.on_fragment(key, ip.frag_offset, ip.more_fragments,
+                                                 payload, now)
+            if whole is None:
+                return []
+            payload = memoryview(whole)
+        match ip.proto:
+            case IpProto.UDP:
+                return self._on_udp(ip, UdpHeader.parse(payload, ip.src, ip.dst), now)
+            case IpProto.ICMP:
+                return self._on_icmp(ip, IcmpHeader.parse(payload), now)
+            case _:
+                raise Malformed("ipv4-unsupported-proto")
+
+    def _on_udp(self, ip: Ipv4Header, udp: UdpHeader, now: float) -> list[Effect]:
+        key = FlowKey(IpProto.UDP, ip.src, udp.src_port, ip.dst, udp.dst_port)
+        if udp.dst_port == SERVER_PORT and (ip.dst in self.broadcasts or ip.dst == self.gateway):
+            return self._on_dhcp(udp, now)
+        if ip.dst == self.dns_addr:
+            if udp.dst_port == DNS_PORT and self.config.dns:
+                return self.dns.on_query(ip.src, udp.src_port, udp.payload, now)
+            return self._unreachable(key, UnreachCode.PORT)
+        host = self._host_address(ip.dst)
+        if host is None:
+            return self._unreachable(key, UnreachCode.NET)
+        return self.udp.from_guest(key, host, udp.dst_port, udp.payload, now)
+
+    def _on_dhcp(self, udp: UdpHeader, now: float) -> list[Effect]:
+        reply = self.dhcp.on_message(DhcpMessage.parse(udp.payload), now)
+        if reply is None:
+            return []
+        return list(self.link.udp(src=self.gateway, src_port=SERVER_PORT, dst=reply.dst_ip,
+                                  dst_port=CLIENT_PORT, payload=reply.payload,
+                                  dst_mac=reply.dst_mac))
+
+    def _on_icmp(self, ip: Ipv4Header, icmp: IcmpHeader, now: float) -> list[Effect]:
+        if icmp.type != IcmpType.ECHO_REQUEST:
+            raise Malformed("icmp-unsupported-type")  # errors the guest sends us: nothing to do
+        if ip.dst in self.our_addrs:
+            return self.echo.answer_ourselves(ip.src, ip.dst, icmp)
+        if self._host_address(ip.dst) is None:
+            return self._unreachable(FlowKey(IpProto.ICMP, ip.src, icmp.echo_id, ip.dst, 0),
+                                     UnreachCode.NET)
+        return self.echo.from_guest(ip.src, ip.dst, icmp, now)
+
+    def _host_address(self, dst: bytes) -> bytes | None:
+        """The host address a guest destination maps to; None for "unreachable".
+
+        Raises Malformed for destinations that are never forwarded.
+        """
+        if dst == self.gateway:
+            return HOST_LOOPBACK4 if self.config.host_loopback else None
+        address = ipaddress.IPv4Address(dst)
+        if dst in self.broadcasts or any(address in net for net in _NEVER_FORWARDED):
+            raise Malformed("ipv4-dst-not-forwarded")
+        if address in self.config.network.cidr:
+            raise Malformed("ipv4-dst-in-network")
+        return dst
+
+    def _unreachable(self, key: FlowKey, code: UnreachCode) -> list[Effect]:
+        return icmp_error_for(self.link, key, IcmpType.DEST_UNREACHABLE, code, 0)

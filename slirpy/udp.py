@@ -1,0 +1,95 @@
+"""UDP flows from the guest, each carried by one connected host socket.
+
+Model: the first datagram of a (guest address, guest port, remote address, remote
+port) opens a host socket connected to the remote (or to host loopback when the guest
+named the gateway); later datagrams reuse it; what the host socket receives goes back
+to the guest as coming from the address the guest named. Host-side errors reported
+through IP_RECVERR (the kernel saw an ICMP error) become the same ICMP error for the
+guest, quoting a header rebuilt from the flow key, which is all the guest's kernel
+needs to find its socket (RFC 1122 3.2.2). Flows expire after an idle time and are
+capped (see FlowTable).
+Not done here: sockets (the runtime), the choice of host address (the stack).
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from typing import Final
+
+from slirpy.effects import Close, Effect, HostError, OpenUdp, SendDatagram
+from slirpy.flows.key import FlowKey
+from slirpy.flows.table import FlowTable
+from slirpy.guest import GuestLink
+from slirpy.wire.icmp import IcmpType, UnreachCode
+from slirpy.wire.ipv4 import HEADER_LEN as IP_LEN, IpProto, build_ipv4
+
+log = logging.getLogger(__name__)
+
+_UDP_QUOTE: Final = struct.Struct("!HHHH")
+
+
+class UdpFlows:
+    def __init__(self, link: GuestLink, limit: int, idle_s: float) -> None:
+        self.link = link
+        self.table: FlowTable[bool] = FlowTable(limit, idle_s)
+
+    def from_guest(self, key: FlowKey, host_addr: bytes, host_port: int, payload: memoryview,
+                   now: float) -> list[Effect]:
+        if key in self.table:
+            self.table.get(key, now)
+            return [SendDatagram(key, payload)]
+        effects: list[Effect] = []
+        for old in self.table.add(key, True, now):
+            log.debug("%s: evicted, flow limit %d reached", old, self.table.limit)
+            effects.append(Close(old))
+        log.debug("%s: new flow", key)
+        effects += [OpenUdp(key, host_addr, host_port), SendDatagram(key, payload)]
+        return effects
+
+    def on_host_datagram(self, key: FlowKey, data: bytes | memoryview,
+                         now: float) -> list[Effect]:
+        if not self.table.get(key, now):
+            return []
+        return list(self.link.udp(src=key.remote_addr, src_port=key.remote_port,
+                                  dst=key.guest_addr, dst_port=key.guest_port, payload=data))
+
+    def on_host_error(self, key: FlowKey, error: HostError, now: float) -> list[Effect]:
+        if key not in self.table:
+            return []
+        if error.icmp_type is None:
+            # The socket could not be made or used at all: the guest learns "unreachable".
+            self.table.remove(key)
+            return [Close(key), *icmp_error_for(self.link, key, IcmpType.DEST_UNREACHABLE,
+                                                UnreachCode.HOST, 0)]
+        return icmp_error_for(self.link, key, error.icmp_type, error.icmp_code or 0, error.info)
+
+    def expire(self, now: float) -> list[Effect]:
+        return [Close(key) for key in self.table.expire(now)]
+
+    def next_deadline(self) -> float | None:
+        return self.table.next_deadline()
+
+
+def quoted_header(key: FlowKey) -> bytes:
+    """The start of a datagram the guest sent on *key*, as an ICMP error quotes it."""
+    quote = bytearray(IP_LEN + 8)
+    build_ipv4(quote, 0, src=key.guest_addr, dst=key.remote_addr, proto=key.proto,
+               payload_len=8)
+    if key.proto == IpProto.ICMP:
+        struct.pack_into("!BBHHH", quote, IP_LEN, IcmpType.ECHO_REQUEST, 0, 0,
+                         key.guest_port, 0)
+    else:
+        _UDP_QUOTE.pack_into(quote, IP_LEN, key.guest_port, key.remote_port, 8, 0)
+    return bytes(quote)
+
+
+def icmp_error_for(link: GuestLink, key: FlowKey, icmp_type: int, code: int,
+                   info: int) -> list[Effect]:
+    """An ICMP error about *key*, from the address the guest was talking to."""
+    if icmp_type not in (IcmpType.DEST_UNREACHABLE, IcmpType.TIME_EXCEEDED):
+        return []
+    # "Fragmentation needed" carries the next-hop MTU in the low 16 bits (RFC 1191).
+    rest = struct.pack("!HH", 0, info & 0xFFFF if code == UnreachCode.FRAG_NEEDED else 0)
+    return list(link.icmp(src=key.remote_addr, dst=key.guest_addr, icmp_type=icmp_type,
+                          code=code, rest=rest, payload=quoted_header(key)))

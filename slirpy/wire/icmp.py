@@ -1,0 +1,71 @@
+"""ICMPv4 messages (RFC 792): echo, and the errors we send to the guest."""
+
+from __future__ import annotations
+
+import enum
+import struct
+from typing import Final, NamedTuple
+
+from slirpy.wire import Malformed
+from slirpy.wire.checksum import checksum
+
+_HEADER: Final = struct.Struct("!BBH4s")
+HEADER_LEN: Final = _HEADER.size  # 8
+_ECHO: Final = struct.Struct("!HH")
+
+
+class IcmpType(enum.IntEnum):
+    ECHO_REPLY = 0
+    DEST_UNREACHABLE = 3
+    ECHO_REQUEST = 8
+    TIME_EXCEEDED = 11
+    PARAMETER_PROBLEM = 12
+
+
+class UnreachCode(enum.IntEnum):
+    NET = 0
+    HOST = 1
+    PROTOCOL = 2
+    PORT = 3
+    FRAG_NEEDED = 4
+    NET_PROHIBITED = 9
+    HOST_PROHIBITED = 10
+    ADMIN_PROHIBITED = 13
+
+
+class IcmpHeader(NamedTuple):
+    type: int
+    code: int
+    rest: bytes  # the 4 bytes after the checksum: id and seq for echo, MTU for frag-needed
+    payload: memoryview
+
+    @property
+    def echo_id(self) -> int:
+        return int(_ECHO.unpack(self.rest)[0])
+
+    @property
+    def echo_seq(self) -> int:
+        return int(_ECHO.unpack(self.rest)[1])
+
+    @classmethod
+    def parse(cls, message: memoryview) -> IcmpHeader:
+        if len(message) < HEADER_LEN:
+            raise Malformed("icmp-short")
+        if checksum(message) != 0:
+            raise Malformed("icmp-checksum")
+        icmp_type, code, _, rest = _HEADER.unpack_from(message)
+        return cls(icmp_type, code, rest, message[HEADER_LEN:])
+
+
+def echo_rest(echo_id: int, seq: int) -> bytes:
+    return _ECHO.pack(echo_id, seq)
+
+
+def build_icmp(icmp_type: int, code: int, rest: bytes,
+               payload: bytes | bytearray | memoryview) -> bytearray:
+    """A whole ICMP message with its checksum (messages are small: built as one piece)."""
+    message = bytearray(HEADER_LEN + len(payload))
+    _HEADER.pack_into(message, 0, icmp_type, code, 0, rest)
+    message[HEADER_LEN:] = payload
+    struct.pack_into("!H", message, 2, checksum(message))
+    return message

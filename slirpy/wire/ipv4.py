@@ -1,0 +1,87 @@
+"""IPv4 headers (RFC 791): full validation on the way in, DF-set headers on the way out."""
+
+from __future__ import annotations
+
+import enum
+import struct
+from typing import Final, NamedTuple
+
+from slirpy.wire import Malformed
+from slirpy.wire.checksum import checksum
+
+_HEADER: Final = struct.Struct("!BBHHHBBH4s4s")
+HEADER_LEN: Final = _HEADER.size  # 20
+MAX_DATAGRAM: Final = 65535
+FLAG_DF: Final = 0x4000
+FLAG_MF: Final = 0x2000
+_OFFSET_MASK: Final = 0x1FFF
+
+
+class IpProto(enum.IntEnum):
+    ICMP = 1
+    TCP = 6
+    UDP = 17
+    ICMPV6 = 58
+
+
+class Ipv4Header(NamedTuple):
+    """A validated IPv4 header; `payload` is a view into the frame, not a copy.
+
+    Fragments are returned too: `more_fragments` and `frag_offset` (in bytes) say which
+    piece this is, and reassembly is the stack's business.
+    """
+
+    src: bytes  # 4 bytes, packed; ipaddress objects only at the edges
+    dst: bytes
+    proto: int
+    ttl: int
+    ident: int
+    more_fragments: bool
+    frag_offset: int
+    header: memoryview
+    payload: memoryview
+
+    @property
+    def is_fragment(self) -> bool:
+        return self.more_fragments or self.frag_offset != 0
+
+    @classmethod
+    def parse(cls, packet: memoryview) -> Ipv4Header:
+        if len(packet) < HEADER_LEN:
+            raise Malformed("ipv4-short")
+        ver_ihl, _, total_len, ident, frag, ttl, proto, _, src, dst = _HEADER.unpack_from(packet)
+        header_len = (ver_ihl & 0x0F) * 4
+        if ver_ihl >> 4 != 4 or header_len < HEADER_LEN:
+            raise Malformed("ipv4-bad-ihl")
+        if not header_len <= total_len <= len(packet):  # len < frame: Ethernet padding
+            raise Malformed("ipv4-bad-length")
+        if checksum(packet[:header_len]) != 0:
+            raise Malformed("ipv4-checksum")
+        return cls(src, dst, proto, ttl, ident, bool(frag & FLAG_MF),
+                   (frag & _OFFSET_MASK) * 8, packet[:header_len], packet[header_len:total_len])
+
+
+def build_ipv4(buf: bytearray, offset: int, *, src: bytes, dst: bytes, proto: int,
+               payload_len: int, ident: int = 0, ttl: int = 64, frag: int = FLAG_DF) -> int:
+    """Write a 20-byte IPv4 header at *offset*; return the offset after it.
+
+    *frag* holds the flags and the offset in 8-byte units, as on the wire.
+    """
+    _HEADER.pack_into(buf, offset, 0x45, 0, HEADER_LEN + payload_len, ident, frag,
+                      ttl, proto, 0, src, dst)
+    header = memoryview(buf)[offset:offset + HEADER_LEN]
+    struct.pack_into("!H", buf, offset + 10, checksum(header))
+    return offset + HEADER_LEN
+
+
+def fragment_offsets(payload_len: int, mtu: int) -> list[tuple[int, int, bool]]:
+    """(start, end, more_fragments) for each fragment of a payload too big for *mtu*.
+
+    Every fragment but the last carries a multiple of 8 bytes (RFC 791).
+    """
+    step = (mtu - HEADER_LEN) & ~7
+    pieces = []
+    for start in range(0, payload_len, step):
+        end = min(start + step, payload_len)
+        pieces.append((start, end, end < payload_len))
+    return pieces

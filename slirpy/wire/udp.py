@@ -1,0 +1,48 @@
+"""UDP headers (RFC 768)."""
+
+from __future__ import annotations
+
+import struct
+from typing import Final, NamedTuple
+
+from slirpy.wire import Malformed
+from slirpy.wire.checksum import finish, ones_sum, pseudo_header_sum
+
+_HEADER: Final = struct.Struct("!HHHH")
+HEADER_LEN: Final = _HEADER.size  # 8
+
+
+class UdpHeader(NamedTuple):
+    src_port: int
+    dst_port: int
+    payload: memoryview
+
+    @classmethod
+    def parse(cls, datagram: memoryview, src: bytes, dst: bytes) -> UdpHeader:
+        """Validate against the IP addresses the datagram came with (for the checksum)."""
+        if len(datagram) < HEADER_LEN:
+            raise Malformed("udp-short")
+        src_port, dst_port, length, check = _HEADER.unpack_from(datagram)
+        if not HEADER_LEN <= length <= len(datagram):
+            raise Malformed("udp-bad-length")
+        datagram = datagram[:length]
+        # A zero checksum means "none" over IPv4 (RFC 768); IPv6 forbids it (RFC 8200 8.1).
+        if check or len(src) == 16:
+            if finish(ones_sum(datagram, pseudo_header_sum(src, dst, 17, length))) != 0:
+                raise Malformed("udp-checksum")
+        if dst_port == 0:
+            raise Malformed("udp-port-zero")
+        return cls(src_port, dst_port, datagram[HEADER_LEN:])
+
+
+def build_udp(buf: bytearray, offset: int, *, src: bytes, dst: bytes, src_port: int,
+              dst_port: int, payload: bytes | bytearray | memoryview) -> int:
+    """Write a UDP header whose checksum covers *payload* (which is not copied)."""
+    length = HEADER_LEN + len(payload)
+    _HEADER.pack_into(buf, offset, src_port, dst_port, length, 0)
+    total = ones_sum(memoryview(buf)[offset:offset + HEADER_LEN],
+                     pseudo_header_sum(src, dst, 17, length))
+    # The header is 8 bytes, so the payload's words line up with the sum's.
+    check = finish(ones_sum(payload, total)) or 0xFFFF  # 0 would mean "no checksum"
+    struct.pack_into("!H", buf, offset + 6, check)
+    return offset + HEADER_LEN
