@@ -95,5 +95,6 @@ class Config:
     udp_idle_s: float = 120.0
     icmp_idle_s: float = 30.0
     dns_timeout_s: float = 2.0
+    tcp_conn_limit: int = 4096
     # Test-only knob: share of frames the tap layer drops (see TESTING.md: no netem here).
     test_drop_rate: float = 0.0

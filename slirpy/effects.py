@@ -52,12 +52,72 @@ class SendDatagram:
 
 @dataclass(slots=True)
 class Close:
-    """Close the flow's host socket; nothing more will be said about it."""
+    """Close the flow's host socket; nothing more will be said about it.
+
+    With *reset*, a TCP socket closes with an RST (SO_LINGER of zero), not a FIN.
+    """
+
+    flow: FlowKey
+    reset: bool = False
+
+
+@dataclass(slots=True)
+class Connect:
+    """Start a non-blocking TCP connect(); the runtime answers with Stack.on_connected()
+    or Stack.on_connect_failed()."""
+
+    flow: FlowKey
+    host_addr: bytes
+    host_port: int
+
+
+@dataclass(slots=True)
+class Send:
+    """send(MSG_DONTWAIT) on the flow's TCP socket; the runtime answers at once with
+    Stack.on_sent(), which may report a short write."""
+
+    flow: FlowKey
+    data: bytes | bytearray | memoryview
+
+
+@dataclass(slots=True)
+class Consume:
+    """Drop *nbytes* the guest has acknowledged from the socket's receive queue."""
+
+    flow: FlowKey
+    nbytes: int
+
+
+@dataclass(slots=True)
+class Rewind:
+    """Peek again from the first unacknowledged byte (a retransmission)."""
 
     flow: FlowKey
 
 
-Effect = ToGuest | OpenUdp | OpenPing | SendDatagram | Close
+@dataclass(slots=True)
+class KickRead:
+    """Read (peek) the socket now: the guest's window opened or a rewind happened."""
+
+    flow: FlowKey
+
+
+@dataclass(slots=True)
+class WatchWritable:
+    """Tell the stack, through Stack.on_writable(), once the socket can take more."""
+
+    flow: FlowKey
+
+
+@dataclass(slots=True)
+class ShutdownWrite:
+    """The guest sent FIN: shutdown(SHUT_WR) the host socket."""
+
+    flow: FlowKey
+
+
+Effect = (ToGuest | OpenUdp | OpenPing | SendDatagram | Close | Connect | Send | Consume
+          | Rewind | KickRead | WatchWritable | ShutdownWrite)
 
 
 class HostError(NamedTuple):

@@ -21,6 +21,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 from collections import Counter
+from collections.abc import Callable
 from typing import Final
 
 from slirpy.config import Config
@@ -40,6 +41,9 @@ from slirpy.wire.icmp import IcmpHeader, IcmpType, UnreachCode
 from slirpy.wire.ipv4 import IpProto, Ipv4Header
 from slirpy.wire.udp import UdpHeader
 from slirpy.effects import ToGuest
+from slirpy.tcp.conn import TcpConn, reset_for
+from slirpy.tcp.flows import TcpFlows
+from slirpy.wire.tcp import TcpFlags, TcpHeader
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +55,7 @@ ICMP_FLOW_LIMIT: Final = 256
 
 
 class Stack:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, *, secret: bytes = b"slirpy") -> None:
         net = config.network
         self.config = config
         self.gateway = net.gateway.packed
@@ -65,6 +69,8 @@ class Stack:
         self.echo = EchoFlows(self.link, ICMP_FLOW_LIMIT, config.icmp_idle_s)
         self.dhcp = DhcpServer(config)
         self.dns = DnsForwarder(self.link, self.dns_addr, config.dns_timeout_s)
+        self.tcp = TcpFlows(self.link, limit=config.tcp_conn_limit, secret=secret,
+                            mtu=config.mtu)
 
     # --- events in --------------------------------------------------------------------
 
@@ -94,13 +100,50 @@ class Stack:
 
     def on_timer(self, now: float) -> list[Effect]:
         self.reassembler.expire(now)
-        return [*self.udp.expire(now), *self.echo.expire(now), *self.dns.on_timer(now)]
+        return [*self.udp.expire(now), *self.echo.expire(now), *self.dns.on_timer(now),
+                *self.tcp.on_timer(now)]
 
     def next_deadline(self) -> float | None:
         deadlines = [d for d in (self.udp.next_deadline(), self.echo.next_deadline(),
-                                 self.dns.next_deadline(), self.reassembler.next_deadline())
+                                 self.dns.next_deadline(), self.reassembler.next_deadline(),
+                                 self.tcp.next_deadline())
                      if d is not None]
         return min(deadlines, default=None)
+
+    # --- TCP events from the host (the runtime's answers to Connect, Send and reads) ---------
+
+    def on_connected(self, flow: FlowKey, space: int, now: float) -> list[Effect]:
+        return self._tcp(flow, lambda conn: conn.on_connected(space, now))
+
+    def on_connect_failed(self, flow: FlowKey, error: int, now: float) -> list[Effect]:
+        return self._tcp(flow, lambda conn: conn.on_connect_failed(error, now))
+
+    def on_sent(self, flow: FlowKey, nbytes: int, wanted: int, space: int,
+                now: float) -> list[Effect]:
+        return self._tcp(flow, lambda conn: conn.on_sent(nbytes, wanted, space, now))
+
+    def on_writable(self, flow: FlowKey, space: int, now: float) -> list[Effect]:
+        return self._tcp(flow, lambda conn: conn.on_writable(space, now))
+
+    def on_host_data(self, flow: FlowKey, data: memoryview, now: float) -> list[Effect]:
+        return self._tcp(flow, lambda conn: conn.on_host_data(data, now))
+
+    def on_host_eof(self, flow: FlowKey, now: float) -> list[Effect]:
+        return self._tcp(flow, lambda conn: conn.on_host_eof(now))
+
+    def on_host_reset(self, flow: FlowKey, now: float) -> list[Effect]:
+        return self._tcp(flow, lambda conn: conn.on_host_reset(now))
+
+    def peek_limit(self, flow: FlowKey) -> int:
+        """How many bytes the runtime may peek from the flow's socket now."""
+        conn = self.tcp.get(flow)
+        return 0 if conn is None else conn.peek_limit()
+
+    def _tcp(self, flow: FlowKey, event: Callable[[TcpConn], list[Effect]]) -> list[Effect]:
+        conn = self.tcp.get(flow)
+        if conn is None:
+            return []  # closed meanwhile; the runtime closes the socket on our Close
+        return self.tcp.after(conn, event(conn))
 
     def set_dns_upstreams(self, servers: list[tuple[bytes, int]]) -> None:
         self.dns.set_upstreams(servers)
@@ -149,6 +192,8 @@ class Stack:
                 return self._on_udp(ip, UdpHeader.parse(payload, ip.src, ip.dst), now)
             case IpProto.ICMP:
                 return self._on_icmp(ip, IcmpHeader.parse(payload), now)
+            case IpProto.TCP:
+                return self._on_tcp(ip, TcpHeader.parse(payload, ip.src, ip.dst), now)
             case _:
                 raise Malformed("ipv4-unsupported-proto")
 
@@ -164,6 +209,24 @@ class Stack:
         if host is None:
             return self._unreachable(key, UnreachCode.NET)
         return self.udp.from_guest(key, host, udp.dst_port, udp.payload, now)
+
+    def _on_tcp(self, ip: Ipv4Header, seg: TcpHeader, now: float) -> list[Effect]:
+        key = FlowKey(IpProto.TCP, ip.src, seg.src_port, ip.dst, seg.dst_port)
+        if key in self.tcp.conns:
+            return self.tcp.on_segment(key, seg, b"", now)
+        if ip.dst == self.dns_addr:
+            if seg.dst_port != DNS_PORT or not self.config.dns or not self.dns.upstreams:
+                return reset_for(self.link, key, seg)
+            host = self.dns.upstreams[self.dns.preferred % len(self.dns.upstreams)][0]
+        else:
+            found = self._host_address(ip.dst)
+            if found is None:
+                if not seg.flags & TcpFlags.SYN:
+                    return reset_for(self.link, key, seg)
+                return icmp_error_for(self.link, key, IcmpType.DEST_UNREACHABLE,
+                                      UnreachCode.NET, 0, seq=seg.seq)
+            host = found
+        return self.tcp.on_segment(key, seg, host, now)
 
     def _on_dhcp(self, udp: UdpHeader, now: float) -> list[Effect]:
         reply = self.dhcp.on_message(DhcpMessage.parse(udp.payload), now)

@@ -71,25 +71,30 @@ class UdpFlows:
         return self.table.next_deadline()
 
 
-def quoted_header(key: FlowKey) -> bytes:
-    """The start of a datagram the guest sent on *key*, as an ICMP error quotes it."""
+def quoted_header(key: FlowKey, seq: int = 0) -> bytes:
+    """The start of a datagram the guest sent on *key*, as an ICMP error quotes it.
+
+    For TCP, *seq* is the sequence number the guest's kernel checks the error against.
+    """
     quote = bytearray(IP_LEN + 8)
     build_ipv4(quote, 0, src=key.guest_addr, dst=key.remote_addr, proto=key.proto,
                payload_len=8)
     if key.proto == IpProto.ICMP:
         struct.pack_into("!BBHHH", quote, IP_LEN, IcmpType.ECHO_REQUEST, 0, 0,
                          key.guest_port, 0)
+    elif key.proto == IpProto.TCP:
+        struct.pack_into("!HHI", quote, IP_LEN, key.guest_port, key.remote_port, seq)
     else:
         _UDP_QUOTE.pack_into(quote, IP_LEN, key.guest_port, key.remote_port, 8, 0)
     return bytes(quote)
 
 
 def icmp_error_for(link: GuestLink, key: FlowKey, icmp_type: int, code: int,
-                   info: int) -> list[Effect]:
+                   info: int, seq: int = 0) -> list[Effect]:
     """An ICMP error about *key*, from the address the guest was talking to."""
     if icmp_type not in (IcmpType.DEST_UNREACHABLE, IcmpType.TIME_EXCEEDED):
         return []
     # "Fragmentation needed" carries the next-hop MTU in the low 16 bits (RFC 1191).
     rest = struct.pack("!HH", 0, info & 0xFFFF if code == UnreachCode.FRAG_NEEDED else 0)
     return list(link.icmp(src=key.remote_addr, dst=key.guest_addr, icmp_type=icmp_type,
-                          code=code, rest=rest, payload=quoted_header(key)))
+                          code=code, rest=rest, payload=quoted_header(key, seq)))

@@ -17,13 +17,17 @@ from collections.abc import Sequence
 from typing import Final, assert_never
 
 from slirpy.config import Config
-from slirpy.effects import Close, Effect, HostError, OpenPing, OpenUdp, SendDatagram, ToGuest
+from slirpy.effects import (Close, Connect, Consume, Effect, HostError, KickRead, OpenPing,
+                            OpenUdp, Rewind, Send, SendDatagram, ShutdownWrite, ToGuest,
+                            WatchWritable)
 from slirpy.flows.key import FlowKey
 from slirpy.runtime.loop import EventLoop
 from slirpy.runtime.sockets import HostSockets
+from slirpy.runtime.streams import HostStreams
 from slirpy.runtime.tap import FrameDevice, TapDevice
 from slirpy.services.dns import parse_resolv_conf
 from slirpy.stack import Stack
+from slirpy.wire.ipv4 import IpProto
 
 log = logging.getLogger(__name__)
 
@@ -33,12 +37,13 @@ _STOP_SIGNALS: Final = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 class Driver:
-    def __init__(self, config: Config, device: FrameDevice) -> None:
+    def __init__(self, config: Config, device: FrameDevice, secret: bytes) -> None:
         self.config = config
         self.device = device
         self.loop = EventLoop()
-        self.stack = Stack(config)
+        self.stack = Stack(config, secret=secret)
         self.sockets = HostSockets(config, self.loop, self._on_datagram, self._on_error)
+        self.streams = HostStreams(config, self.loop, self.stack, self.apply)
         self.stopping = False
         self._resolv_stamp: tuple[int, int, int] | None = None
         self._resolv_check_at = 0.0
@@ -69,6 +74,22 @@ class Driver:
                     self.sockets.open_ping(flow, host_addr)
                 case SendDatagram(flow, data):
                     self.sockets.send(flow, data)
+                case Send(flow, data):
+                    self.streams.send(flow, data)
+                case Consume(flow, nbytes):
+                    self.streams.consume(flow, nbytes)
+                case KickRead(flow):
+                    self.streams.read(flow)
+                case Rewind(flow):
+                    self.streams.rewind(flow)
+                case WatchWritable(flow):
+                    self.streams.watch_writable(flow)
+                case ShutdownWrite(flow):
+                    self.streams.shutdown_write(flow)
+                case Connect(flow, host_addr, host_port):
+                    self.streams.connect(flow, host_addr, host_port)
+                case Close(flow, reset) if flow.proto == IpProto.TCP:
+                    self.streams.close(flow, reset)
                 case Close(flow):
                     self.sockets.close(flow)
                 case _:
@@ -137,6 +158,7 @@ class Driver:
             wakeup_w.close()
 
     def close(self) -> None:
+        self.streams.close_all()
         self.sockets.close_all()
         self.loop.close()
 
@@ -151,7 +173,8 @@ def raise_fd_limit() -> None:
 def serve(config: Config, tap_fd: int, *, stop_fds: Sequence[int] = ()) -> None:
     """Carry the guest's traffic until a stop fd fires or a signal asks us to stop."""
     raise_fd_limit()
-    driver = Driver(config, TapDevice(tap_fd, drop_rate=config.test_drop_rate))
+    driver = Driver(config, TapDevice(tap_fd, drop_rate=config.test_drop_rate),
+                    secret=os.urandom(16))
     for fd in stop_fds:
         driver.watch_stop_fd(fd)
     try:

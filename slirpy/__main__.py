@@ -1,0 +1,5 @@
+import sys
+
+from slirpy.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,206 @@
+"""Host TCP sockets for the guest's connections: connect, send, peek, consume.
+
+The stack keeps no copy of the bytes it carries; this module is where they live:
+- host -> guest: bytes are read with MSG_PEEK at SO_PEEK_OFF, which the kernel keeps
+  at "bytes peeked but not consumed", i.e. snd_nxt - snd_una. A Consume (the guest's
+  ACK) drops bytes with MSG_TRUNC, which also moves the peek offset back; a Rewind
+  sets it to 0 to send again from snd_una. Sockets are edge-triggered: an edge comes
+  with new data, and the stack asks for a read (KickRead) when the guest's window
+  opens, so a socket whose data is all in flight never spins the loop.
+- guest -> host: send(MSG_DONTWAIT) takes what the kernel accepts, and the stack
+  hears at once how much, with the free space of the send buffer (our window).
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import ipaddress
+import logging
+import select
+import socket
+import struct
+from collections.abc import Callable
+from typing import Final
+
+from slirpy.config import Config
+from slirpy.effects import Effect
+from slirpy.flows.key import FlowKey
+from slirpy.runtime.loop import EventLoop
+from slirpy.stack import Stack
+
+log = logging.getLogger(__name__)
+
+SO_PEEK_OFF: Final = 42
+SIOCOUTQ: Final = 0x5411
+PEEK_BUFFER_BYTES: Final = 1 << 20
+_EDGE: Final = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLET
+_INT: Final = struct.Struct("i")
+_LINGER_RESET: Final = struct.pack("ii", 1, 0)
+_RESETS: Final = frozenset({errno.ECONNRESET, errno.EPIPE, errno.ETIMEDOUT,
+                            errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ECONNABORTED})
+
+Apply = Callable[[list[Effect]], None]
+
+
+class HostStreams:
+    def __init__(self, config: Config, loop: EventLoop, stack: Stack, apply: Apply) -> None:
+        self.loop = loop
+        self.stack = stack
+        self.apply = apply
+        self.bind4 = str(config.outbound_addr) if config.outbound_addr else None
+        self.bind6 = str(config.outbound_addr6) if config.outbound_addr6 else None
+        self.by_key: dict[FlowKey, socket.socket] = {}
+        self.connecting: set[FlowKey] = set()
+        self.watching_out: set[FlowKey] = set()
+        self.peek_buffer = bytearray(PEEK_BUFFER_BYTES)
+        self.peek_view = memoryview(self.peek_buffer)
+
+    def __len__(self) -> int:
+        return len(self.by_key)
+
+    def connect(self, key: FlowKey, host_addr: bytes, host_port: int) -> None:
+        family = socket.AF_INET if len(host_addr) == 4 else socket.AF_INET6
+        sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK
+                             | socket.SOCK_CLOEXEC)
+        try:
+            # The guest's stack already chose its segment sizes: add no delay of our own.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            sock.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, 0)
+            bind = self.bind4 if family == socket.AF_INET else self.bind6
+            if bind is not None:
+                sock.bind((bind, 0))
+            error = sock.connect_ex((str(ipaddress.ip_address(host_addr)), host_port))
+        except OSError as exc:
+            error = exc.errno or errno.EIO
+        if error not in (0, errno.EINPROGRESS):
+            sock.close()
+            self.apply(self.stack.on_connect_failed(key, error, self.loop.now()))
+            return
+        self.by_key[key] = sock
+        self.connecting.add(key)
+        self.loop.add(sock.fileno(), lambda mask: self._ready(key, sock, mask),
+                      select.EPOLLOUT | _EDGE)
+
+    def _ready(self, key: FlowKey, sock: socket.socket, mask: int) -> None:
+        if key in self.connecting:
+            self._connected(key, sock)
+            return
+        if mask & select.EPOLLOUT and key in self.watching_out:
+            self.watching_out.discard(key)
+            self.apply(self.stack.on_writable(key, self._space(sock), self.loop.now()))
+        if mask & (select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLERR | select.EPOLLHUP):
+            self.read(key)
+
+    def _connected(self, key: FlowKey, sock: socket.socket) -> None:
+        error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if error == errno.EINPROGRESS:
+            return
+        self.connecting.discard(key)
+        now = self.loop.now()
+        if error:
+            self._forget(key)
+            self.apply(self.stack.on_connect_failed(key, error, now))
+            return
+        self.loop.epoll.modify(sock.fileno(), _EDGE)
+        self.apply(self.stack.on_connected(key, self._space(sock), now))
+
+    def read(self, key: FlowKey) -> None:
+        """Peek what the guest's window allows, and hand it to the stack."""
+        while True:
+            sock = self.by_key.get(key)
+            if sock is None or key in self.connecting:
+                return
+            limit = min(self.stack.peek_limit(key), PEEK_BUFFER_BYTES)
+            if limit <= 0:
+                return
+            try:
+                nbytes = sock.recv_into(self.peek_view, limit, socket.MSG_PEEK)
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                self._reset(key, exc)
+                return
+            now = self.loop.now()
+            if nbytes == 0:
+                self.apply(self.stack.on_host_eof(key, now))
+                return
+            self.apply(self.stack.on_host_data(key, self.peek_view[:nbytes], now))
+            if nbytes < limit:
+                return  # drained: the next edge brings more
+
+    def send(self, key: FlowKey, data: bytes | bytearray | memoryview) -> None:
+        sock = self.by_key.get(key)
+        if sock is None:
+            return
+        try:
+            sent = sock.send(data, socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:
+            self._reset(key, exc)
+            return
+        self.apply(self.stack.on_sent(key, sent, len(data), self._space(sock), self.loop.now()))
+
+    def consume(self, key: FlowKey, nbytes: int) -> None:
+        sock = self.by_key.get(key)
+        if sock is not None:
+            try:
+                sock.recv(nbytes, socket.MSG_TRUNC | socket.MSG_DONTWAIT)
+            except OSError as exc:
+                log.debug("%s: consume failed: %s", key, exc)
+
+    def rewind(self, key: FlowKey) -> None:
+        sock = self.by_key.get(key)
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, 0)
+
+    def watch_writable(self, key: FlowKey) -> None:
+        sock = self.by_key.get(key)
+        if sock is not None and key not in self.watching_out:
+            self.watching_out.add(key)
+            # Re-arming an edge-triggered fd reports EPOLLOUT at once if there is room.
+            self.loop.epoll.modify(sock.fileno(), _EDGE | select.EPOLLOUT)
+
+    def shutdown_write(self, key: FlowKey) -> None:
+        sock = self.by_key.get(key)
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_WR)
+            except OSError as exc:
+                log.debug("%s: shutdown failed: %s", key, exc)
+
+    def close(self, key: FlowKey, reset: bool) -> None:
+        sock = self._forget(key)
+        if sock is not None:
+            if reset:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+            sock.close()
+
+    def close_all(self) -> None:
+        for key in list(self.by_key):
+            self.close(key, reset=True)
+
+    def _forget(self, key: FlowKey) -> socket.socket | None:
+        sock = self.by_key.pop(key, None)
+        self.connecting.discard(key)
+        self.watching_out.discard(key)
+        if sock is not None:
+            self.loop.remove(sock.fileno())
+        return sock
+
+    def _reset(self, key: FlowKey, exc: OSError) -> None:
+        log.debug("%s: host connection failed: %s", key, exc)
+        self.apply(self.stack.on_host_reset(key, self.loop.now()))
+
+    @staticmethod
+    def _space(sock: socket.socket) -> int:
+        """Free space in the send buffer, in payload bytes: our window to the guest.
+
+        SO_SNDBUF counts the kernel's overhead too; like Linux's own tcp_space(),
+        take half of what is left as room for payload.
+        """
+        sndbuf = sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+        queued = _INT.unpack(fcntl.ioctl(sock.fileno(), SIOCOUTQ, b"\0\0\0\0"))[0]
+        return max(0, int(sndbuf) // 2 - int(queued))

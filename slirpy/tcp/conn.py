@@ -1,0 +1,433 @@
+"""TCP towards the guest, with the host socket as the only buffer.
+
+Model (after passt): our end of the guest's connection is terminated here and
+continued by an ordinary host socket.
+- Guest -> host: an in-order segment's payload goes straight to send() on the host
+  socket; we ACK only what the kernel took, so a short write makes the guest send
+  the rest again. The window we advertise is the free space of the socket's send
+  buffer, so short writes are rare. Out-of-order segments are not kept: a duplicate
+  ACK asks for the missing bytes (there is no reorder queue).
+- Host -> guest: bytes stay in the host socket until the guest ACKs them. The
+  runtime MSG_PEEKs at SO_PEEK_OFF (which sits at snd_nxt - snd_una) up to
+  `peek_limit()` bytes, we cut them into segments, and acknowledged bytes are
+  dropped with MSG_TRUNC. A retransmission is "rewind the peek offset to snd_una and
+  send again" (go-back-N, after a timeout or three duplicate ACKs). No retransmit
+  queue: memory is bounded by the kernel's socket buffers.
+- The handshake waits for the host: the guest's SYN starts a non-blocking connect()
+  and the SYN-ACK goes out only once it succeeded; a refusal becomes an RST, an
+  unreachable network an ICMP error, a timeout an RST. So the guest's client sees
+  what it would see on a real network.
+- FIN maps to shutdown(SHUT_WR) and EOF; RST to an SO_LINGER-zero close and back.
+Not done here: sockets, timers, epoll (the runtime); SACK, timestamps, urgent data.
+"""
+
+from __future__ import annotations
+
+import enum
+import errno
+import hashlib
+import logging
+from typing import Final
+
+from slirpy.effects import (Close, Connect, Consume, Effect, KickRead, Rewind, Send,
+                            ShutdownWrite, WatchWritable)
+from slirpy.flows.key import FlowKey
+from slirpy.guest import GuestLink
+from slirpy.tcp.seq import seq_add, seq_diff, seq_le, seq_lt
+from slirpy.tcp.timers import RtoEstimator
+from slirpy.udp import icmp_error_for
+from slirpy.wire.icmp import IcmpType, UnreachCode
+from slirpy.wire.tcp import HEADER_LEN as TCP_LEN, TcpFlags, TcpHeader, build_tcp, syn_options
+
+log = logging.getLogger(__name__)
+
+OUR_WSCALE: Final = 7  # windows up to 8 MiB: Linux's tcp_wmem max here is 4 MiB
+MAX_WINDOW: Final = 0xFFFF
+DEFAULT_GUEST_MSS: Final = 536  # RFC 9293 3.7.1: when the SYN carries no MSS option
+PEEK_MAX_BYTES: Final = 1 << 20  # one peek at most: a burst towards the guest
+MAX_RETRIES: Final = 12  # then the guest is gone: reset (Linux's tcp_retries2 is 15)
+DUPACK_THRESHOLD: Final = 3  # RFC 5681 3.2
+PERSIST_MAX_S: Final = 60.0
+
+
+class State(enum.Enum):
+    """Our end of the guest's connection, named as in RFC 9293, section 3.3.2."""
+
+    CONNECTING = "CONNECTING"  # guest SYN seen, host connect() under way (not in the RFC)
+    SYN_RECEIVED = "SYN-RECEIVED"
+    ESTABLISHED = "ESTABLISHED"
+    FIN_WAIT_1 = "FIN-WAIT-1"  # host sent EOF; our FIN not yet acknowledged
+    FIN_WAIT_2 = "FIN-WAIT-2"
+    CLOSE_WAIT = "CLOSE-WAIT"  # guest sent FIN; host socket shut for writing
+    CLOSING = "CLOSING"
+    LAST_ACK = "LAST-ACK"
+    CLOSED = "CLOSED"
+
+
+_RECEIVING: Final = frozenset({State.ESTABLISHED, State.FIN_WAIT_1, State.FIN_WAIT_2})
+_SENDING: Final = frozenset({State.ESTABLISHED, State.CLOSE_WAIT})
+_FIN_SENT: Final = frozenset({State.FIN_WAIT_1, State.FIN_WAIT_2, State.CLOSING,
+                              State.LAST_ACK})
+
+
+def initial_sequence(secret: bytes, key: FlowKey, now: float) -> int:
+    """RFC 6528: a keyed hash of the connection plus a 4 microsecond clock."""
+    digest = hashlib.blake2s(repr(tuple(key)).encode(), key=secret, digest_size=4).digest()
+    return (int.from_bytes(digest, "big") + int(now * 250_000)) % (1 << 32)
+
+
+class TcpConn:
+    def __init__(self, key: FlowKey, link: GuestLink, syn: TcpHeader, iss: int,
+                 our_mss: int, now: float) -> None:
+        self.key = key
+        self.link = link
+        self.state = State.CONNECTING
+        self.irs = syn.seq
+        self.rcv_nxt = seq_add(syn.seq, 1)
+        self.iss = iss
+        self.snd_una = iss
+        self.snd_nxt = iss
+        self.snd_max = iss  # the highest snd_nxt so far: a rewind moves snd_nxt back
+        self.snd_wnd = syn.window  # never scaled on a SYN (RFC 7323 2.2)
+        scaled = syn.wscale is not None
+        self.guest_wscale = syn.wscale if syn.wscale is not None else 0
+        self.our_wscale = OUR_WSCALE if scaled else 0
+        self.send_mss = min(syn.mss or DEFAULT_GUEST_MSS, our_mss)
+        self.our_mss = our_mss
+        self.send_space = 0  # free space of the host socket's send buffer
+        self.fin_seq: int | None = None  # our FIN's sequence number, once sent
+        self.pending_fin = False  # the guest's FIN rides on the segment being sent
+        self.short_write = False
+        self.dupacks = 0
+        self.rto = RtoEstimator()
+        self.rtt_probe: tuple[int, float] | None = None  # (sequence to be acked, sent at)
+        self.deadline: float | None = None
+        self.last_activity = now
+
+    def __repr__(self) -> str:
+        return f"<TcpConn {self.key} {self.state.value}>"
+
+    def _set_state(self, new: State) -> None:
+        log.debug("%s: %s -> %s", self.key, self.state.value, new.value)
+        self.state = new
+
+    # --- the handshake --------------------------------------------------------------------
+
+    def on_connected(self, space: int, now: float) -> list[Effect]:
+        if self.state is not State.CONNECTING:
+            return []
+        self.send_space = space
+        self._set_state(State.SYN_RECEIVED)
+        self.snd_nxt = self.snd_max = seq_add(self.iss, 1)
+        self._arm_rto(now)
+        return [self._syn_ack()]
+
+    def on_connect_failed(self, error: int, now: float) -> list[Effect]:
+        self._set_state(State.CLOSED)
+        log.debug("%s: connect failed: %s", self.key, errno.errorcode.get(error, error))
+        unreachable = {errno.ENETUNREACH: UnreachCode.NET, errno.EHOSTUNREACH: UnreachCode.HOST,
+                       errno.EACCES: UnreachCode.ADMIN_PROHIBITED,
+                       errno.EPERM: UnreachCode.ADMIN_PROHIBITED}.get(error)
+        if unreachable is not None:
+            return [Close(self.key), *icmp_error_for(self.link, self.key,
+                                                     IcmpType.DEST_UNREACHABLE, unreachable,
+                                                     0, seq=self.irs)]
+        # Refused, timed out, anything else: the guest's connect() fails with a reset.
+        return [Close(self.key), self._segment(TcpFlags.RST | TcpFlags.ACK, seq=0)]
+
+    def _syn_ack(self) -> Effect:
+        options = syn_options(self.our_mss, OUR_WSCALE) if self.our_wscale else \
+            syn_options(self.our_mss, 0)[:4]
+        return self._segment(TcpFlags.SYN | TcpFlags.ACK, seq=self.iss, options=options)
+
+    # --- segments from the guest ----------------------------------------------------------
+
+    def on_segment(self, seg: TcpHeader, now: float) -> list[Effect]:
+        self.last_activity = now
+        if seg.flags & TcpFlags.RST:
+            return self._on_rst(seg)
+        match self.state:
+            case State.CONNECTING:
+                return []  # a retransmitted SYN: the SYN-ACK waits for connect()
+            case State.SYN_RECEIVED if seg.flags & TcpFlags.SYN:
+                return [self._syn_ack()]  # our SYN-ACK was lost
+            case State.SYN_RECEIVED if seg.flags & TcpFlags.ACK and seg.ack == seq_add(self.iss, 1):
+                self._set_state(State.ESTABLISHED)  # RFC 9293 3.10.7.4, fifth check
+                self.snd_una = seg.ack
+                self.snd_wnd = seg.window << self.guest_wscale
+                self._cancel_timer()
+                return [KickRead(self.key), *self._on_data(seg, now)]
+            case State.SYN_RECEIVED:
+                return []
+            case State.CLOSED:
+                return []
+            case _ if seg.flags & TcpFlags.SYN:
+                return [self._ack()]  # RFC 5961 4.2: a challenge ACK, never a reset
+            case _ if not seg.flags & TcpFlags.ACK:
+                return []  # RFC 9293 3.10.7.4: no ACK, drop
+            case _:
+                return [*self._on_ack(seg, now), *self._on_data(seg, now)]
+
+    def _on_rst(self, seg: TcpHeader) -> list[Effect]:
+        # RFC 5961 3.2: only an RST at exactly rcv_nxt resets; others in the window get
+        # a challenge ACK (the guest is ours, but a stale RST must not kill a new flow).
+        if self.state is State.CONNECTING or self.state is State.CLOSED:
+            self._set_state(State.CLOSED)
+            return [Close(self.key, reset=True)]
+        if seg.seq == self.rcv_nxt:
+            self._set_state(State.CLOSED)
+            return [Close(self.key, reset=True)]
+        return [self._ack()]
+
+    def _on_ack(self, seg: TcpHeader, now: float) -> list[Effect]:
+        effects: list[Effect] = []
+        acked = seq_diff(seg.ack, self.snd_una)
+        old_window = self.snd_wnd
+        if acked > 0 and seq_le(seg.ack, self.snd_max):
+            effects += self._on_new_ack(seg.ack, acked, now)
+        elif acked == 0 and not seg.payload and not seg.flags & TcpFlags.FIN \
+                and self.snd_nxt != self.snd_una and (seg.window << self.guest_wscale) == old_window:
+            self.dupacks += 1
+            if self.dupacks == DUPACK_THRESHOLD:
+                log.debug("%s: fast retransmit from %d", self.key, self.snd_una)
+                effects += self._retransmit(now)
+        elif seq_lt(self.snd_max, seg.ack):
+            return [self._ack()]  # acks what we never sent: RFC 9293 3.10.7.4
+        if self.state is State.CLOSED:
+            return effects
+        if self.snd_una == self.snd_nxt:
+            self.rto.backoffs = 0  # the guest answers: zero-window probes go on
+        self.snd_wnd = seg.window << self.guest_wscale
+        if self.snd_wnd > old_window and self.state in _SENDING and self.fin_seq is None:
+            effects.append(KickRead(self.key))
+        if self.snd_wnd == 0 and self.deadline is None and self.state in _SENDING:
+            self._arm(now + self.rto.rto_s)  # persist: probe the zero window
+        return effects
+
+    def _on_new_ack(self, ack: int, acked: int, now: float) -> list[Effect]:
+        data_acked = acked
+        fin_acked = self.fin_seq is not None and seq_le(seq_add(self.fin_seq, 1), ack)
+        if fin_acked:
+            data_acked -= 1
+        if self.rtt_probe is not None and seq_le(self.rtt_probe[0], ack):
+            self.rto.on_sample(now - self.rtt_probe[1])
+            self.rtt_probe = None
+        self.snd_una = ack
+        if seq_lt(self.snd_nxt, ack):
+            # Acked beyond a rewind: what was sent before it arrived after all. The
+            # kernel's peek offset shrinks with the Consume below, to 0 = snd_una.
+            self.snd_nxt = ack
+        self.dupacks = 0
+        self.rto.backoffs = 0
+        effects: list[Effect] = [Consume(self.key, data_acked)] if data_acked > 0 else []
+        if self.snd_una == self.snd_nxt:
+            self._cancel_timer()
+        else:
+            self._arm_rto(now)
+        if fin_acked:
+            match self.state:
+                case State.FIN_WAIT_1:
+                    self._set_state(State.FIN_WAIT_2)
+                case State.CLOSING | State.LAST_ACK:
+                    self._set_state(State.CLOSED)  # the host socket has nothing left to say
+                    effects.append(Close(self.key))
+        return effects
+
+    def _on_data(self, seg: TcpHeader, now: float) -> list[Effect]:
+        fin = bool(seg.flags & TcpFlags.FIN)
+        if not seg.payload and not fin:
+            return []
+        ahead = seq_diff(seg.seq, self.rcv_nxt)
+        if ahead > 0:
+            return [self._ack()]  # a hole before it: ask again for rcv_nxt (no reorder queue)
+        data = seg.payload[-ahead:] if -ahead < len(seg.payload) else seg.payload[:0]
+        if not data and not (fin and -ahead == len(seg.payload)):
+            return [self._ack()]  # all of it seen before: re-ACK so the guest moves on
+        if self.state not in _RECEIVING:
+            return [self._ack()]  # the guest sent FIN already; nothing more is taken
+        if data:
+            self.pending_fin = fin
+            return [Send(self.key, data)]
+        return self._on_guest_fin()
+
+    def on_sent(self, nbytes: int, wanted: int, space: int, now: float) -> list[Effect]:
+        """The host socket took *nbytes* of the *wanted* bytes last given to Send."""
+        self.send_space = space
+        self.rcv_nxt = seq_add(self.rcv_nxt, nbytes)
+        fin, self.pending_fin = self.pending_fin, False
+        effects: list[Effect] = []
+        if nbytes < wanted:
+            self.short_write = True
+            effects.append(WatchWritable(self.key))
+        elif fin:
+            return self._on_guest_fin()
+        elif space < self.our_mss:
+            effects.append(WatchWritable(self.key))  # tell the guest once the window opens
+        effects.append(self._ack())
+        return effects
+
+    def on_writable(self, space: int, now: float) -> list[Effect]:
+        self.send_space = space
+        if self.state in (State.CLOSED, State.CONNECTING):
+            return []
+        ack = self._ack()
+        if self.short_write:
+            # The guest holds bytes we did not ACK; a window update plus duplicates
+            # make it resend them now (RFC 5681 fast retransmit), not after its RTO.
+            self.short_write = False
+            return [ack, self._ack(), self._ack(), self._ack()]
+        return [ack]
+
+    def _on_guest_fin(self) -> list[Effect]:
+        self.rcv_nxt = seq_add(self.rcv_nxt, 1)
+        match self.state:
+            case State.ESTABLISHED:
+                self._set_state(State.CLOSE_WAIT)
+                return [ShutdownWrite(self.key), self._ack()]
+            case State.FIN_WAIT_1:
+                self._set_state(State.CLOSING)
+                return [ShutdownWrite(self.key), self._ack()]
+            case _:  # FIN-WAIT-2: both directions done; the host socket goes
+                self._set_state(State.CLOSED)
+                return [self._ack(), Close(self.key)]
+
+    # --- bytes from the host ------------------------------------------------------------------
+
+    def peek_limit(self) -> int:
+        """How many new bytes the runtime may peek now: the guest's usable window."""
+        if self.state not in _SENDING or self.fin_seq is not None:
+            return 0
+        in_flight = seq_diff(self.snd_nxt, self.snd_una)
+        return max(0, min(self.snd_wnd - in_flight, PEEK_MAX_BYTES))
+
+    def on_host_data(self, data: memoryview, now: float) -> list[Effect]:
+        effects: list[Effect] = []
+        mss = self.send_mss
+        for start in range(0, len(data), mss):
+            chunk = data[start:start + mss]
+            last = start + mss >= len(data)
+            flags = TcpFlags.ACK | (TcpFlags.PSH if last else 0)
+            effects.append(self._segment(flags, seq=self.snd_nxt, payload=chunk))
+            self.snd_nxt = seq_add(self.snd_nxt, len(chunk))
+        self._note_sent()
+        if self.rtt_probe is None and self.rto.backoffs == 0:
+            self.rtt_probe = (self.snd_nxt, now)
+        if self.deadline is None:
+            self._arm_rto(now)
+        return effects
+
+    def on_host_eof(self, now: float) -> list[Effect]:
+        """The host closed its side and everything it sent has been peeked."""
+        if self.fin_seq is not None and self.fin_seq != self.snd_nxt:
+            return []
+        match self.state:
+            case State.ESTABLISHED:
+                self._set_state(State.FIN_WAIT_1)
+            case State.CLOSE_WAIT:
+                self._set_state(State.LAST_ACK)
+            case State.FIN_WAIT_1 | State.CLOSING | State.LAST_ACK:
+                pass  # a retransmission of our FIN
+            case _:
+                return []
+        self.fin_seq = self.snd_nxt
+        self.snd_nxt = seq_add(self.snd_nxt, 1)
+        self._note_sent()
+        self._arm_rto(now)
+        return [self._segment(TcpFlags.FIN | TcpFlags.ACK, seq=self.fin_seq)]
+
+    def on_host_reset(self, now: float) -> list[Effect]:
+        if self.state is State.CLOSED:
+            return []
+        self._set_state(State.CLOSED)
+        return [self._segment(TcpFlags.RST | TcpFlags.ACK, seq=self.snd_nxt),
+                Close(self.key, reset=True)]
+
+    # --- time -----------------------------------------------------------------------------------
+
+    def on_timer(self, now: float) -> list[Effect]:
+        if self.deadline is None or self.deadline > now:
+            return []
+        self.deadline = None
+        if self.state is State.CONNECTING:
+            return self.on_connect_failed(errno.ETIMEDOUT, now)
+        if self.rto.backoffs >= MAX_RETRIES:
+            log.debug("%s: guest stopped answering, reset", self.key)
+            return self.on_host_reset(now)  # RST both ways
+        self.rto.on_timeout()
+        if self.state is State.SYN_RECEIVED:
+            self._arm_rto(now)
+            return [self._syn_ack()]
+        if self.snd_una == self.snd_nxt:
+            if self.snd_wnd == 0 and self.state in _SENDING:
+                self._arm(now + min(self.rto.rto_s, PERSIST_MAX_S))
+                # A zero-window probe: an old sequence number makes the guest answer
+                # with its current window (RFC 9293 3.8.6.1).
+                return [self._segment(TcpFlags.ACK, seq=seq_add(self.snd_una, -1))]
+            return []
+        return self._retransmit(now)
+
+    def _retransmit(self, now: float) -> list[Effect]:
+        """Go back to snd_una: the runtime peeks again from there."""
+        self.rtt_probe = None  # Karn: no samples from retransmitted data
+        self.dupacks = 0
+        self._arm_rto(now)
+        if self.fin_seq is not None and self.snd_una == self.fin_seq:
+            return [self._segment(TcpFlags.FIN | TcpFlags.ACK, seq=self.fin_seq)]
+        self.snd_nxt = self.snd_una
+        if self.fin_seq is not None:
+            self.fin_seq = None  # sent again once the data before it is
+            self._set_state(State.ESTABLISHED if self.state is State.FIN_WAIT_1
+                            else State.CLOSE_WAIT)
+        return [Rewind(self.key), KickRead(self.key)]
+
+    def _note_sent(self) -> None:
+        if seq_lt(self.snd_max, self.snd_nxt):
+            self.snd_max = self.snd_nxt
+
+    def _arm_rto(self, now: float) -> None:
+        self._arm(now + self.rto.rto_s)
+
+    def _arm(self, deadline: float) -> None:
+        self.deadline = deadline
+
+    def _cancel_timer(self) -> None:
+        self.deadline = None
+
+    # --- segments to the guest ----------------------------------------------------------------
+
+    def _window(self) -> int:
+        return min(self.send_space >> self.our_wscale, MAX_WINDOW)
+
+    def _ack(self) -> Effect:
+        return self._segment(TcpFlags.ACK, seq=self.snd_nxt)
+
+    def _segment(self, flags: int, *, seq: int, payload: memoryview | bytes = b"",
+                 options: bytes = b"") -> Effect:
+        header = bytearray(TCP_LEN + len(options))
+        ack = self.rcv_nxt if flags & TcpFlags.ACK else 0
+        window = 0 if flags & TcpFlags.RST else (
+            min(self.send_space, MAX_WINDOW) if flags & TcpFlags.SYN else self._window())
+        build_tcp(header, 0, src=self.key.remote_addr, dst=self.key.guest_addr,
+                  src_port=self.key.remote_port, dst_port=self.key.guest_port, seq=seq,
+                  ack=ack, flags=flags, window=window, options=options, payload=payload)
+        (frame,) = self.link.ipv4(src=self.key.remote_addr, dst=self.key.guest_addr, proto=6,
+                                  l4=header, payload=payload)
+        return frame
+
+
+def reset_for(link: GuestLink, key: FlowKey, seg: TcpHeader) -> list[Effect]:
+    """RFC 9293 3.10.7.1: the answer to a segment for a connection that does not exist."""
+    if seg.flags & TcpFlags.RST:
+        return []
+    header = bytearray(TCP_LEN)
+    if seg.flags & TcpFlags.ACK:
+        seq, ack, flags = seg.ack, 0, TcpFlags.RST
+    else:
+        length = len(seg.payload) + (1 if seg.flags & TcpFlags.SYN else 0) + (
+            1 if seg.flags & TcpFlags.FIN else 0)
+        seq, ack, flags = 0, seq_add(seg.seq, length), TcpFlags.RST | TcpFlags.ACK
+    build_tcp(header, 0, src=key.remote_addr, dst=key.guest_addr, src_port=key.remote_port,
+              dst_port=key.guest_port, seq=seq, ack=ack, flags=flags, window=0)
+    return list(link.ipv4(src=key.remote_addr, dst=key.guest_addr, proto=6, l4=header))
+
+

@@ -1,0 +1,105 @@
+"""All TCP connections of one guest link: lookup, admission, timers.
+
+A connection is created by the guest's SYN (when under the cap; else the SYN gets an
+RST and one log line says why) and forgotten once it reaches CLOSED. Timers live in
+one heap of (deadline, key) entries checked lazily: a connection whose deadline moved
+later is simply re-queued when its old entry comes up, so the heap holds about one
+entry per connection however often timers are re-armed.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+from typing import Final
+
+from slirpy.effects import Connect, Effect
+from slirpy.flows.key import FlowKey
+from slirpy.guest import GuestLink
+from slirpy.tcp.conn import State, TcpConn, initial_sequence, reset_for
+from slirpy.wire.tcp import TcpFlags, TcpHeader
+
+log = logging.getLogger(__name__)
+
+IP_TCP_HEADERS: Final = 40
+CONNECT_TIMEOUT_S: Final = 30.0  # then RST: the guest's connect() fails, as on a network
+
+
+class TcpFlows:
+    def __init__(self, link: GuestLink, *, limit: int, secret: bytes, mtu: int) -> None:
+        self.link = link
+        self.limit = limit
+        self.secret = secret
+        self.our_mss = mtu - IP_TCP_HEADERS
+        self.conns: dict[FlowKey, TcpConn] = {}
+        self._timers: list[tuple[float, FlowKey]] = []
+        self._scheduled: dict[FlowKey, float] = {}  # key -> deadline of its heap entry
+        self.limit_warned = False
+        self.refused = 0
+
+    def __len__(self) -> int:
+        return len(self.conns)
+
+    def on_segment(self, key: FlowKey, seg: TcpHeader, host_addr: bytes,
+                   now: float) -> list[Effect]:
+        """A segment from the guest; *host_addr* is where a new connection would go."""
+        conn = self.conns.get(key)
+        if conn is None:
+            if seg.flags & (TcpFlags.SYN | TcpFlags.ACK | TcpFlags.RST) != TcpFlags.SYN:
+                return reset_for(self.link, key, seg)
+            if len(self.conns) >= self.limit:
+                self.refused += 1
+                if not self.limit_warned:
+                    self.limit_warned = True
+                    log.warning("TCP connection limit (%d) reached: new connections are "
+                                "reset until some close", self.limit)
+                return reset_for(self.link, key, seg)
+            conn = TcpConn(key, self.link, seg, initial_sequence(self.secret, key, now),
+                           self.our_mss, now)
+            self.conns[key] = conn
+            conn.deadline = now + CONNECT_TIMEOUT_S
+            self._schedule(conn)
+            return [Connect(key, host_addr, key.remote_port)]
+        return self._after(conn, conn.on_segment(seg, now))
+
+    def get(self, key: FlowKey) -> TcpConn | None:
+        return self.conns.get(key)
+
+    def after(self, conn: TcpConn, effects: list[Effect]) -> list[Effect]:
+        """Book-keeping after any event on *conn*: forget it once closed, keep its timer."""
+        return self._after(conn, effects)
+
+    def _after(self, conn: TcpConn, effects: list[Effect]) -> list[Effect]:
+        if conn.state is State.CLOSED:
+            self.conns.pop(conn.key, None)
+            self._scheduled.pop(conn.key, None)
+            if self.limit_warned and len(self.conns) < self.limit * 9 // 10:
+                self.limit_warned = False
+        else:
+            self._schedule(conn)
+        return effects
+
+    def _schedule(self, conn: TcpConn) -> None:
+        deadline = conn.deadline
+        if deadline is None:
+            return
+        queued = self._scheduled.get(conn.key)
+        if queued is None or deadline < queued:
+            self._scheduled[conn.key] = deadline
+            heapq.heappush(self._timers, (deadline, conn.key))
+
+    def on_timer(self, now: float) -> list[Effect]:
+        effects: list[Effect] = []
+        while self._timers and self._timers[0][0] <= now:
+            deadline, key = heapq.heappop(self._timers)
+            if self._scheduled.get(key) != deadline:
+                continue  # superseded by an earlier entry
+            del self._scheduled[key]
+            conn = self.conns.get(key)
+            if conn is None:
+                continue
+            effects += self._after(conn, conn.on_timer(now))
+        return effects
+
+    def next_deadline(self) -> float | None:
+        return self._timers[0][0] if self._timers else None

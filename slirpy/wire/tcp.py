@@ -1,0 +1,109 @@
+"""TCP headers (RFC 9293 section 3.1) and the options we negotiate: MSS and window scale."""
+
+from __future__ import annotations
+
+import enum
+import struct
+from typing import Final, NamedTuple
+
+from slirpy.wire import Malformed
+from slirpy.wire.checksum import finish, ones_sum, pseudo_header_sum
+
+_HEADER: Final = struct.Struct("!HHIIBBHHH")
+HEADER_LEN: Final = _HEADER.size  # 20
+OPT_END: Final = 0
+OPT_NOP: Final = 1
+OPT_MSS: Final = 2
+OPT_WSCALE: Final = 3
+
+
+class TcpFlags(enum.IntFlag):
+    FIN = 0x01
+    SYN = 0x02
+    RST = 0x04
+    PSH = 0x08
+    ACK = 0x10
+    URG = 0x20
+
+
+class TcpHeader(NamedTuple):
+    src_port: int
+    dst_port: int
+    seq: int
+    ack: int
+    flags: int
+    window: int
+    mss: int | None  # options, meaningful on SYN only
+    wscale: int | None
+    payload: memoryview
+
+    @classmethod
+    def parse(cls, segment: memoryview, src: bytes, dst: bytes, *,
+              verify_checksum: bool = True) -> TcpHeader:
+        if len(segment) < HEADER_LEN:
+            raise Malformed("tcp-short")
+        src_port, dst_port, seq, ack, offset, flags, window, _, _ = _HEADER.unpack_from(segment)
+        header_len = (offset >> 4) * 4
+        if not HEADER_LEN <= header_len <= len(segment):
+            raise Malformed("tcp-bad-offset")
+        if verify_checksum and finish(ones_sum(
+                segment, pseudo_header_sum(src, dst, 6, len(segment)))) != 0:
+            raise Malformed("tcp-checksum")
+        if dst_port == 0 or src_port == 0:
+            raise Malformed("tcp-port-zero")
+        mss = wscale = None
+        if flags & TcpFlags.SYN and header_len > HEADER_LEN:
+            mss, wscale = _parse_options(segment[HEADER_LEN:header_len])
+        return cls(src_port, dst_port, seq, ack, flags, window, mss, wscale,
+                   segment[header_len:])
+
+
+def _parse_options(options: memoryview) -> tuple[int | None, int | None]:
+    mss = wscale = None
+    i = 0
+    while i < len(options):
+        kind = options[i]
+        if kind == OPT_END:
+            break
+        if kind == OPT_NOP:
+            i += 1
+            continue
+        if i + 1 >= len(options) or options[i + 1] < 2 or i + options[i + 1] > len(options):
+            raise Malformed("tcp-bad-option")
+        length = options[i + 1]
+        if kind == OPT_MSS and length == 4:
+            mss = int.from_bytes(options[i + 2:i + 4], "big")
+        elif kind == OPT_WSCALE and length == 3:
+            wscale = min(options[i + 2], 14)  # RFC 7323 2.3: larger values mean 14
+        i += length
+    return mss, wscale
+
+
+def syn_options(mss: int, wscale: int) -> bytes:
+    """MSS, then NOP and window scale: 8 bytes, keeping the header 32-bit aligned."""
+    return struct.pack("!BBHBBBB", OPT_MSS, 4, mss, OPT_NOP, OPT_WSCALE, 3, wscale)
+
+
+def build_tcp(buf: bytearray, offset: int, *, src: bytes, dst: bytes, src_port: int,
+              dst_port: int, seq: int, ack: int, flags: int, window: int,
+              options: bytes = b"", payload: bytes | bytearray | memoryview = b"",
+              checksum: bool = True) -> int:
+    """Write a TCP header (and *options*) at *offset*; the payload is not copied.
+
+    With checksum=False the field holds the pseudo-header sum only, as a device with
+    checksum offload expects (VIRTIO_NET_HDR_F_NEEDS_CSUM).
+    """
+    header_len = HEADER_LEN + len(options)
+    _HEADER.pack_into(buf, offset, src_port, dst_port, seq, ack, (header_len // 4) << 4,
+                      flags, window, 0, 0)
+    buf[offset + HEADER_LEN:offset + header_len] = options
+    length = header_len + len(payload)
+    total = pseudo_header_sum(src, dst, 6, length)
+    if checksum:
+        total = ones_sum(memoryview(buf)[offset:offset + header_len], total)
+        # Header lengths are multiples of 4, so the payload's words line up.
+        value = finish(ones_sum(payload, total))
+    else:
+        value = total  # partial: the pseudo-header only, not complemented
+    struct.pack_into("!H", buf, offset + 16, value)
+    return offset + header_len
