@@ -198,8 +198,8 @@ class TcpConn:
         if self.snd_una == self.snd_nxt:
             self.rto.backoffs = 0  # the guest answers: zero-window probes go on
         self.snd_wnd = seg.window << self.guest_wscale
-        if self.snd_wnd > old_window and self.state in _SENDING and self.fin_seq is None:
-            effects.append(KickRead(self.key))
+        if (acked > 0 or self.snd_wnd > old_window) and self.peek_limit() > 0:
+            effects.append(KickRead(self.key))  # the window opened: there may be more to send
         if self.snd_wnd == 0 and self.deadline is None and self.state in _SENDING:
             self._arm(now + self.rto.rto_s)  # persist: probe the zero window
         return effects
@@ -303,6 +303,7 @@ class TcpConn:
     def on_host_data(self, data: memoryview, now: float) -> list[Effect]:
         effects: list[Effect] = []
         mss = self.send_mss
+        new_data = not seq_lt(self.snd_nxt, self.snd_max)
         for start in range(0, len(data), mss):
             chunk = data[start:start + mss]
             last = start + mss >= len(data)
@@ -310,7 +311,7 @@ class TcpConn:
             effects.append(self._segment(flags, seq=self.snd_nxt, payload=chunk))
             self.snd_nxt = seq_add(self.snd_nxt, len(chunk))
         self._note_sent()
-        if self.rtt_probe is None and self.rto.backoffs == 0:
+        if self.rtt_probe is None and new_data:  # Karn: never time a retransmission
             self.rtt_probe = (self.snd_nxt, now)
         if self.deadline is None:
             self._arm_rto(now)

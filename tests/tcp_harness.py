@@ -1,0 +1,168 @@
+"""A TCP peer for the stack: scapy segments from the guest, a simulated host socket.
+
+The simulated socket behaves as the runtime's does: Send takes up to `accept` bytes,
+peeks start at the peek offset, Consume drops acknowledged bytes and moves the
+offset back, Rewind sets it to zero, EOF shows once all queued bytes were peeked.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from scapy.layers.inet import IP, TCP  # type: ignore[import-untyped]
+from scapy.layers.l2 import Ether  # type: ignore[import-untyped]
+
+from slirpy.config import Config
+from slirpy.effects import (Close, Connect, Consume, Effect, KickRead, Rewind, Send,
+                            ShutdownWrite, ToGuest, WatchWritable)
+from slirpy.flows.key import FlowKey
+from slirpy.stack import Stack
+from tests.harness import GUEST_IP, GUEST_MAC, OUR_MAC, packed
+
+REMOTE = "192.0.2.1"
+GUEST_PORT = 40000
+REMOTE_PORT = 80
+KEY = FlowKey(6, packed(GUEST_IP), GUEST_PORT, packed(REMOTE), REMOTE_PORT)
+
+
+@dataclasses.dataclass
+class HostSocket:
+    queued: bytearray = dataclasses.field(default_factory=bytearray)  # host -> guest
+    peek_offset: int = 0
+    eof: bool = False
+    received: bytearray = dataclasses.field(default_factory=bytearray)  # guest -> host
+    accept: int = 1 << 30  # how much the next send() takes
+    space: int = 65536 * 4
+    shut_write: bool = False
+    closed: bool = False
+    reset: bool = False
+    connected: bool = False
+
+
+class TcpHarness:
+    def __init__(self, config: Config | None = None, *, guest_isn: int = 1000,
+                 mss: int = 1460, wscale: int | None = 7, window: int = 65535) -> None:
+        self.stack = Stack(config or Config(), secret=b"test")
+        self.now = 1000.0
+        self.host = HostSocket()
+        self.guest_seq = guest_isn
+        self.mss = mss
+        self.wscale = wscale
+        self.window = window
+        self.effects: list[Effect] = []
+        self.to_guest: list[Ether] = []
+
+    # --- the guest side ---------------------------------------------------------------------
+
+    def segment(self, flags: str, payload: bytes = b"", *, seq: int | None = None,
+                ack: int | None = None, window: int | None = None, **tcp: object) -> list[Ether]:
+        seg = (Ether(src=GUEST_MAC, dst=OUR_MAC) / IP(src=GUEST_IP, dst=REMOTE)
+               / TCP(**{"sport": GUEST_PORT, "dport": REMOTE_PORT, **tcp}, flags=flags,
+                     seq=self.guest_seq if seq is None else seq, ack=ack or 0,
+                     window=self.window if window is None else window) / payload)
+        return self._run(self.stack.on_frame(bytes(seg), self.now))
+
+    def syn(self) -> list[Ether]:
+        options = [("MSS", self.mss)] + ([("WScale", self.wscale)] if self.wscale is not None else [])
+        out = self.segment("S", options=options)
+        self.guest_seq += 1
+        return out
+
+    def handshake(self) -> Ether:
+        """SYN, host connects, SYN-ACK, ACK: returns the SYN-ACK."""
+        assert self.syn() == []
+        assert any(isinstance(e, Connect) for e in self.effects)
+        (syn_ack,) = self.host_connected()
+        self.our_isn = syn_ack[TCP].seq
+        self.segment("A", ack=self.our_isn + 1)
+        return syn_ack
+
+    def send(self, data: bytes, flags: str = "PA") -> list[Ether]:
+        out = self.segment(flags, data, ack=self.ack_point)
+        return out
+
+    @property
+    def ack_point(self) -> int:
+        return getattr(self, "_ack_point", getattr(self, "our_isn", 0) + 1)
+
+    def ack(self, upto: int, window: int | None = None) -> list[Ether]:
+        self._ack_point = upto
+        return self.segment("A", ack=upto, window=window)
+
+    # --- the host side ----------------------------------------------------------------------
+
+    def host_connected(self) -> list[Ether]:
+        self.host.connected = True
+        return self._run(self.stack.on_connected(KEY, self.host.space, self.now))
+
+    def host_writes(self, data: bytes) -> list[Ether]:
+        self.host.queued += data
+        return self._read()
+
+    def host_closes(self) -> list[Ether]:
+        self.host.eof = True
+        return self._read()
+
+    def host_resets(self) -> list[Ether]:
+        return self._run(self.stack.on_host_reset(KEY, self.now))
+
+    def host_writable(self) -> list[Ether]:
+        return self._run(self.stack.on_writable(KEY, self.host.space, self.now))
+
+    def advance(self, seconds: float) -> list[Ether]:
+        self.now += seconds
+        out: list[Ether] = []
+        while (d := self.stack.next_deadline()) is not None and d <= self.now:
+            out += self._run(self.stack.on_timer(self.now))
+        return out
+
+    def _read(self) -> list[Ether]:
+        out: list[Ether] = []
+        while self.host.connected and not self.host.closed:
+            limit = self.stack.peek_limit(KEY)
+            if limit <= 0:
+                break
+            chunk = bytes(self.host.queued[self.host.peek_offset:self.host.peek_offset + limit])
+            if not chunk:
+                if self.host.eof:
+                    out += self._run(self.stack.on_host_eof(KEY, self.now))
+                break
+            self.host.peek_offset += len(chunk)
+            out += self._run(self.stack.on_host_data(KEY, memoryview(chunk), self.now))
+        return out
+
+    def _run(self, effects: list[Effect]) -> list[Ether]:
+        """Apply effects as the runtime would; frames to the guest are returned."""
+        out: list[Ether] = []
+        self.effects = []
+        pending = list(effects)
+        while pending:
+            effect = pending.pop(0)
+            self.effects.append(effect)
+            match effect:
+                case ToGuest():
+                    out.append(Ether(effect.frame))
+                case Send(_, data):
+                    took = min(len(data), self.host.accept)
+                    self.host.received += bytes(data[:took])
+                    pending = self.stack.on_sent(KEY, took, len(data), self.host.space,
+                                                 self.now) + pending
+                case Consume(_, nbytes):
+                    assert nbytes <= self.host.peek_offset or self.host.peek_offset == 0
+                    del self.host.queued[:nbytes]
+                    self.host.peek_offset = max(0, self.host.peek_offset - nbytes)
+                case Rewind():
+                    self.host.peek_offset = 0
+                case KickRead():
+                    saved = self.effects
+                    out += self._read()
+                    self.effects = saved + self.effects
+                case ShutdownWrite():
+                    self.host.shut_write = True
+                case Close(_, reset):
+                    self.host.closed = True
+                    self.host.reset = reset
+                case Connect() | WatchWritable():
+                    pass
+        self.to_guest = out
+        return out

@@ -1,0 +1,328 @@
+"""The TCP state machine, driven by scapy segments and a simulated host socket."""
+
+import errno
+
+import pytest
+from scapy.layers.inet import ICMP, IP, TCP, TCPerror  # type: ignore[import-untyped]
+
+from slirpy.config import Config
+from slirpy.effects import Close, Connect, Send, ShutdownWrite, WatchWritable
+from slirpy.tcp.conn import State
+from tests.tcp_harness import KEY, REMOTE, REMOTE_PORT, TcpHarness
+
+FLAGS = {"F": 0x01, "S": 0x02, "R": 0x04, "P": 0x08, "A": 0x10}
+
+
+def flags_of(frame: object) -> str:
+    value = int(frame[TCP].flags)  # type: ignore[index]
+    return "".join(name for name, bit in FLAGS.items() if value & bit)
+
+
+def state(t: TcpHarness) -> State | None:
+    conn = t.stack.tcp.get(KEY)
+    return None if conn is None else conn.state
+
+
+# --- handshake ------------------------------------------------------------------------------
+
+def test_syn_starts_host_connect_and_waits_for_it() -> None:
+    t = TcpHarness()
+    assert t.syn() == []
+    assert t.effects == [Connect(KEY, KEY.remote_addr, REMOTE_PORT)]
+    assert state(t) is State.CONNECTING
+    assert t.syn() == []  # a retransmitted SYN still waits
+
+
+def test_connected_host_gives_syn_ack_with_mss_and_window_scale() -> None:
+    t = TcpHarness(mss=1400)
+    t.syn()
+    (syn_ack,) = t.host_connected()
+    assert flags_of(syn_ack) == "SA" and syn_ack[TCP].ack == 1001
+    assert syn_ack[IP].src == REMOTE and syn_ack[TCP].sport == REMOTE_PORT
+    options = dict(syn_ack[TCP].options)
+    assert options["MSS"] == 1460 and options["WScale"] == 7
+    t.segment("A", ack=syn_ack[TCP].seq + 1)
+    assert state(t) is State.ESTABLISHED
+
+
+def test_syn_without_window_scale_gets_none_back() -> None:
+    t = TcpHarness(wscale=None)
+    t.syn()
+    (syn_ack,) = t.host_connected()
+    assert "WScale" not in dict(syn_ack[TCP].options)
+
+
+def test_refused_connect_resets_the_guest() -> None:
+    t = TcpHarness()
+    t.syn()
+    (rst,) = t._run(t.stack.on_connect_failed(KEY, errno.ECONNREFUSED, t.now))
+    assert flags_of(rst) == "RA" and rst[TCP].ack == 1001
+    assert state(t) is None and Close(KEY) in t.effects
+
+
+@pytest.mark.parametrize("error, code", [(errno.ENETUNREACH, 0), (errno.EHOSTUNREACH, 1)])
+def test_unreachable_connect_gives_icmp_quoting_the_syn(error: int, code: int) -> None:
+    t = TcpHarness()
+    t.syn()
+    (icmp,) = t._run(t.stack.on_connect_failed(KEY, error, t.now))
+    assert (icmp[ICMP].type, icmp[ICMP].code) == (3, code)
+    assert icmp[TCPerror].seq == 1000  # the guest's kernel checks it against its ISN
+
+
+def test_connect_timeout_resets_the_guest() -> None:
+    t = TcpHarness()
+    t.syn()
+    (rst,) = t.advance(31)
+    assert flags_of(rst) == "RA" and state(t) is None
+
+
+def test_lost_syn_ack_is_sent_again() -> None:
+    t = TcpHarness()
+    t.syn()
+    (first,) = t.host_connected()
+    (again,) = t.advance(1.01)
+    assert flags_of(again) == "SA" and again[TCP].seq == first[TCP].seq
+
+
+def test_segment_for_unknown_connection_gets_reset() -> None:
+    t = TcpHarness()
+    (rst,) = t.segment("A", ack=5555)
+    assert flags_of(rst) == "R" and rst[TCP].seq == 5555
+
+
+def test_connection_limit_resets_new_syns() -> None:
+    t = TcpHarness(Config(tcp_conn_limit=1))
+    t.syn()
+    t.guest_seq = 5000
+    (rst,) = t.segment("S", sport=40001)
+    assert flags_of(rst) == "RA"
+    assert t.stack.tcp.refused == 1
+
+
+# --- data ----------------------------------------------------------------------------------------
+
+def test_guest_data_goes_to_host_and_is_acked_as_far_as_taken() -> None:
+    t = TcpHarness()
+    t.handshake()
+    (ack,) = t.send(b"hello")
+    assert bytes(t.host.received) == b"hello" and ack[TCP].ack == 1006
+
+
+def test_short_write_acks_only_what_kernel_took_then_asks_for_the_rest() -> None:
+    t = TcpHarness()
+    t.handshake()
+    t.host.accept = 3
+    (ack,) = t.send(b"hello")
+    assert ack[TCP].ack == 1004 and bytes(t.host.received) == b"hel"
+    assert any(isinstance(e, WatchWritable) for e in t.effects)
+    t.host.accept = 1 << 30
+    acks = t.host_writable()
+    assert len(acks) == 4 and all(a[TCP].ack == 1004 for a in acks)  # update + dup ACKs
+    t.guest_seq = 1004
+    (ack,) = t.send(b"lo")  # the guest's retransmission
+    assert bytes(t.host.received) == b"hello" and ack[TCP].ack == 1006
+
+
+def test_out_of_order_segment_gets_duplicate_ack_not_buffered() -> None:
+    t = TcpHarness()
+    t.handshake()
+    (dup,) = t.segment("PA", b"later", seq=1010, ack=t.ack_point)
+    assert dup[TCP].ack == 1001 and t.host.received == b""
+
+
+def test_retransmitted_old_data_is_trimmed_not_sent_twice() -> None:
+    t = TcpHarness()
+    t.handshake()
+    t.send(b"abc")
+    t.guest_seq = 1001
+    (ack,) = t.send(b"abcdef")  # overlaps what was taken
+    assert bytes(t.host.received) == b"abcdef" and ack[TCP].ack == 1007
+
+
+def test_host_data_is_segmented_by_guest_mss_and_consumed_on_ack() -> None:
+    t = TcpHarness(mss=1000)
+    t.handshake()
+    segments = t.host_writes(b"x" * 2500)
+    assert [len(s[TCP].payload) for s in segments] == [1000, 1000, 500]
+    assert flags_of(segments[-1]) == "PA"
+    t.ack(t.our_isn + 1 + 2000)
+    assert len(t.host.queued) == 500  # acked bytes left the socket
+    t.ack(t.our_isn + 1 + 2500)
+    assert len(t.host.queued) == 0
+
+
+def test_host_data_stops_at_guest_window_and_resumes_when_it_opens() -> None:
+    t = TcpHarness(wscale=None, window=3000)
+    t.handshake()
+    segments = t.host_writes(b"y" * 10000)
+    assert sum(len(s[TCP].payload) for s in segments) == 3000
+    more = t.ack(t.our_isn + 1 + 3000, window=3000)
+    assert sum(len(s[TCP].payload) for s in more) == 3000
+    assert more[0][TCP].seq == t.our_isn + 1 + 3000
+
+
+def test_timeout_retransmits_from_first_unacked_byte() -> None:
+    t = TcpHarness(mss=1000)
+    t.handshake()
+    t.host_writes(b"a" * 1000 + b"b" * 1000)
+    t.ack(t.our_isn + 1 + 1000)
+    again = t.advance(1.5)
+    assert again and again[0][TCP].seq == t.our_isn + 1 + 1000
+    assert bytes(again[0][TCP].payload) == b"b" * 1000
+
+
+def test_three_duplicate_acks_retransmit_at_once() -> None:
+    t = TcpHarness(mss=1000)
+    t.handshake()
+    t.host_writes(b"a" * 4000)
+    first_unacked = t.our_isn + 1 + 1000
+    t.ack(first_unacked)
+    assert t.ack(first_unacked) == [] and t.ack(first_unacked) == []
+    again = t.ack(first_unacked)
+    assert again[0][TCP].seq == first_unacked
+    assert t.stack.tcp.get(KEY).rtt_probe is None  # type: ignore[union-attr]  # Karn
+
+
+def test_ack_past_a_rewind_is_taken_not_refused() -> None:
+    t = TcpHarness(mss=1000)
+    t.handshake()
+    t.host_writes(b"a" * 3000)
+    t.advance(1.5)  # rewind: snd_nxt back to snd_una, everything sent again
+    t.ack(t.our_isn + 1 + 3000)  # the originals arrived after all
+    assert len(t.host.queued) == 0 and t.host.peek_offset == 0
+
+
+def test_rtt_sample_sets_rto_near_measured_round_trip() -> None:
+    t = TcpHarness()
+    t.handshake()
+    t.host_writes(b"z" * 100)
+    t.now += 0.05
+    t.ack(t.our_isn + 101)
+    conn = t.stack.tcp.get(KEY)
+    assert conn is not None and conn.rto.srtt_s == pytest.approx(0.05)
+    assert conn.rto.rto_s == pytest.approx(0.2)  # 0.05 + 4 * 0.025 = 0.15 < Linux's floor
+
+
+def test_zero_window_is_probed_until_it_opens() -> None:
+    t = TcpHarness(wscale=None)
+    t.handshake()
+    t.ack(t.our_isn + 1, window=0)
+    assert t.host_writes(b"q" * 100) == []
+    (probe,) = t.advance(1.1)
+    assert probe[TCP].seq == t.our_isn and not probe[TCP].payload  # snd_una - 1
+    segments = t.ack(t.our_isn + 1, window=1000)
+    assert bytes(segments[0][TCP].payload) == b"q" * 100
+
+
+def test_window_advertised_follows_host_send_space() -> None:
+    t = TcpHarness()
+    t.handshake()
+    t.host.space = 128 * 10
+    (ack,) = t.send(b"x")
+    assert ack[TCP].window == 10  # scaled by our shift of 7
+    assert any(isinstance(e, WatchWritable) for e in t.effects)
+
+
+# --- FIN and RST in every state -------------------------------------------------------------------
+
+def test_guest_fin_shuts_host_write_side_and_host_data_still_flows() -> None:
+    t = TcpHarness()
+    t.handshake()
+    (ack,) = t.send(b"request", flags="FPA")
+    assert ack[TCP].ack == 1001 + 7 + 1 and t.host.shut_write
+    assert state(t) is State.CLOSE_WAIT
+    (reply,) = t.host_writes(b"response")
+    assert bytes(reply[TCP].payload) == b"response"
+    (fin,) = t.host_closes()
+    assert flags_of(fin) == "FA" and state(t) is State.LAST_ACK
+    t.ack(fin[TCP].seq + 1)
+    assert state(t) is None and t.host.closed and not t.host.reset
+
+
+def test_host_eof_sends_fin_after_all_data_and_guest_can_still_send() -> None:
+    t = TcpHarness()
+    t.handshake()
+    segments = t.host_writes(b"data")
+    (fin,) = t.host_closes()
+    assert fin[TCP].seq == segments[0][TCP].seq + 4 and state(t) is State.FIN_WAIT_1
+    t.ack(fin[TCP].seq + 1)
+    assert state(t) is State.FIN_WAIT_2
+    t.send(b"more")
+    assert bytes(t.host.received) == b"more"
+    t.guest_seq += 4
+    t.send(b"", flags="FA")
+    assert state(t) is None and t.host.closed
+
+
+def test_simultaneous_close_goes_through_closing() -> None:
+    t = TcpHarness()
+    t.handshake()
+    (fin,) = t.host_closes()
+    t.send(b"", flags="FA")
+    assert state(t) is State.CLOSING and t.host.shut_write
+    t.ack(fin[TCP].seq + 1)
+    assert state(t) is None
+
+
+def test_lost_fin_is_sent_again() -> None:
+    t = TcpHarness()
+    t.handshake()
+    (fin,) = t.host_closes()
+    (again,) = t.advance(1.5)
+    assert flags_of(again) == "FA" and again[TCP].seq == fin[TCP].seq
+
+
+def test_retransmitted_guest_fin_is_acked_again() -> None:
+    t = TcpHarness()
+    t.handshake()
+    t.send(b"", flags="FA")
+    t.guest_seq = 1001
+    (ack,) = t.send(b"", flags="FA")
+    assert ack[TCP].ack == 1002 and state(t) is State.CLOSE_WAIT
+
+
+@pytest.mark.parametrize("setup", ["connecting", "syn_received", "established", "close_wait",
+                                   "fin_wait_1", "fin_wait_2"])
+def test_guest_rst_closes_host_socket_with_reset_in_every_state(setup: str) -> None:
+    t = TcpHarness()
+    t.syn()
+    if setup != "connecting":
+        (syn_ack,) = t.host_connected()
+        t.our_isn = syn_ack[TCP].seq
+    if setup not in ("connecting", "syn_received"):
+        t.segment("A", ack=t.our_isn + 1)
+    if setup == "close_wait":
+        t.send(b"", flags="FA")
+        t.guest_seq += 1
+    if setup in ("fin_wait_1", "fin_wait_2"):
+        (fin,) = t.host_closes()
+        if setup == "fin_wait_2":
+            t.ack(fin[TCP].seq + 1)
+    assert state(t) is State[setup.upper()]
+    assert t.segment("R", seq=t.guest_seq) == []
+    assert state(t) is None and t.host.closed and t.host.reset
+
+
+def test_rst_out_of_window_gets_challenge_ack() -> None:
+    t = TcpHarness()
+    t.handshake()
+    (challenge,) = t.segment("R", seq=t.guest_seq + 5000)
+    assert flags_of(challenge) == "A" and state(t) is State.ESTABLISHED
+
+
+def test_host_reset_resets_the_guest() -> None:
+    t = TcpHarness()
+    t.handshake()
+    (rst,) = t.host_resets()
+    assert "R" in flags_of(rst) and state(t) is None
+
+
+def test_guest_that_never_acks_is_reset_after_retries() -> None:
+    t = TcpHarness()
+    t.handshake()
+    t.host_writes(b"x" * 10)
+    frames = []
+    for _ in range(40):
+        frames += t.advance(60)
+    assert state(t) is None and t.host.reset
+    assert "R" in flags_of(frames[-1])
