@@ -18,6 +18,12 @@ class ToGuest:
 
     headers: bytes | bytearray | memoryview
     payload: bytes | bytearray | memoryview = b""
+    # Offload (virtio-net header), when the tap has one: the checksum at csum_offset
+    # past csum_start holds only the pseudo-header sum, and with gso_size the frame
+    # is a TCP super-segment the guest's kernel cuts into gso_size pieces.
+    csum_start: int = 0
+    csum_offset: int = 0
+    gso_size: int = 0
 
     @property
     def frame(self) -> bytes:

@@ -23,9 +23,10 @@ Payload = bytes | bytearray | memoryview
 
 
 class GuestLink:
-    def __init__(self, our_mac: bytes, mtu: int) -> None:
+    def __init__(self, our_mac: bytes, mtu: int, *, offload: bool = False) -> None:
         self.our_mac = our_mac
         self.mtu = mtu
+        self.offload = offload  # the tap takes partial checksums and TCP super-segments
         self.neighbours: dict[bytes, bytes] = {}  # guest IPv4 address -> MAC
         self.last_mac: bytes | None = None
         self._ident = 0
@@ -51,20 +52,25 @@ class GuestLink:
         return buf
 
     def ipv4(self, *, src: bytes, dst: bytes, proto: int, l4: Payload,
-             payload: Payload = b"", dst_mac: bytes | None = None) -> list[ToGuest]:
+             payload: Payload = b"", dst_mac: bytes | None = None,
+             csum_offset: int = 0, gso_size: int = 0) -> list[ToGuest]:
         """Frames carrying one IPv4 datagram whose payload is *l4* then *payload*.
 
         Fits in one frame: headers and *payload* leave gathered, never joined.
         Too big for the MTU: fragmented, which joins them once (rare, off the hot path).
+        With *csum_offset* (offload only), the transport checksum is left to the guest's
+        kernel, and with *gso_size* so is cutting the datagram to the MTU.
         """
         mac = dst_mac or self.mac_for(dst)
         size = len(l4) + len(payload)
         self._ident = (self._ident + 1) & 0xFFFF
-        if IP_LEN + size <= self.mtu:
+        if IP_LEN + size <= self.mtu or gso_size:
             buf = self.ethernet(mac, EtherType.IPV4, ETH_LEN + IP_LEN + len(l4))
             offset = build_ipv4(buf, ETH_LEN, src=src, dst=dst, proto=proto, payload_len=size,
                                 ident=self._ident, frag=FLAG_DF)
             buf[offset:] = l4
+            if csum_offset:
+                return [ToGuest(buf, payload, ETH_LEN + IP_LEN, csum_offset, gso_size)]
             return [ToGuest(buf, payload)]
         whole = memoryview(bytes(l4) + bytes(payload))
         frames = []

@@ -55,7 +55,8 @@ ICMP_FLOW_LIMIT: Final = 256
 
 
 class Stack:
-    def __init__(self, config: Config, *, secret: bytes = b"slirpy") -> None:
+    def __init__(self, config: Config, *, secret: bytes = b"slirpy",
+                 offload: bool = False) -> None:
         net = config.network
         self.config = config
         self.gateway = net.gateway.packed
@@ -63,7 +64,7 @@ class Stack:
         self.our_addrs = frozenset({self.gateway, self.dns_addr})
         self.broadcasts = frozenset({_LIMITED_BROADCAST, net.cidr.broadcast_address.packed})
         self.drops: Counter[str] = Counter()
-        self.link = GuestLink(net.our_mac, config.mtu)
+        self.link = GuestLink(net.our_mac, config.mtu, offload=offload)
         self.reassembler = Reassembler()
         self.udp = UdpFlows(self.link, config.udp_flow_limit, config.udp_idle_s)
         self.echo = EchoFlows(self.link, ICMP_FLOW_LIMIT, config.icmp_idle_s)
@@ -74,10 +75,15 @@ class Stack:
 
     # --- events in --------------------------------------------------------------------
 
-    def on_frame(self, frame: bytes | bytearray | memoryview, now: float) -> list[Effect]:
-        """The one entry point for guest frames. Hostile input ends here, as a count."""
+    def on_frame(self, frame: bytes | bytearray | memoryview, now: float, *,
+                 checksum_ok: bool = False) -> list[Effect]:
+        """The one entry point for guest frames. Hostile input ends here, as a count.
+
+        *checksum_ok*: the tap's virtio-net header says the guest's kernel vouches for
+        the transport checksum (partial, offloaded to us, or already checked).
+        """
         try:
-            return self._dispatch(EthernetHeader.parse(memoryview(frame)), now)
+            return self._dispatch(EthernetHeader.parse(memoryview(frame)), now, checksum_ok)
         except Malformed as exc:
             self.drops[exc.reason] += 1
             log.debug("dropped frame: %s", exc.reason)
@@ -154,10 +160,10 @@ class Stack:
 
     # --- frames from the guest ------------------------------------------------------------
 
-    def _dispatch(self, eth: EthernetHeader, now: float) -> list[Effect]:
+    def _dispatch(self, eth: EthernetHeader, now: float, checksum_ok: bool) -> list[Effect]:
         match eth.ethertype:
             case EtherType.IPV4:
-                return self._on_ipv4(eth, Ipv4Header.parse(eth.payload), now)
+                return self._on_ipv4(eth, Ipv4Header.parse(eth.payload), now, checksum_ok)
             case EtherType.ARP:
                 return self._on_arp(eth, ArpPacket.parse(eth.payload))
             case EtherType.IPV6:
@@ -175,7 +181,8 @@ class Stack:
                   sender_ip=arp.target_ip, target_mac=arp.sender_mac, target_ip=arp.sender_ip)
         return [ToGuest(buf)]
 
-    def _on_ipv4(self, eth: EthernetHeader, ip: Ipv4Header, now: float) -> list[Effect]:
+    def _on_ipv4(self, eth: EthernetHeader, ip: Ipv4Header, now: float,
+                 checksum_ok: bool) -> list[Effect]:
         if ip.src in self.our_addrs or ip.src in self.broadcasts:
             raise Malformed("ipv4-bad-src")
         self.link.learn(ip.src, eth.src)
@@ -187,13 +194,16 @@ class Stack:
             if whole is None:
                 return []
             payload = memoryview(whole)
+        verify = not checksum_ok
         match ip.proto:
             case IpProto.UDP:
-                return self._on_udp(ip, UdpHeader.parse(payload, ip.src, ip.dst), now)
+                udp = UdpHeader.parse(payload, ip.src, ip.dst, verify_checksum=verify)
+                return self._on_udp(ip, udp, now)
             case IpProto.ICMP:
-                return self._on_icmp(ip, IcmpHeader.parse(payload), now)
+                return self._on_icmp(ip, IcmpHeader.parse(payload, verify_checksum=verify), now)
             case IpProto.TCP:
-                return self._on_tcp(ip, TcpHeader.parse(payload, ip.src, ip.dst), now)
+                seg = TcpHeader.parse(payload, ip.src, ip.dst, verify_checksum=verify)
+                return self._on_tcp(ip, seg, now)
             case _:
                 raise Malformed("ipv4-unsupported-proto")
 

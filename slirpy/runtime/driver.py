@@ -41,7 +41,7 @@ class Driver:
         self.config = config
         self.device = device
         self.loop = EventLoop()
-        self.stack = Stack(config, secret=secret)
+        self.stack = Stack(config, secret=secret, offload=device.offload)
         self.sockets = HostSockets(config, self.loop, self._on_datagram, self._on_error)
         self.streams = HostStreams(config, self.loop, self.stack, self.apply)
         self.stopping = False
@@ -53,7 +53,8 @@ class Driver:
 
     def _on_tap(self, mask: int) -> None:
         for frame in self.device.read_frames(TAP_BATCH):
-            self.apply(self.stack.on_frame(frame, self.loop.now()))
+            self.apply(self.stack.on_frame(frame.data, self.loop.now(),
+                                           checksum_ok=frame.checksum_ok))
 
     def _on_datagram(self, flow: FlowKey, data: bytes) -> None:
         self.apply(self.stack.on_host_datagram(flow, data, self.loop.now()))
@@ -66,8 +67,8 @@ class Driver:
     def apply(self, effects: list[Effect]) -> None:
         for effect in effects:
             match effect:
-                case ToGuest(headers, payload):
-                    self.device.write_frame(headers, payload)
+                case ToGuest():
+                    self.device.write(effect)
                 case OpenUdp(flow, host_addr, host_port):
                     self.sockets.open_udp(flow, host_addr, host_port)
                 case OpenPing(flow, host_addr):

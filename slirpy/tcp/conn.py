@@ -48,6 +48,7 @@ PEEK_MAX_BYTES: Final = 1 << 20  # one peek at most: a burst towards the guest
 MAX_RETRIES: Final = 12  # then the guest is gone: reset (Linux's tcp_retries2 is 15)
 DUPACK_THRESHOLD: Final = 3  # RFC 5681 3.2
 PERSIST_MAX_S: Final = 60.0
+GSO_MAX_PAYLOAD: Final = 65535 - 20 - 20  # an IPv4 datagram's worth of TCP payload
 
 
 class State(enum.Enum):
@@ -302,7 +303,9 @@ class TcpConn:
 
     def on_host_data(self, data: memoryview, now: float) -> list[Effect]:
         effects: list[Effect] = []
-        mss = self.send_mss
+        # With offload, one frame carries as many whole segments as an IP datagram holds.
+        mss = (GSO_MAX_PAYLOAD // self.send_mss) * self.send_mss if self.link.offload \
+            else self.send_mss
         new_data = not seq_lt(self.snd_nxt, self.snd_max)
         for start in range(0, len(data), mss):
             chunk = data[start:start + mss]
@@ -408,11 +411,15 @@ class TcpConn:
         ack = self.rcv_nxt if flags & TcpFlags.ACK else 0
         window = 0 if flags & TcpFlags.RST else (
             min(self.send_space, MAX_WINDOW) if flags & TcpFlags.SYN else self._window())
+        offload = self.link.offload and bool(payload)
         build_tcp(header, 0, src=self.key.remote_addr, dst=self.key.guest_addr,
                   src_port=self.key.remote_port, dst_port=self.key.guest_port, seq=seq,
-                  ack=ack, flags=flags, window=window, options=options, payload=payload)
+                  ack=ack, flags=flags, window=window, options=options, payload=payload,
+                  checksum=not offload)
+        gso_size = self.send_mss if offload and len(payload) > self.send_mss else 0
         (frame,) = self.link.ipv4(src=self.key.remote_addr, dst=self.key.guest_addr, proto=6,
-                                  l4=header, payload=payload)
+                                  l4=header, payload=payload, csum_offset=16 if offload else 0,
+                                  gso_size=gso_size)
         return frame
 
 
