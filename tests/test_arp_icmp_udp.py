@@ -7,7 +7,6 @@ from scapy.packet import Raw  # type: ignore[import-untyped]
 
 from slirpy.config import Config
 from slirpy.effects import Close, HostError, OpenPing, OpenUdp, SendDatagram
-from slirpy.flows.key import FlowKey
 from tests.harness import DNS, GATEWAY, GUEST_IP, GUEST_MAC, OUR_MAC, GuestHarness, packed
 
 

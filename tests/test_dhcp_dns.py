@@ -8,7 +8,6 @@ from scapy.layers.l2 import Ether  # type: ignore[import-untyped]
 
 from slirpy.config import Config
 from slirpy.effects import Close, HostError, OpenUdp, SendDatagram
-from slirpy.flows.key import FlowKey
 from slirpy.services.dns import parse_resolv_conf
 from tests.harness import DNS, GATEWAY, GUEST_IP, GUEST_MAC, OUR_MAC, GuestHarness, packed
 

@@ -6,7 +6,7 @@ import pytest
 from scapy.layers.inet import ICMP, IP, TCP, TCPerror  # type: ignore[import-untyped]
 
 from slirpy.config import Config
-from slirpy.effects import Close, Connect, Send, ShutdownWrite, WatchWritable
+from slirpy.effects import Close, Connect, WatchWritable
 from slirpy.tcp.conn import State
 from tests.tcp_harness import KEY, REMOTE, REMOTE_PORT, TcpHarness
 

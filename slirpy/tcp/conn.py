@@ -29,7 +29,7 @@ import hashlib
 import logging
 from typing import Final
 
-from slirpy.effects import (Close, Connect, Consume, Effect, KickRead, Rewind, Send,
+from slirpy.effects import (Close, Consume, Effect, KickRead, Rewind, Send,
                             ShutdownWrite, WatchWritable)
 from slirpy.flows.key import FlowKey
 from slirpy.guest import GuestLink
@@ -186,8 +186,7 @@ class TcpConn:
         old_window = self.snd_wnd
         if acked > 0 and seq_le(seg.ack, self.snd_max):
             effects += self._on_new_ack(seg.ack, acked, now)
-        elif acked == 0 and not seg.payload and not seg.flags & TcpFlags.FIN \
-                and self.snd_nxt != self.snd_una and (seg.window << self.guest_wscale) == old_window:
+        elif self._is_duplicate_ack(seg, acked, old_window):
             self.dupacks += 1
             if self.dupacks == DUPACK_THRESHOLD:
                 log.debug("%s: fast retransmit from %d", self.key, self.snd_una)
@@ -204,6 +203,12 @@ class TcpConn:
         if self.snd_wnd == 0 and self.deadline is None and self.state in _SENDING:
             self._arm(now + self.rto.rto_s)  # persist: probe the zero window
         return effects
+
+    def _is_duplicate_ack(self, seg: TcpHeader, acked: int, old_window: int) -> bool:
+        """RFC 5681 2: no new data acked, no payload, no FIN, data in flight, same window."""
+        return (acked == 0 and not seg.payload and not seg.flags & TcpFlags.FIN
+                and self.snd_nxt != self.snd_una
+                and seg.window << self.guest_wscale == old_window)
 
     def _on_new_ack(self, ack: int, acked: int, now: float) -> list[Effect]:
         data_acked = acked

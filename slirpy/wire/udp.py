@@ -28,9 +28,9 @@ class UdpHeader(NamedTuple):
             raise Malformed("udp-bad-length")
         datagram = datagram[:length]
         # A zero checksum means "none" over IPv4 (RFC 768); IPv6 forbids it (RFC 8200 8.1).
-        if verify_checksum and (check or len(src) == 16):
-            if finish(ones_sum(datagram, pseudo_header_sum(src, dst, 17, length))) != 0:
-                raise Malformed("udp-checksum")
+        needs_check = verify_checksum and (check or len(src) == 16)
+        if needs_check and finish(ones_sum(datagram, pseudo_header_sum(src, dst, 17, length))):
+            raise Malformed("udp-checksum")
         if dst_port == 0:
             raise Malformed("udp-port-zero")
         return cls(src_port, dst_port, datagram[HEADER_LEN:])
