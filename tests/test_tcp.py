@@ -326,3 +326,10 @@ def test_guest_that_never_acks_is_reset_after_retries() -> None:
         frames += t.advance(60)
     assert state(t) is None and t.host.reset
     assert "R" in flags_of(frames[-1])
+
+
+def test_guest_zero_window_probe_gets_our_ack_and_window() -> None:
+    t = TcpHarness()
+    t.handshake()
+    (ack,) = t.segment("A", seq=t.guest_seq - 1, ack=t.ack_point)  # Linux's probe
+    assert ack[TCP].ack == t.guest_seq and ack[TCP].window > 0

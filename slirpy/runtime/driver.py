@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 
 TAP_BATCH: Final = 64
 RESOLV_CONF_CHECK_S: Final = 2.0
+# Tests only (no netem qdisc here): the share of frames the tap loses in each direction.
+TEST_DROP_RATE_ENV: Final = "SLIRPY_TEST_DROP_RATE"
 _STOP_SIGNALS: Final = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
@@ -159,6 +161,8 @@ class Driver:
             wakeup_w.close()
 
     def close(self) -> None:
+        log.debug("frames dropped: %s; tap errors: %s", self.stack.counters() or "none",
+                  dict(getattr(self.device, "errors", {})) or "none")
         self.streams.close_all()
         self.sockets.close_all()
         self.loop.close()
@@ -174,8 +178,10 @@ def raise_fd_limit() -> None:
 def serve(config: Config, tap_fd: int, *, stop_fds: Sequence[int] = ()) -> None:
     """Carry the guest's traffic until a stop fd fires or a signal asks us to stop."""
     raise_fd_limit()
-    driver = Driver(config, TapDevice(tap_fd, drop_rate=config.test_drop_rate),
-                    secret=os.urandom(16))
+    drop_rate = float(os.environ.get(TEST_DROP_RATE_ENV, config.test_drop_rate))
+    if drop_rate:
+        log.warning("test mode: dropping %.1f%% of frames on the tap", drop_rate * 100)
+    driver = Driver(config, TapDevice(tap_fd, drop_rate=drop_rate), secret=os.urandom(16))
     for fd in stop_fds:
         driver.watch_stop_fd(fd)
     try:

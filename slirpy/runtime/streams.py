@@ -89,6 +89,7 @@ class HostStreams:
             return
         if mask & select.EPOLLOUT and key in self.watching_out:
             self.watching_out.discard(key)
+            self.loop.epoll.modify(sock.fileno(), _EDGE)
             self.apply(self.stack.on_writable(key, self._space(sock), self.loop.now()))
         if mask & (select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLERR | select.EPOLLHUP):
             self.read(key)
@@ -124,6 +125,7 @@ class HostStreams:
                 return
             now = self.loop.now()
             if nbytes == 0:
+                log.debug("%s: host EOF (peek limit %d)", key, limit)
                 self.apply(self.stack.on_host_eof(key, now))
                 return
             self.apply(self.stack.on_host_data(key, self.peek_view[:nbytes], now))

@@ -241,9 +241,11 @@ class TcpConn:
 
     def _on_data(self, seg: TcpHeader, now: float) -> list[Effect]:
         fin = bool(seg.flags & TcpFlags.FIN)
-        if not seg.payload and not fin:
-            return []
         ahead = seq_diff(seg.seq, self.rcv_nxt)
+        if not seg.payload and not fin:
+            # An old sequence number with nothing in it is a keepalive or a zero-window
+            # probe: it wants our ACK and window (RFC 9293 3.8.6.1, 3.8.4).
+            return [self._ack()] if ahead < 0 else []
         if ahead > 0:
             return [self._ack()]  # a hole before it: ask again for rcv_nxt (no reorder queue)
         data = seg.payload[-ahead:] if -ahead < len(seg.payload) else seg.payload[:0]
