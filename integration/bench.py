@@ -1,0 +1,352 @@
+#!/usr/bin/env python3
+"""Benchmark slirpy beside slirp4netns and pasta, in one run, in a throwaway world.
+
+    sudo -E python3 integration/bench.py            # or as any user who may unshare
+    python3 integration/bench.py --quick            # shorter runs
+
+The script re-runs itself inside a new user, network, mount and PID namespace (the
+"world"); nothing leaves it. In the world: the "host" services listen on loopback
+and on 192.0.2.1 (a documentation address on lo); a tun device nobody reads carries
+the default route, which pasta needs to find an "external" interface. For each
+connector a guest namespace is made (`unshare -Urn`), the connector attached to it,
+and real clients run in the guest:
+- throughput: iperf3 guest -> host (and host -> guest with -R) at MTU 1500 and 65520,
+  with the connector's CPU seconds per GB moved;
+- connections per second: short connections to a server on the world's loopback,
+  reached through the address each connector maps to host loopback;
+- request/response latency: 64-byte ping-pong on one connection, client, server and
+  connector pinned to CPU 0 (unpinned numbers on a small VM measure the scheduler);
+- peak RSS of the connector (VmHWM).
+It prints one table with ratios to slirp4netns. It asserts nothing: it is a benchmark.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+HOST_ADDR = "192.0.2.1"  # the "internet" server's address, on the world's lo
+UPLINK_ADDR = "203.0.113.1/24"
+UPLINK_GW = "203.0.113.254"
+IPERF_PORT = 5201
+CPS_PORT = 7001
+RR_PORT = 7002
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def sh(cmd: str) -> None:
+    subprocess.run(cmd, shell=True, check=True)
+
+
+# --- the world --------------------------------------------------------------------------------
+
+def enter_world(argv: list[str]) -> int:
+    cmd = ["unshare", "--user", "--map-root-user", "--net", "--mount", "--pid", "--fork",
+           "--mount-proc", "--kill-child=SIGTERM", sys.executable, __file__, "--inner", *argv]
+    return subprocess.run(cmd).returncode
+
+
+def build_world() -> None:
+    sh("ip link set lo up")
+    sh(f"ip addr add {HOST_ADDR}/32 dev lo")
+    # pasta copies the addresses of an Ethernet-like interface with the default route.
+    sh("ip tuntap add mode tap name uplink0 && ip link set uplink0 up")
+    sh(f"ip addr add {UPLINK_ADDR} dev uplink0 && ip route add default via {UPLINK_GW}")
+    sh("mount -t tmpfs tmpfs /tmp")
+    Path("/tmp/resolv.conf").write_text(f"nameserver {HOST_ADDR}\n")
+    sh("mount --bind /tmp/resolv.conf /etc/resolv.conf")
+
+
+# --- connectors -----------------------------------------------------------------------------------
+
+@dataclass
+class Connector:
+    name: str
+    loopback_addr: str  # what the guest dials to reach the world's loopback
+    proc: subprocess.Popen[bytes] | None = None
+    guest: subprocess.Popen[bytes] | None = None
+
+    def command(self, pid: int, mtu: int, ready_fd: int) -> list[str]:
+        match self.name:
+            case "slirpy":
+                return [sys.executable, "-m", "slirpy", "-c", "-m", str(mtu), "-r", str(ready_fd),
+                        str(pid), "tap0"]
+            case "slirp4netns":
+                return ["slirp4netns", "-c", "-m", str(mtu), "-r", str(ready_fd), str(pid), "tap0"]
+            case "pasta":
+                return ["pasta", "-f", "-q", "--config-net", "--runas", "0", "-m", str(mtu),
+                        "-t", "none", "-u", "none", "-T", "none", "-U", "none", str(pid)]
+        raise ValueError(self.name)
+
+    @contextmanager
+    def attached(self, mtu: int) -> Iterator[Connector]:
+        self.guest = subprocess.Popen(["unshare", "--user", "--map-root-user", "--net",
+                                       "sleep", "infinity"])
+        wait_for(lambda: ns_differs(self.guest.pid), "guest namespace")  # type: ignore[union-attr]
+        read_fd, write_fd = os.pipe()
+        self.proc = subprocess.Popen(self.command(self.guest.pid, mtu, write_fd),
+                                     pass_fds=(write_fd,), stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(REPO)})
+        os.close(write_fd)
+        try:
+            if self.name == "pasta":
+                os.close(read_fd)
+                wait_for(lambda: "default" in guest_run(self, "ip route", capture=True),
+                         "pasta to configure the guest")
+            else:
+                with os.fdopen(read_fd, "rb") as ready:
+                    if ready.read(1) != b"1":
+                        raise RuntimeError(f"{self.name} did not get ready: "
+                                           f"{self.proc.stderr.read().decode()[-500:]}")  # type: ignore[union-attr]
+            if self.name == "pasta":
+                guest_run(self, f"ip link set dev $(ip -o link | awk -F': ' '$2!=\"lo\"{{print $2}}' | head -1) mtu {mtu}")
+            yield self
+        finally:
+            for proc in (self.proc, self.guest):
+                if proc is not None and proc.poll() is None:
+                    proc.terminate()
+                    try:
+                        proc.wait(5)
+                    except subprocess.TimeoutExpired:
+                        proc.kill()
+                        proc.wait()
+
+    def cpu_seconds(self) -> float:
+        assert self.proc is not None
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+    def peak_rss_mib(self) -> float:
+        assert self.proc is not None
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+
+def ns_differs(pid: int) -> bool:
+    try:
+        return os.readlink(f"/proc/{pid}/ns/net") != os.readlink("/proc/self/ns/net")
+    except OSError:
+        return False
+
+
+def wait_for(check: object, what: str, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if check():  # type: ignore[operator]
+            return
+        time.sleep(0.05)  # no readiness signal exists for this one: poll with a deadline
+    raise RuntimeError(f"timed out waiting for {what}")
+
+
+def guest_run(conn: Connector, cmd: str, *, capture: bool = False, timeout: float = 120,
+              cpu: int | None = None) -> str:
+    assert conn.guest is not None
+    prefix = ["nsenter", "--target", str(conn.guest.pid), "--net", "--user",
+              "--preserve-credentials"]
+    if cpu is not None:
+        prefix = ["taskset", "-c", str(cpu), *prefix]
+    done = subprocess.run([*prefix, "sh", "-c", cmd], capture_output=True, timeout=timeout,
+                          text=True)
+    if done.returncode != 0 and not capture:
+        raise RuntimeError(f"guest command failed: {cmd}\n{done.stderr[-1000:]}")
+    return done.stdout
+
+
+# --- servers in the world ---------------------------------------------------------------------------
+
+def serve_short_connections(sock: socket.socket) -> None:
+    while True:
+        try:
+            conn, _ = sock.accept()
+        except OSError:
+            return
+        with conn:
+            conn.recv(64)
+            conn.sendall(b"ok")
+
+
+def serve_echo(sock: socket.socket) -> None:
+    while True:
+        try:
+            conn, _ = sock.accept()
+        except OSError:
+            return
+        with conn:
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            while data := conn.recv(4096):
+                conn.sendall(data)
+
+
+def start_server(addr: str, port: int, target: object) -> socket.socket:
+    sock = socket.create_server((addr, port), backlog=512, reuse_port=True)
+    threading.Thread(target=target, args=(sock,), daemon=True).start()
+    return sock
+
+
+CPS_CLIENT = textwrap.dedent("""
+    import socket, sys, time
+    addr, port, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    start = time.perf_counter()
+    for _ in range(count):
+        s = socket.create_connection((addr, port))
+        s.sendall(b"x"); s.recv(8); s.close()
+    print(count / (time.perf_counter() - start))
+""")
+
+RR_CLIENT = textwrap.dedent("""
+    import json, socket, sys, time
+    addr, port, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    s = socket.create_connection((addr, port))
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    payload, samples = b"p" * 64, []
+    for _ in range(count):
+        t = time.perf_counter(); s.sendall(payload)
+        got = 0
+        while got < 64:
+            got += len(s.recv(64 - got))
+        samples.append(time.perf_counter() - t)
+    print(json.dumps(samples))
+""")
+
+
+# --- measurements --------------------------------------------------------------------------------------
+
+@dataclass
+class Result:
+    values: dict[str, float] = field(default_factory=dict)
+
+
+def iperf(conn: Connector, seconds: int, reverse: bool) -> tuple[float, float]:
+    """(Gbit/s, connector CPU seconds per GB) for one iperf3 run."""
+    server = subprocess.Popen(["iperf3", "-s", "-1", "-B", HOST_ADDR, "-p", str(IPERF_PORT)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(0.3)  # iperf3 has no readiness signal
+        cpu_before = conn.cpu_seconds()
+        out = guest_run(conn, f"iperf3 -c {HOST_ADDR} -p {IPERF_PORT} -t {seconds} -J"
+                        + (" -R" if reverse else ""), capture=True, timeout=seconds + 60)
+        cpu = conn.cpu_seconds() - cpu_before
+    finally:
+        server.kill()
+        server.wait()
+    try:
+        end = json.loads(out)["end"]
+        moved = end["sum_received"]["bytes"]
+        bps = end["sum_received"]["bits_per_second"]
+    except (KeyError, ValueError):
+        return float("nan"), float("nan")
+    return bps / 1e9, cpu / (moved / 1e9) if moved else float("nan")
+
+
+def measure(name: str, args: argparse.Namespace) -> Result:
+    loopback = {"slirpy": "10.0.2.2", "slirp4netns": "10.0.2.2", "pasta": UPLINK_GW}[name]
+    conn = Connector(name, loopback)
+    result = Result()
+    seconds = 3 if args.quick else 8
+    peak = 0.0
+    for mtu in (1500, 65520):
+        with conn.attached(mtu):
+            gbps, cpu_gb = iperf(conn, seconds, reverse=False)
+            result.values[f"guest->host Gbit/s mtu {mtu}"] = gbps
+            result.values[f"CPU s/GB guest->host mtu {mtu}"] = cpu_gb
+            gbps, cpu_gb = iperf(conn, seconds, reverse=True)
+            result.values[f"host->guest Gbit/s mtu {mtu}"] = gbps
+            if mtu == 1500:
+                count = 300 if args.quick else 1000
+                out = guest_run(conn, f"{sys.executable} -c '{CPS_CLIENT}' {loopback} {CPS_PORT} {count}",
+                                capture=True)
+                result.values["connections/s"] = float(out.strip() or "nan")
+                assert conn.proc is not None
+                subprocess.run(["taskset", "-acp", "0", str(conn.proc.pid)],
+                               stdout=subprocess.DEVNULL, check=False)
+                rounds = 1000 if args.quick else 5000
+                out = guest_run(conn, f"{sys.executable} -c '{RR_CLIENT}' {HOST_ADDR} {RR_PORT} {rounds}",
+                                capture=True, cpu=0)
+                samples = sorted(json.loads(out or "[]")) or [float("nan")]
+                result.values["RR p50 us (pinned)"] = statistics.median(samples) * 1e6
+                result.values["RR p99 us (pinned)"] = samples[int(len(samples) * 0.99) - 1] * 1e6
+            peak = max(peak, conn.peak_rss_mib())
+    result.values["peak RSS MiB"] = peak
+    return result
+
+
+# Which way is better for each metric, to print ratios that read the same way.
+LOWER_IS_BETTER = ("CPU", "RR", "RSS")
+
+
+def report(results: dict[str, Result]) -> str:
+    names = list(results)
+    metrics = list(next(iter(results.values())).values)
+    lines = [f"{'metric':32}" + "".join(f"{n:>14}" for n in names)
+             + "".join(f"{n + '/s4n':>16}" for n in names if n != "slirp4netns")]
+    for metric in metrics:
+        row = f"{metric:32}" + "".join(f"{results[n].values.get(metric, float('nan')):14.2f}"
+                                       for n in names)
+        base = results.get("slirp4netns")
+        for n in names:
+            if n == "slirp4netns" or base is None:
+                continue
+            b, v = base.values.get(metric, float("nan")), results[n].values.get(metric, float("nan"))
+            row += f"{(v / b if b else float('nan')):15.2f}x"
+        lines.append(row)
+    lines.append("(ratios are value / slirp4netns; for CPU, RR and RSS lower is better)")
+    return "\n".join(lines)
+
+
+def inner(args: argparse.Namespace) -> int:
+    build_world()
+    os.environ["PATH"] += ":/usr/sbin:/sbin"
+    subprocess.run(["taskset", "-cp", "1", str(os.getpid())], stdout=subprocess.DEVNULL,
+                   check=False)  # the harness itself stays off CPU 0
+    servers = [start_server("127.0.0.1", CPS_PORT, serve_short_connections),
+               start_server(HOST_ADDR, RR_PORT, serve_echo)]
+    subprocess.run(["taskset", "-acp", "0", str(os.getpid())], stdout=subprocess.DEVNULL,
+                   check=False)
+    results = {}
+    for name in args.connectors.split(","):
+        if name != "slirpy" and shutil.which(name) is None:
+            print(f"bench: {name} not installed, skipped", file=sys.stderr)
+            continue
+        print(f"bench: measuring {name}...", file=sys.stderr, flush=True)
+        try:
+            results[name] = measure(name, args)
+        except (RuntimeError, subprocess.TimeoutExpired) as exc:
+            print(f"bench: {name} failed: {exc}", file=sys.stderr)
+    for server in servers:
+        server.close()
+    if results:
+        print(report(results))
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="shorter runs")
+    parser.add_argument("--connectors", default="slirp4netns,pasta,slirpy")
+    parser.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
+    args, rest = parser.parse_known_args()
+    if args.inner:
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
+        return inner(args)
+    return enter_world(sys.argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
