@@ -35,7 +35,7 @@ TAP_BATCH: Final = 64
 RESOLV_CONF_CHECK_S: Final = 2.0
 # Tests only (no netem qdisc here): the share of frames the tap loses in each direction.
 TEST_DROP_RATE_ENV: Final = "SLIRPY_TEST_DROP_RATE"
-_STOP_SIGNALS: Final = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+STOP_SIGNALS: Final = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 class Driver:
@@ -133,11 +133,11 @@ class Driver:
         self._resolv_stamp = stamp
         self.stack.set_dns_upstreams(servers)
 
-    def run(self) -> None:
+    def run(self, stop_signals: Sequence[int] = STOP_SIGNALS) -> None:
         wakeup_r, wakeup_w = socket.socketpair()
         wakeup_r.setblocking(False)
         wakeup_w.setblocking(False)
-        previous = {sig: signal.signal(sig, lambda *_: None) for sig in _STOP_SIGNALS}
+        previous = {sig: signal.signal(sig, lambda *_: None) for sig in stop_signals}
         old_wakeup = signal.set_wakeup_fd(wakeup_w.fileno(), warn_on_full_buffer=False)
         self.loop.add(wakeup_r.fileno(), self._on_stop_fd)
         try:
@@ -175,8 +175,9 @@ def raise_fd_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def serve(config: Config, tap_fd: int, *, stop_fds: Sequence[int] = ()) -> None:
-    """Carry the guest's traffic until a stop fd fires or a signal asks us to stop."""
+def serve(config: Config, tap_fd: int, *, stop_fds: Sequence[int] = (),
+          stop_signals: Sequence[int] = STOP_SIGNALS) -> None:
+    """Carry the guest's traffic until a stop fd fires or a stop signal arrives."""
     raise_fd_limit()
     drop_rate = float(os.environ.get(TEST_DROP_RATE_ENV, config.test_drop_rate))
     if drop_rate:
@@ -185,6 +186,6 @@ def serve(config: Config, tap_fd: int, *, stop_fds: Sequence[int] = ()) -> None:
     for fd in stop_fds:
         driver.watch_stop_fd(fd)
     try:
-        driver.run()
+        driver.run(stop_signals)
     finally:
         driver.close()

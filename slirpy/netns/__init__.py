@@ -1,0 +1,1 @@
+"""Namespaces: joining a guest's to open its tap, and making new ones for `slirpy run`."""
