@@ -1,0 +1,97 @@
+"""Command-line errors: one line on stderr, a non-zero exit, never a traceback."""
+
+import subprocess
+import sys
+
+import pytest
+
+from slirpy.cli.args import Attach, Run, parse
+from slirpy.cli.main import main
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--cidr", "foo", "1"], "invalid CIDR: foo"),
+    (["--cidr", "10.0.2.100/24", "1"],
+     "CIDR needs to be a network address like 10.0.2.0/24, not like 10.0.2.100/24"),
+    (["--cidr", "10.0.0.0/26", "1"], "prefix length needs to be 1-25"),
+    (["--mtu", "70000", "1"], "MTU must be a positive integer (< 65522)"),
+    (["--mtu", "abc", "1"], "MTU must be a positive integer (< 65522)"),
+    ([], "PID or PATH of the network namespace is required"),
+    (["1", "tap0", "extra"], "too many arguments"),
+    (["--macaddress", "02:00:00:00:00:01", "1"], "--macaddr cannot be specified"),
+    (["-c", "--macaddress", "zz", "1"], "invalid MAC address: zz"),
+    (["1", "averyveryverylongtapname0"], "invalid tap name"),
+    (["--enable-ipv6", "1"], "--enable-ipv6 is not supported by slirpy yet"),
+    (["-6", "1"], "--enable-ipv6 is not supported by slirpy yet"),
+    (["--api-socket=/tmp/x", "1"], "--api-socket is not supported by slirpy yet"),
+    (["--enable-sandbox", "1"], "--enable-sandbox is not supported by slirpy yet"),
+    (["--netns-type", "foo", "1"], "--netns-type must be pid or path"),
+    (["--userns-path", "/nonexistent", "1"], "userns path doesn't exist: /nonexistent"),
+    (["--netns-type=path", "/nonexistent"], "existing path expected when --netns-type=path"),
+    (["--outbound-addr", "::1", "1"], "outbound-addr has to be valid ipv4 address"),
+    (["--outbound-addr", "nosuchif0", "1"], "outbound-addr has to be valid ipv4 address"),
+    (["-e", "x", "1"], "invalid"),
+    (["--foo", "1"], "unrecognized arguments: --foo"),
+    (["999999999"], "no such process: 999999999"),
+    (["run"], "run needs a command"),
+    (["run", "--cidr", "bad", "--", "true"], "invalid CIDR: bad"),
+])
+def test_bad_command_line_gives_one_line_and_non_zero_exit(
+        argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(argv) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.count("\n") == 1 and err.startswith("slirpy: ")
+    assert message in err
+
+
+def test_help_lists_every_long_option_and_exits_zero(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for option in ("--configure", "--exit-fd", "--ready-fd", "--mtu", "--cidr",
+                   "--disable-host-loopback", "--enable-host-loopback", "--netns-type",
+                   "--userns-path", "--outbound-addr", "--outbound-addr6", "--disable-dns",
+                   "--macaddress", "--help", "--version"):
+        assert option in out
+
+
+def test_version_has_the_lines_tools_parse_from_slirp4netns(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["-v"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("slirpy version ")
+    keys = {line.split(":")[0] for line in lines[1:]}
+    assert {"commit", "libslirp", "SLIRP_CONFIG_VERSION_MAX"} <= keys
+
+
+def test_attach_defaults_match_slirp4netns() -> None:
+    parsed = parse(["1234"])
+    assert isinstance(parsed, Attach)
+    assert (parsed.tap_name, parsed.configure, parsed.config.mtu) == ("tap0", False, 1500)
+    assert parsed.config.host_loopback and parsed.config.dns
+    assert str(parsed.config.network.cidr) == "10.0.2.0/24"
+
+
+def test_slirp4netns_option_spellings_are_accepted() -> None:
+    parsed = parse(["-c", "-m1400", "--mtu=1400", "-r", "4", "-e3", "--cidr=10.5.0.0/16",
+                    "--disable-host-loopback", "--disable-dns", "--netns-type=pid", "99", "tap1"])
+    assert isinstance(parsed, Attach)
+    assert (parsed.ready_fd, parsed.exit_fd, parsed.tap_name) == (4, 3, "tap1")
+    assert not parsed.config.host_loopback and not parsed.config.dns
+    assert str(parsed.config.network.gateway) == "10.5.0.2"
+
+
+def test_run_form_is_safe_by_default_and_keeps_command_arguments() -> None:
+    parsed = parse(["run", "--", "curl", "-v", "--max-time", "3", "http://x"])
+    assert isinstance(parsed, Run)
+    assert parsed.command == ["curl", "-v", "--max-time", "3", "http://x"]
+    assert not parsed.config.host_loopback
+    enabled = parse(["run", "--enable-host-loopback", "--", "true"])
+    assert isinstance(enabled, Run) and enabled.config.host_loopback
+
+
+def test_module_entry_point_reports_errors_without_traceback() -> None:
+    done = subprocess.run([sys.executable, "-m", "slirpy", "--cidr", "foo", "1"],
+                          capture_output=True, text=True)
+    assert done.returncode == 1
+    assert done.stderr == "slirpy: invalid CIDR: foo\n"
