@@ -1,0 +1,234 @@
+"""Throwaway worlds for integration tests: everything a test touches, it made.
+
+A test calls `in_world(scenario)`: the scenario function runs in a new user, network,
+mount and PID namespace (the world) and returns a JSON-able result. In the world:
+- lo is up and carries the "internet": documentation addresses (192.0.2.1,
+  198.51.100.1) on which test servers listen, beside the world's own 127.0.0.1;
+- the default route goes into a tun device nobody reads, so an address nobody
+  holds stays silent, as on a real network, and nothing leaves the world;
+- /tmp is a private tmpfs, /etc/resolv.conf a file of the world's own naming a DNS
+  server the world runs, so no real resolver is ever asked;
+- unprivileged ping sockets are allowed.
+A guest is `unshare -Urn sleep infinity` inside the world, and slirpy is started
+with --ready-fd, so nothing waits on a sleep. The PID namespace ends every process
+with the world; each helper still stops what it started.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+SLIRPY = [sys.executable, "-m", "slirpy"]
+INTERNET = "192.0.2.1"
+INTERNET2 = "198.51.100.1"
+NOBODY = "203.0.113.99"  # routed into the blackhole: never answers
+NAMES = {"example.test.": INTERNET, "other.test.": INTERNET2}
+_RESULT = "@@world-result@@"
+
+
+# --- from the test: run a scenario in a new world ------------------------------------------------
+
+def in_world(scenario: Callable[..., Any], *args: Any, timeout: float = 240) -> Any:
+    """Run *scenario(*args)* inside a new world; return what it returned."""
+    code = (f"import json, sys; from integration.world import _enter; "
+            f"_enter({scenario.__module__!r}, {scenario.__name__!r}, json.loads(sys.argv[1]))")
+    cmd = ["unshare", "--user", "--map-root-user", "--net", "--mount", "--pid", "--fork",
+           "--mount-proc", "--kill-child=SIGTERM", sys.executable, "-c", code, json.dumps(args)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    for line in done.stdout.splitlines():
+        if line.startswith(_RESULT):
+            return json.loads(line[len(_RESULT):])
+    raise AssertionError(f"scenario {scenario.__name__} failed (exit {done.returncode}):\n"
+                         f"--- stdout\n{done.stdout[-3000:]}\n--- stderr\n{done.stderr[-6000:]}")
+
+
+def _enter(module: str, name: str, args: list[Any]) -> None:
+    for fd in range(3, 256):  # fds inherited from pytest must not leak into slirpy
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    build_world()
+    result = getattr(importlib.import_module(module), name)(*args)
+    print(_RESULT + json.dumps(result), flush=True)
+
+
+# --- inside the world ---------------------------------------------------------------------------------
+
+def sh(cmd: str) -> str:
+    return subprocess.run(cmd, shell=True, check=True, capture_output=True, text=True).stdout
+
+
+def build_world(nameservers: tuple[str, ...] = ("127.0.0.1",)) -> None:
+    sh("ip link set lo up")
+    sh(f"ip addr add {INTERNET}/32 dev lo && ip addr add {INTERNET2}/32 dev lo")
+    sh("ip tuntap add mode tun name blackhole0 && ip link set blackhole0 up "
+       "&& ip route add default dev blackhole0")
+    sh("mount -t tmpfs tmpfs /tmp")
+    sh("sysctl -qw net.ipv4.ping_group_range='0 0'")
+    set_nameservers(nameservers)
+    sh("mount --bind /tmp/resolv.conf /etc/resolv.conf")
+
+
+def set_nameservers(nameservers: tuple[str, ...] | list[str]) -> None:
+    Path("/tmp/resolv.conf").write_text("".join(f"nameserver {n}\n" for n in nameservers))
+
+
+class Guest:
+    """A guest namespace as rootless containers have: its own user namespace too."""
+
+    def __init__(self) -> None:
+        # Its own mount namespace too, for a resolv.conf naming slirpy's DNS address.
+        Path("/tmp/guest-resolv.conf").write_text("nameserver 10.0.2.3\n")
+        read_fd, write_fd = os.pipe()
+        self.proc = subprocess.Popen(
+            ["unshare", "--user", "--map-root-user", "--net", "--mount", "sh", "-c",
+             f"mount --bind /tmp/guest-resolv.conf /etc/resolv.conf && echo up >&{write_fd}"
+             f" && exec sleep infinity"], pass_fds=(write_fd,))
+        os.close(write_fd)
+        with os.fdopen(read_fd) as ready:
+            if ready.readline() != "up\n":
+                raise RuntimeError("guest namespace did not come up")
+        self.pid = self.proc.pid
+
+    def run(self, cmd: str | list[str], *, check: bool = True, timeout: float = 120,
+            input: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+        argv = ["sh", "-c", cmd] if isinstance(cmd, str) else cmd
+        done = subprocess.run(["nsenter", "--target", str(self.pid), "--net", "--mount",
+                               "--user", "--preserve-credentials", *argv],
+                              capture_output=True, timeout=timeout, input=input)
+        if check and done.returncode != 0:
+            raise AssertionError(f"guest command failed ({done.returncode}): {cmd}\n"
+                                 f"{done.stdout[-2000:]!r}\n{done.stderr[-2000:]!r}")
+        return done
+
+    def python(self, code: str, *args: str, timeout: float = 120) -> str:
+        return self.run([sys.executable, "-c", code, *args], timeout=timeout).stdout.decode()
+
+    def stop(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+
+class Slirpy:
+    """slirpy (or a compatible connector) attached to a guest, up once it said ready."""
+
+    def __init__(self, guest: Guest, *args: str, command: list[str] | None = None,
+                 env: dict[str, str] | None = None) -> None:
+        read_fd, write_fd = os.pipe()
+        argv = [*(command or SLIRPY), "-r", str(write_fd), *args, str(guest.pid), "tap0"]
+        self.stderr_path = Path(f"/tmp/slirpy-{time.monotonic_ns()}.log")
+        with open(self.stderr_path, "wb") as log:
+            self.proc = subprocess.Popen(argv, pass_fds=(write_fd,), stdout=subprocess.DEVNULL,
+                                         stderr=log, env={**os.environ, **(env or {})})
+        os.close(write_fd)
+        with os.fdopen(read_fd, "rb") as ready:
+            if ready.read(1) != b"1":
+                self.proc.wait(5)
+                raise AssertionError(f"connector not ready: {self.log()}")
+
+    def log(self) -> str:
+        return self.stderr_path.read_text(errors="replace")[-4000:]
+
+    def fds(self) -> int:
+        return len(os.listdir(f"/proc/{self.proc.pid}/fd"))
+
+    def rss_kib(self) -> int:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise AssertionError("no VmRSS")
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+@contextlib.contextmanager
+def attached(*args: str, env: dict[str, str] | None = None) -> Iterator[tuple[Guest, Slirpy]]:
+    guest = Guest()
+    try:
+        slirpy = Slirpy(guest, *args, env=env)
+        try:
+            yield guest, slirpy
+        finally:
+            slirpy.stop()
+    finally:
+        guest.stop()
+
+
+# --- servers in the world -------------------------------------------------------------------------------
+
+def serve_forever(target: Callable[..., None], *args: Any) -> None:
+    threading.Thread(target=target, args=args, daemon=True).start()
+
+
+def udp_echo(addr: str, port: int) -> None:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    sock.bind((addr, port))
+
+    def loop() -> None:
+        while True:
+            data, peer = sock.recvfrom(65535)
+            sock.sendto(data, peer)
+    serve_forever(loop)
+
+
+def dns_server(addr: str = "127.0.0.1", port: int = 53) -> None:
+    """Answers A queries for NAMES over UDP and TCP; NXDOMAIN for anything else."""
+    from scapy.layers.dns import DNS, DNSRR  # type: ignore[import-untyped]
+
+    def answer(query: bytes) -> bytes:
+        q = DNS(query)
+        name = q.qd[0].qname.decode().lower()
+        if name in NAMES and q.qd[0].qtype == 1:
+            return bytes(DNS(id=q.id, qr=1, aa=1, rd=q.rd, ra=1, qd=q.qd,
+                             an=DNSRR(rrname=name, type="A", ttl=60, rdata=NAMES[name])))
+        return bytes(DNS(id=q.id, qr=1, aa=1, rd=q.rd, ra=1, qd=q.qd,
+                         rcode=0 if name in NAMES else 3))
+
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.bind((addr, port))
+
+    def udp_loop() -> None:
+        while True:
+            data, peer = udp.recvfrom(4096)
+            udp.sendto(answer(data), peer)
+
+    tcp = socket.create_server((addr, port))
+
+    def tcp_loop() -> None:
+        while True:
+            conn, _ = tcp.accept()
+            with conn:
+                length = int.from_bytes(conn.recv(2), "big")
+                data = b""
+                while len(data) < length:
+                    data += conn.recv(length - len(data))
+                reply = answer(data)
+                conn.sendall(len(reply).to_bytes(2, "big") + reply)
+    serve_forever(udp_loop)
+    serve_forever(tcp_loop)
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
