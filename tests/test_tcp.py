@@ -333,3 +333,16 @@ def test_guest_zero_window_probe_gets_our_ack_and_window() -> None:
     t.handshake()
     (ack,) = t.segment("A", seq=t.guest_seq - 1, ack=t.ack_point)  # Linux's probe
     assert ack[TCP].ack == t.guest_seq and ack[TCP].window > 0
+
+
+def test_window_update_waits_again_while_space_is_under_a_segment() -> None:
+    t = TcpHarness()
+    t.handshake()
+    t.host.space = 100
+    t.send(b"x")
+    t.host.space = 200  # writable, but still no room for a full segment
+    (update,) = t.host_writable()
+    assert any(isinstance(e, WatchWritable) for e in t.effects)
+    t.host.space = 1 << 20
+    (update,) = t.host_writable()
+    assert update[TCP].window > 0 and not any(isinstance(e, WatchWritable) for e in t.effects)

@@ -279,12 +279,13 @@ class TcpConn:
         if self.state in (State.CLOSED, State.CONNECTING):
             return []
         ack = self._ack()
+        rewatch: list[Effect] = [WatchWritable(self.key)] if space < self.our_mss else []
         if self.short_write:
             # The guest holds bytes we did not ACK; a window update plus duplicates
             # make it resend them now (RFC 5681 fast retransmit), not after its RTO.
             self.short_write = False
-            return [ack, self._ack(), self._ack(), self._ack()]
-        return [ack]
+            return [ack, self._ack(), self._ack(), self._ack(), *rewatch]
+        return [ack, *rewatch]  # still no room for a segment: wait for the next wake-up
 
     def _on_guest_fin(self) -> list[Effect]:
         self.rcv_nxt = seq_add(self.rcv_nxt, 1)
