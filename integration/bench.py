@@ -53,7 +53,7 @@ def sh(cmd: str) -> None:
     subprocess.run(cmd, shell=True, check=True)
 
 
-# --- the world --------------------------------------------------------------------------------
+# --- the world ---
 
 def enter_world(argv: list[str]) -> int:
     cmd = ["unshare", "--user", "--map-root-user", "--net", "--mount", "--pid", "--fork",
@@ -72,7 +72,7 @@ def build_world() -> None:
     sh("mount --bind /tmp/resolv.conf /etc/resolv.conf")
 
 
-# --- connectors -----------------------------------------------------------------------------------
+# --- connectors ---
 
 @dataclass
 class Connector:
@@ -169,7 +169,7 @@ def guest_run(conn: Connector, cmd: str, *, capture: bool = False, timeout: floa
     return done.stdout
 
 
-# --- servers in the world ---------------------------------------------------------------------------
+# --- servers in the world ---
 
 def serve_short_connections(sock: socket.socket) -> None:
     while True:
@@ -226,7 +226,7 @@ RR_CLIENT = textwrap.dedent("""
 """)
 
 
-# --- measurements --------------------------------------------------------------------------------------
+# --- measurements ---
 
 @dataclass
 class Result:

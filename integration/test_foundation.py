@@ -10,12 +10,11 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from integration.world import (INTERNET, NOBODY, SLIRPY, Guest, Slirpy, attached, dns_server,
+from integration.world import (INTERNET, NOBODY, SLIRPY, WORK, Guest, attached, dns_server,
                                in_world, set_nameservers, sh, udp_echo)
 
 UDP_CLIENT = """
@@ -36,7 +35,7 @@ print(json.dumps(bad))
 """
 
 
-# --- slirpy run -----------------------------------------------------------------------------------------
+# --- slirpy run ---
 
 def scenario_run_configures_guest_and_returns_status() -> dict[str, Any]:
     done = subprocess.run([*SLIRPY, "run", "--", "sh", "-c",
@@ -87,7 +86,7 @@ def test_run_reaches_world_loopback_via_gateway_only_with_enable_host_loopback()
     assert "unreachable" in disabled["err"].lower() or "timed out" in disabled["err"], disabled
 
 
-# --- the attach form ---------------------------------------------------------------------------------------
+# --- the attach form ---
 
 def scenario_attach_configure() -> dict[str, Any]:
     with attached("-c") as (guest, _):
@@ -102,14 +101,14 @@ def test_attach_with_configure_sets_address_and_route() -> None:
 
 
 def scenario_attach_dhcp() -> str:
-    script = Path("/tmp/udhcpc.sh")
+    script = WORK / "udhcpc.sh"
     script.write_text('#!/bin/sh\n[ "$1" = bound ] && echo "ip=$ip router=$router dns=$dns '
-                      'mask=$mask mtu=$mtu" > /tmp/lease\nexit 0\n')
+                      f'mask=$mask mtu=$mtu" > {WORK}/lease\nexit 0\n')
     script.chmod(0o755)
     with attached() as (guest, _):
         guest.run("ip link set tap0 up")
         guest.run(f"udhcpc -i tap0 -n -q -f -t 5 -T 1 -s {script}", timeout=30)
-    return Path("/tmp/lease").read_text()
+    return (WORK / "lease").read_text()
 
 
 def test_attach_without_configure_udhcpc_gets_a_lease_with_router_and_dns() -> None:
@@ -118,7 +117,7 @@ def test_attach_without_configure_udhcpc_gets_a_lease_with_router_and_dns() -> N
     assert "dns=10.0.2.3 " in lease and "mask=24" in lease
 
 
-# --- DNS --------------------------------------------------------------------------------------------------
+# --- DNS ---
 
 def scenario_dns_failover(first: str) -> dict[str, Any]:
     dns_server("127.0.0.1")
@@ -142,7 +141,7 @@ def test_names_resolve_through_forwarder_when_first_nameserver_is_dead(first: st
     assert result["dig_tcp"] == INTERNET
 
 
-# --- UDP ------------------------------------------------------------------------------------------------------
+# --- UDP ---
 
 SIZES = ",".join(str(n) for n in [1, 2, 7, 8, 9, 63, 64, 100, 511, 512, 513, 1000, 1024,
                                   1400, 1471, 1472])
@@ -164,7 +163,7 @@ def test_udp_echo_is_intact_for_every_size_and_fragmented_datagrams() -> None:
     assert result == {"loopback": "[]\n", "internet": "[]\n", "fragmented": "[]\n"}
 
 
-# --- ICMP -------------------------------------------------------------------------------------------------------
+# --- ICMP ---
 
 def scenario_ping() -> dict[str, int]:
     with attached("-c") as (guest, _):
@@ -190,7 +189,7 @@ def test_ping_reply_is_never_invented() -> None:
     assert in_world(scenario_ping_unanswered_when_address_removed) == {"before": 0, "after": 1}
 
 
-# --- ready and exit fds, beside slirp4netns ----------------------------------------------------------------
+# --- ready and exit fds, beside slirp4netns ---
 
 CONNECTORS = {"slirpy": SLIRPY, "slirp4netns": ["slirp4netns"]}
 

@@ -6,8 +6,9 @@ mount and PID namespace (the world) and returns a JSON-able result. In the world
   198.51.100.1) on which test servers listen, beside the world's own 127.0.0.1;
 - the default route goes into a tun device nobody reads, so an address nobody
   holds stays silent, as on a real network, and nothing leaves the world;
-- /tmp is a private tmpfs, /etc/resolv.conf a file of the world's own naming a DNS
-  server the world runs, so no real resolver is ever asked;
+- WORK (a new directory, a tmpfs inside the world) holds its files, and
+  /etc/resolv.conf is a file of the world's own naming a DNS server the world runs,
+  so no real resolver is ever asked (/tmp is not shadowed: a checkout may live there);
 - unprivileged ping sockets are allowed.
 A guest is `unshare -Urn sleep infinity` inside the world, and slirpy is started
 with --ready-fd, so nothing waits on a sleep. The PID namespace ends every process
@@ -24,6 +25,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -37,9 +39,11 @@ INTERNET2 = "198.51.100.1"
 NOBODY = "203.0.113.99"  # routed into the blackhole: never answers
 NAMES = {"example.test.": INTERNET, "other.test.": INTERNET2}
 _RESULT = "@@world-result@@"
+_WORK_ENV = "SLIRPY_WORLD_DIR"
+WORK = Path(os.environ.get(_WORK_ENV, "/nonexistent"))  # set inside a world
 
 
-# --- from the test: run a scenario in a new world ------------------------------------------------
+# --- from the test: run a scenario in a new world ---
 
 def in_world(scenario: Callable[..., Any], *args: Any, timeout: float = 240) -> Any:
     """Run *scenario(*args)* inside a new world; return what it returned."""
@@ -47,8 +51,12 @@ def in_world(scenario: Callable[..., Any], *args: Any, timeout: float = 240) -> 
             f"_enter({scenario.__module__!r}, {scenario.__name__!r}, json.loads(sys.argv[1]))")
     cmd = ["unshare", "--user", "--map-root-user", "--net", "--mount", "--pid", "--fork",
            "--mount-proc", "--kill-child=SIGTERM", sys.executable, "-c", code, json.dumps(args)]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO,
-                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    work = tempfile.mkdtemp(prefix="slirpy-world-")
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO,
+                              env={**os.environ, "PYTHONPATH": str(REPO), _WORK_ENV: work})
+    finally:
+        os.rmdir(work)  # the world's tmpfs went with it: the directory is empty
     for line in done.stdout.splitlines():
         if line.startswith(_RESULT):
             return json.loads(line[len(_RESULT):])
@@ -65,7 +73,7 @@ def _enter(module: str, name: str, args: list[Any]) -> None:
     print(_RESULT + json.dumps(result), flush=True)
 
 
-# --- inside the world ---------------------------------------------------------------------------------
+# --- inside the world ---
 
 def sh(cmd: str) -> str:
     return subprocess.run(cmd, shell=True, check=True, capture_output=True, text=True).stdout
@@ -76,14 +84,14 @@ def build_world(nameservers: tuple[str, ...] = ("127.0.0.1",)) -> None:
     sh(f"ip addr add {INTERNET}/32 dev lo && ip addr add {INTERNET2}/32 dev lo")
     sh("ip tuntap add mode tun name blackhole0 && ip link set blackhole0 up "
        "&& ip route add default dev blackhole0")
-    sh("mount -t tmpfs tmpfs /tmp")
+    sh(f"mount -t tmpfs tmpfs {WORK}")
     sh("sysctl -qw net.ipv4.ping_group_range='0 0'")
     set_nameservers(nameservers)
-    sh("mount --bind /tmp/resolv.conf /etc/resolv.conf")
+    sh(f"mount --bind {WORK}/resolv.conf /etc/resolv.conf")
 
 
 def set_nameservers(nameservers: tuple[str, ...] | list[str]) -> None:
-    Path("/tmp/resolv.conf").write_text("".join(f"nameserver {n}\n" for n in nameservers))
+    (WORK / "resolv.conf").write_text("".join(f"nameserver {n}\n" for n in nameservers))
 
 
 class Guest:
@@ -91,11 +99,11 @@ class Guest:
 
     def __init__(self) -> None:
         # Its own mount namespace too, for a resolv.conf naming slirpy's DNS address.
-        Path("/tmp/guest-resolv.conf").write_text("nameserver 10.0.2.3\n")
+        (WORK / "guest-resolv.conf").write_text("nameserver 10.0.2.3\n")
         read_fd, write_fd = os.pipe()
         self.proc = subprocess.Popen(
             ["unshare", "--user", "--map-root-user", "--net", "--mount", "sh", "-c",
-             f"mount --bind /tmp/guest-resolv.conf /etc/resolv.conf && echo up >&{write_fd}"
+             f"mount --bind {WORK}/guest-resolv.conf /etc/resolv.conf && echo up >&{write_fd}"
              f" && exec sleep infinity"], pass_fds=(write_fd,))
         os.close(write_fd)
         with os.fdopen(read_fd) as ready:
@@ -129,7 +137,7 @@ class Slirpy:
                  env: dict[str, str] | None = None) -> None:
         read_fd, write_fd = os.pipe()
         argv = [*(command or SLIRPY), "-r", str(write_fd), *args, str(guest.pid), "tap0"]
-        self.stderr_path = Path(f"/tmp/slirpy-{time.monotonic_ns()}.log")
+        self.stderr_path = WORK / f"slirpy-{time.monotonic_ns()}.log"
         with open(self.stderr_path, "wb") as log:
             self.proc = subprocess.Popen(argv, pass_fds=(write_fd,), stdout=subprocess.DEVNULL,
                                          stderr=log, env={**os.environ, **(env or {})})
@@ -175,7 +183,7 @@ def attached(*args: str, env: dict[str, str] | None = None) -> Iterator[tuple[Gu
         guest.stop()
 
 
-# --- servers in the world -------------------------------------------------------------------------------
+# --- servers in the world ---
 
 def serve_forever(target: Callable[..., None], *args: Any) -> None:
     threading.Thread(target=target, args=args, daemon=True).start()
