@@ -101,7 +101,8 @@ class Connector:
         read_fd, write_fd = os.pipe()
         self.proc = subprocess.Popen(self.command(self.guest.pid, mtu, write_fd),
                                      pass_fds=(write_fd,), stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(REPO)})
+                                     stderr=subprocess.PIPE,
+                                     env={**os.environ, "PYTHONPATH": str(REPO)})
         os.close(write_fd)
         try:
             if self.name == "pasta":
@@ -114,7 +115,8 @@ class Connector:
                         raise RuntimeError(f"{self.name} did not get ready: "
                                            f"{self.proc.stderr.read().decode()[-500:]}")  # type: ignore[union-attr]
             if self.name == "pasta":
-                guest_run(self, f"ip link set dev $(ip -o link | awk -F': ' '$2!=\"lo\"{{print $2}}' | head -1) mtu {mtu}")
+                link = "$(ip -o link | awk -F': ' '$2!=\"lo\"{print $2}' | head -1)"
+                guest_run(self, f"ip link set dev {link} mtu {mtu}")
             yield self
         finally:
             for proc in (self.proc, self.guest):
@@ -270,15 +272,15 @@ def measure(name: str, args: argparse.Namespace) -> Result:
             result.values[f"host->guest Gbit/s mtu {mtu}"] = gbps
             if mtu == 1500:
                 count = 300 if args.quick else 1000
-                out = guest_run(conn, f"{sys.executable} -c '{CPS_CLIENT}' {loopback} {CPS_PORT} {count}",
-                                capture=True)
+                out = guest_run(conn, f"{sys.executable} -c '{CPS_CLIENT}' {loopback} "
+                                      f"{CPS_PORT} {count}", capture=True)
                 result.values["connections/s"] = float(out.strip() or "nan")
                 assert conn.proc is not None
                 subprocess.run(["taskset", "-acp", "0", str(conn.proc.pid)],
                                stdout=subprocess.DEVNULL, check=False)
                 rounds = 1000 if args.quick else 5000
-                out = guest_run(conn, f"{sys.executable} -c '{RR_CLIENT}' {HOST_ADDR} {RR_PORT} {rounds}",
-                                capture=True, cpu=0)
+                out = guest_run(conn, f"{sys.executable} -c '{RR_CLIENT}' {HOST_ADDR} "
+                                      f"{RR_PORT} {rounds}", capture=True, cpu=0)
                 samples = sorted(json.loads(out or "[]")) or [float("nan")]
                 result.values["RR p50 us (pinned)"] = statistics.median(samples) * 1e6
                 result.values["RR p99 us (pinned)"] = samples[int(len(samples) * 0.99) - 1] * 1e6
@@ -303,7 +305,8 @@ def report(results: dict[str, Result]) -> str:
         for n in names:
             if n == "slirp4netns" or base is None:
                 continue
-            b, v = base.values.get(metric, float("nan")), results[n].values.get(metric, float("nan"))
+            b = base.values.get(metric, float("nan"))
+            v = results[n].values.get(metric, float("nan"))
             row += f"{(v / b if b else float('nan')):15.2f}x"
         lines.append(row)
     lines.append("(ratios are value / slirp4netns; for CPU, RR and RSS lower is better)")

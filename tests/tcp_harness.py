@@ -63,7 +63,9 @@ class TcpHarness:
         return self._run(self.stack.on_frame(bytes(seg), self.now))
 
     def syn(self) -> list[Ether]:
-        options = [("MSS", self.mss)] + ([("WScale", self.wscale)] if self.wscale is not None else [])
+        options = [("MSS", self.mss)]
+        if self.wscale is not None:
+            options.append(("WScale", self.wscale))
         out = self.segment("S", options=options)
         self.guest_seq += 1
         return out

@@ -167,5 +167,6 @@ def test_dns_disabled_gives_port_unreachable() -> None:
      [("192.0.2.1", 53), ("::1", 53), ("fe80::1", 53)]),
     ("search example\n", []),
 ])
-def test_resolv_conf_nameservers_are_read_in_order(text: str, expected: list[tuple[str, int]]) -> None:
+def test_resolv_conf_nameservers_are_read_in_order(text: str,
+                                                   expected: list[tuple[str, int]]) -> None:
     assert parse_resolv_conf(text) == [(packed(a), p) for a, p in expected]

@@ -14,6 +14,7 @@ from slirpy.reassembly import MAX_BYTES, MAX_QUEUES
 from tests.harness import DNS, GATEWAY, GUEST_IP, GUEST_MAC, OUR_MAC, GuestHarness
 
 ETH = Ether(src=GUEST_MAC, dst=OUR_MAC)
+DHCP_IP = Ether(src=GUEST_MAC, dst="ff:ff:ff:ff:ff:ff") / IP(src="0.0.0.0", dst="255.255.255.255")
 
 
 def ip(dst: str = "192.0.2.1", **fields: object) -> IP:
@@ -26,7 +27,7 @@ FRAMES = {  # one valid frame per protocol
     "icmp": ETH / ip(GATEWAY) / ICMP(id=1, seq=1) / b"abcdefgh",
     "udp": ETH / ip() / UDP(sport=1000, dport=7) / b"payload",
     "dns": ETH / ip(DNS) / UDP(sport=1000, dport=53) / DNSPacket(qd=DNSQR(qname="a.test")),
-    "dhcp": Ether(src=GUEST_MAC, dst="ff:ff:ff:ff:ff:ff") / IP(src="0.0.0.0", dst="255.255.255.255")
+    "dhcp": DHCP_IP
     / UDP(sport=68, dport=67) / BOOTP(chaddr=b"\x02\0\0\0\0\x64")
     / DHCP(options=[("message-type", "discover"), "end"]),
 }
@@ -90,13 +91,13 @@ HOSTILE = [
     pytest.param(bytes(ETH / ip(DNS) / UDP(sport=1, dport=53)
                        / (struct.pack("!6H", 1, 0, 1, 0, 0, 0) + b"\x80abc\x00\x00\x01\x00\x01")),
                  "dns-bad-label", id="dns-bad-label"),
-    pytest.param(bytes(Ether(src=GUEST_MAC, dst="ff:ff:ff:ff:ff:ff") / IP(src="0.0.0.0", dst="255.255.255.255")
+    pytest.param(bytes(DHCP_IP
                        / UDP(sport=68, dport=67) / Raw(bytes(FRAMES["dhcp"][BOOTP])[:100])),
                  "dhcp-short", id="dhcp-short"),
-    pytest.param(bytes(Ether(src=GUEST_MAC, dst="ff:ff:ff:ff:ff:ff") / IP(src="0.0.0.0", dst="255.255.255.255")
+    pytest.param(bytes(DHCP_IP
                        / UDP(sport=68, dport=67) / BOOTP(options=b"XXXX")), "dhcp-no-cookie",
                  id="dhcp-no-cookie"),
-    pytest.param(bytes(Ether(src=GUEST_MAC, dst="ff:ff:ff:ff:ff:ff") / IP(src="0.0.0.0", dst="255.255.255.255")
+    pytest.param(bytes(DHCP_IP
                        / UDP(sport=68, dport=67) / BOOTP(options=b"\x63\x82\x53\x63")
                        / Raw(b"\x35\x09\x01")), "dhcp-bad-option",
                  id="dhcp-option-past-end"),

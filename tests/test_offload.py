@@ -36,7 +36,8 @@ def test_host_data_leaves_as_one_super_segment_with_partial_checksum() -> None:
     # The checksum field holds the pseudo-header sum only; the guest's kernel finishes it.
     tcp = bytes(frame.headers[34:])
     length = len(tcp) + len(frame.payload)
-    assert int.from_bytes(tcp[16:18], "big") == pseudo_header_sum(KEY.remote_addr, KEY.guest_addr, 6, length)
+    pseudo = pseudo_header_sum(KEY.remote_addr, KEY.guest_addr, 6, length)
+    assert int.from_bytes(tcp[16:18], "big") == pseudo
 
 
 def test_super_segments_are_whole_multiples_of_the_mss() -> None:

@@ -23,7 +23,7 @@ def state(t: TcpHarness) -> State | None:
     return None if conn is None else conn.state
 
 
-# --- handshake ------------------------------------------------------------------------------
+# --- handshake ---
 
 def test_syn_starts_host_connect_and_waits_for_it() -> None:
     t = TcpHarness()
@@ -99,7 +99,7 @@ def test_connection_limit_resets_new_syns() -> None:
     assert t.stack.tcp.refused == 1
 
 
-# --- data ----------------------------------------------------------------------------------------
+# --- data ---
 
 def test_guest_data_goes_to_host_and_is_acked_as_far_as_taken() -> None:
     t = TcpHarness()
@@ -223,7 +223,7 @@ def test_window_advertised_follows_host_send_space() -> None:
     assert any(isinstance(e, WatchWritable) for e in t.effects)
 
 
-# --- FIN and RST in every state -------------------------------------------------------------------
+# --- FIN and RST in every state ---
 
 def test_guest_fin_shuts_host_write_side_and_host_data_still_flows() -> None:
     t = TcpHarness()
