@@ -43,7 +43,7 @@ from slirpy.wire.udp import UdpHeader
 from slirpy.effects import ToGuest
 from slirpy.tcp.conn import TcpConn, reset_for
 from slirpy.tcp.flows import TcpFlows
-from slirpy.wire.tcp import TcpFlags, TcpHeader
+from slirpy.wire.tcp import SYN, TcpHeader
 
 log = logging.getLogger(__name__)
 
@@ -231,7 +231,7 @@ class Stack:
         else:
             found = self._host_address(ip.dst)
             if found is None:
-                if not seg.flags & TcpFlags.SYN:
+                if not seg.flags & SYN:
                     return reset_for(self.link, key, seg)
                 return icmp_error_for(self.link, key, IcmpType.DEST_UNREACHABLE,
                                       UnreachCode.NET, 0, seq=seg.seq)

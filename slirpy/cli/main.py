@@ -48,9 +48,9 @@ def attach(args: Attach) -> int:
     if args.config.host_loopback:
         log.info("127.0.0.1:* on the host is reachable as %s (--disable-host-loopback "
                  "prohibits it)", args.config.network.gateway)
-    if args.ready_fd is not None:
-        write_ready(args.ready_fd)
-    serve(args.config, tap_fd, stop_fds=[args.exit_fd] if args.exit_fd is not None else [])
+    ready_fd = args.ready_fd
+    serve(args.config, tap_fd, stop_fds=[args.exit_fd] if args.exit_fd is not None else [],
+          on_ready=None if ready_fd is None else lambda: write_ready(ready_fd))
     return 0
 
 
@@ -83,11 +83,10 @@ def run(args: Run) -> int:
         guest.signal(signal.SIGKILL)
         guest.wait()
         raise
-    guest.go()
     # Ctrl-C reaches CMD straight from the terminal; slirpy keeps CMD online meanwhile.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    serve(args.config, tap_fd, stop_fds=[guest.pidfd], stop_signals=(signal.SIGTERM,
-                                                                      signal.SIGHUP))
+    serve(args.config, tap_fd, stop_fds=[guest.pidfd],
+          stop_signals=(signal.SIGTERM, signal.SIGHUP), on_ready=guest.go)
     if not _exited(guest.pidfd, 0):
         guest.signal(signal.SIGTERM)  # we were asked to stop: so is CMD
         if not _exited(guest.pidfd, GRACE_S):

@@ -13,7 +13,7 @@ import os
 import resource
 import signal
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Final, assert_never
 
 from slirpy.config import Config
@@ -50,6 +50,11 @@ class Driver:
         self._resolv_stamp: tuple[int, int, int] | None = None
         self._resolv_check_at = 0.0
         self.loop.add(device.fileno(), self._on_tap)
+        # Signals wake the loop through this pair (signal.set_wakeup_fd).
+        self._wakeup_r, self._wakeup_w = socket.socketpair()
+        for end in (self._wakeup_r, self._wakeup_w):
+            end.setblocking(False)
+        self.loop.add(self._wakeup_r.fileno(), self._on_stop_fd)
 
     # --- events to the stack -------------------------------------------------------------
 
@@ -134,12 +139,9 @@ class Driver:
         self.stack.set_dns_upstreams(servers)
 
     def run(self, stop_signals: Sequence[int] = STOP_SIGNALS) -> None:
-        wakeup_r, wakeup_w = socket.socketpair()
-        wakeup_r.setblocking(False)
-        wakeup_w.setblocking(False)
+        """Serve until a stop fd fires or one of *stop_signals* arrives."""
         previous = {sig: signal.signal(sig, lambda *_: None) for sig in stop_signals}
-        old_wakeup = signal.set_wakeup_fd(wakeup_w.fileno(), warn_on_full_buffer=False)
-        self.loop.add(wakeup_r.fileno(), self._on_stop_fd)
+        old_wakeup = signal.set_wakeup_fd(self._wakeup_w.fileno(), warn_on_full_buffer=False)
         try:
             while not self.stopping:
                 now = self.loop.now()
@@ -156,15 +158,15 @@ class Driver:
             signal.set_wakeup_fd(old_wakeup)
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-            self.loop.remove(wakeup_r.fileno())
-            wakeup_r.close()
-            wakeup_w.close()
 
     def close(self) -> None:
         log.debug("frames dropped: %s; tap errors: %s", self.stack.counters() or "none",
                   dict(getattr(self.device, "errors", {})) or "none")
         self.streams.close_all()
         self.sockets.close_all()
+        self.loop.remove(self._wakeup_r.fileno())
+        self._wakeup_r.close()
+        self._wakeup_w.close()
         self.loop.close()
 
 
@@ -176,8 +178,12 @@ def raise_fd_limit() -> None:
 
 
 def serve(config: Config, tap_fd: int, *, stop_fds: Sequence[int] = (),
-          stop_signals: Sequence[int] = STOP_SIGNALS) -> None:
-    """Carry the guest's traffic until a stop fd fires or a stop signal arrives."""
+          stop_signals: Sequence[int] = STOP_SIGNALS,
+          on_ready: Callable[[], None] | None = None) -> None:
+    """Carry the guest's traffic until a stop fd fires or a stop signal arrives.
+
+    *on_ready* runs once everything the loop needs exists (slirp4netns's ready fd).
+    """
     raise_fd_limit()
     drop_rate = float(os.environ.get(TEST_DROP_RATE_ENV, config.test_drop_rate))
     if drop_rate:
@@ -185,6 +191,8 @@ def serve(config: Config, tap_fd: int, *, stop_fds: Sequence[int] = (),
     driver = Driver(config, TapDevice(tap_fd, drop_rate=drop_rate), secret=os.urandom(16))
     for fd in stop_fds:
         driver.watch_stop_fd(fd)
+    if on_ready is not None:
+        on_ready()
     try:
         driver.run(stop_signals)
     finally:

@@ -37,7 +37,8 @@ from slirpy.tcp.seq import seq_add, seq_diff, seq_le, seq_lt
 from slirpy.tcp.timers import RtoEstimator
 from slirpy.udp import icmp_error_for
 from slirpy.wire.icmp import IcmpType, UnreachCode
-from slirpy.wire.tcp import HEADER_LEN as TCP_LEN, TcpFlags, TcpHeader, build_tcp, syn_options
+from slirpy.wire.tcp import (ACK, FIN, HEADER_LEN as TCP_LEN, PSH, RST, SYN, TcpHeader,
+                             build_tcp, syn_options)
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +100,7 @@ class TcpConn:
         self.fin_seq: int | None = None  # our FIN's sequence number, once sent
         self.pending_fin = False  # the guest's FIN rides on the segment being sent
         self.short_write = False
+        self.reader_waits = False  # the runtime stopped peeking for want of window
         self.dupacks = 0
         self.rto = RtoEstimator()
         self.rtt_probe: tuple[int, float] | None = None  # (sequence to be acked, sent at)
@@ -134,25 +136,25 @@ class TcpConn:
                                                      IcmpType.DEST_UNREACHABLE, unreachable,
                                                      0, seq=self.irs)]
         # Refused, timed out, anything else: the guest's connect() fails with a reset.
-        return [Close(self.key), self._segment(TcpFlags.RST | TcpFlags.ACK, seq=0)]
+        return [Close(self.key), self._segment(RST | ACK, seq=0)]
 
     def _syn_ack(self) -> Effect:
         options = syn_options(self.our_mss, OUR_WSCALE) if self.our_wscale else \
             syn_options(self.our_mss, 0)[:4]
-        return self._segment(TcpFlags.SYN | TcpFlags.ACK, seq=self.iss, options=options)
+        return self._segment(SYN | ACK, seq=self.iss, options=options)
 
     # --- segments from the guest ----------------------------------------------------------
 
     def on_segment(self, seg: TcpHeader, now: float) -> list[Effect]:
         self.last_activity = now
-        if seg.flags & TcpFlags.RST:
+        if seg.flags & RST:
             return self._on_rst(seg)
         match self.state:
             case State.CONNECTING:
                 return []  # a retransmitted SYN: the SYN-ACK waits for connect()
-            case State.SYN_RECEIVED if seg.flags & TcpFlags.SYN:
+            case State.SYN_RECEIVED if seg.flags & SYN:
                 return [self._syn_ack()]  # our SYN-ACK was lost
-            case State.SYN_RECEIVED if seg.flags & TcpFlags.ACK and seg.ack == seq_add(self.iss, 1):
+            case State.SYN_RECEIVED if seg.flags & ACK and seg.ack == seq_add(self.iss, 1):
                 self._set_state(State.ESTABLISHED)  # RFC 9293 3.10.7.4, fifth check
                 self.snd_una = seg.ack
                 self.snd_wnd = seg.window << self.guest_wscale
@@ -162,9 +164,9 @@ class TcpConn:
                 return []
             case State.CLOSED:
                 return []
-            case _ if seg.flags & TcpFlags.SYN:
+            case _ if seg.flags & SYN:
                 return [self._ack()]  # RFC 5961 4.2: a challenge ACK, never a reset
-            case _ if not seg.flags & TcpFlags.ACK:
+            case _ if not seg.flags & ACK:
                 return []  # RFC 9293 3.10.7.4: no ACK, drop
             case _:
                 return [*self._on_ack(seg, now), *self._on_data(seg, now)]
@@ -198,7 +200,7 @@ class TcpConn:
         if self.snd_una == self.snd_nxt:
             self.rto.backoffs = 0  # the guest answers: zero-window probes go on
         self.snd_wnd = seg.window << self.guest_wscale
-        if (acked > 0 or self.snd_wnd > old_window) and self.peek_limit() > 0:
+        if self.reader_waits and self.peek_limit() > 0:
             effects.append(KickRead(self.key))  # the window opened: there may be more to send
         if self.snd_wnd == 0 and self.deadline is None and self.state in _SENDING:
             self._arm(now + self.rto.rto_s)  # persist: probe the zero window
@@ -206,7 +208,7 @@ class TcpConn:
 
     def _is_duplicate_ack(self, seg: TcpHeader, acked: int, old_window: int) -> bool:
         """RFC 5681 2: no new data acked, no payload, no FIN, data in flight, same window."""
-        return (acked == 0 and not seg.payload and not seg.flags & TcpFlags.FIN
+        return (acked == 0 and not seg.payload and not seg.flags & FIN
                 and self.snd_nxt != self.snd_una
                 and seg.window << self.guest_wscale == old_window)
 
@@ -240,7 +242,7 @@ class TcpConn:
         return effects
 
     def _on_data(self, seg: TcpHeader, now: float) -> list[Effect]:
-        fin = bool(seg.flags & TcpFlags.FIN)
+        fin = bool(seg.flags & FIN)
         ahead = seq_diff(seg.seq, self.rcv_nxt)
         if not seg.payload and not fin:
             # An old sequence number with nothing in it is a keepalive or a zero-window
@@ -307,7 +309,9 @@ class TcpConn:
         if self.state not in _SENDING or self.fin_seq is not None:
             return 0
         in_flight = seq_diff(self.snd_nxt, self.snd_una)
-        return max(0, min(self.snd_wnd - in_flight, PEEK_MAX_BYTES))
+        limit = max(0, min(self.snd_wnd - in_flight, PEEK_MAX_BYTES))
+        self.reader_waits = limit == 0  # the runtime stops reading: kick it when this opens
+        return limit
 
     def on_host_data(self, data: memoryview, now: float) -> list[Effect]:
         effects: list[Effect] = []
@@ -318,7 +322,7 @@ class TcpConn:
         for start in range(0, len(data), mss):
             chunk = data[start:start + mss]
             last = start + mss >= len(data)
-            flags = TcpFlags.ACK | (TcpFlags.PSH if last else 0)
+            flags = ACK | (PSH if last else 0)
             effects.append(self._segment(flags, seq=self.snd_nxt, payload=chunk))
             self.snd_nxt = seq_add(self.snd_nxt, len(chunk))
         self._note_sent()
@@ -345,13 +349,13 @@ class TcpConn:
         self.snd_nxt = seq_add(self.snd_nxt, 1)
         self._note_sent()
         self._arm_rto(now)
-        return [self._segment(TcpFlags.FIN | TcpFlags.ACK, seq=self.fin_seq)]
+        return [self._segment(FIN | ACK, seq=self.fin_seq)]
 
     def on_host_reset(self, now: float) -> list[Effect]:
         if self.state is State.CLOSED:
             return []
         self._set_state(State.CLOSED)
-        return [self._segment(TcpFlags.RST | TcpFlags.ACK, seq=self.snd_nxt),
+        return [self._segment(RST | ACK, seq=self.snd_nxt),
                 Close(self.key, reset=True)]
 
     # --- time -----------------------------------------------------------------------------------
@@ -374,7 +378,7 @@ class TcpConn:
                 self._arm(now + min(self.rto.rto_s, PERSIST_MAX_S))
                 # A zero-window probe: an old sequence number makes the guest answer
                 # with its current window (RFC 9293 3.8.6.1).
-                return [self._segment(TcpFlags.ACK, seq=seq_add(self.snd_una, -1))]
+                return [self._segment(ACK, seq=seq_add(self.snd_una, -1))]
             return []
         return self._retransmit(now)
 
@@ -384,7 +388,7 @@ class TcpConn:
         self.dupacks = 0
         self._arm_rto(now)
         if self.fin_seq is not None and self.snd_una == self.fin_seq:
-            return [self._segment(TcpFlags.FIN | TcpFlags.ACK, seq=self.fin_seq)]
+            return [self._segment(FIN | ACK, seq=self.fin_seq)]
         self.snd_nxt = self.snd_una
         if self.fin_seq is not None:
             self.fin_seq = None  # sent again once the data before it is
@@ -411,14 +415,14 @@ class TcpConn:
         return min(self.send_space >> self.our_wscale, MAX_WINDOW)
 
     def _ack(self) -> Effect:
-        return self._segment(TcpFlags.ACK, seq=self.snd_nxt)
+        return self._segment(ACK, seq=self.snd_nxt)
 
     def _segment(self, flags: int, *, seq: int, payload: memoryview | bytes = b"",
                  options: bytes = b"") -> Effect:
         header = bytearray(TCP_LEN + len(options))
-        ack = self.rcv_nxt if flags & TcpFlags.ACK else 0
-        window = 0 if flags & TcpFlags.RST else (
-            min(self.send_space, MAX_WINDOW) if flags & TcpFlags.SYN else self._window())
+        ack = self.rcv_nxt if flags & ACK else 0
+        window = 0 if flags & RST else (
+            min(self.send_space, MAX_WINDOW) if flags & SYN else self._window())
         offload = self.link.offload and bool(payload)
         build_tcp(header, 0, src=self.key.remote_addr, dst=self.key.guest_addr,
                   src_port=self.key.remote_port, dst_port=self.key.guest_port, seq=seq,
@@ -433,15 +437,15 @@ class TcpConn:
 
 def reset_for(link: GuestLink, key: FlowKey, seg: TcpHeader) -> list[Effect]:
     """RFC 9293 3.10.7.1: the answer to a segment for a connection that does not exist."""
-    if seg.flags & TcpFlags.RST:
+    if seg.flags & RST:
         return []
     header = bytearray(TCP_LEN)
-    if seg.flags & TcpFlags.ACK:
-        seq, ack, flags = seg.ack, 0, TcpFlags.RST
+    if seg.flags & ACK:
+        seq, ack, flags = seg.ack, 0, RST
     else:
-        length = len(seg.payload) + (1 if seg.flags & TcpFlags.SYN else 0) + (
-            1 if seg.flags & TcpFlags.FIN else 0)
-        seq, ack, flags = 0, seq_add(seg.seq, length), TcpFlags.RST | TcpFlags.ACK
+        length = len(seg.payload) + (1 if seg.flags & SYN else 0) + (
+            1 if seg.flags & FIN else 0)
+        seq, ack, flags = 0, seq_add(seg.seq, length), RST | ACK
     build_tcp(header, 0, src=key.remote_addr, dst=key.guest_addr, src_port=key.remote_port,
               dst_port=key.guest_port, seq=seq, ack=ack, flags=flags, window=0)
     return list(link.ipv4(src=key.remote_addr, dst=key.guest_addr, proto=6, l4=header))

@@ -17,7 +17,7 @@ from slirpy.effects import Connect, Effect
 from slirpy.flows.key import FlowKey
 from slirpy.guest import GuestLink
 from slirpy.tcp.conn import State, TcpConn, initial_sequence, reset_for
-from slirpy.wire.tcp import TcpFlags, TcpHeader
+from slirpy.wire.tcp import ACK, RST, SYN, TcpHeader
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ class TcpFlows:
         """A segment from the guest; *host_addr* is where a new connection would go."""
         conn = self.conns.get(key)
         if conn is None:
-            if seg.flags & (TcpFlags.SYN | TcpFlags.ACK | TcpFlags.RST) != TcpFlags.SYN:
+            if seg.flags & (SYN | ACK | RST) != SYN:
                 return reset_for(self.link, key, seg)
             if len(self.conns) >= self.limit:
                 self.refused += 1

@@ -17,7 +17,18 @@ OPT_MSS: Final = 2
 OPT_WSCALE: Final = 3
 
 
+# Plain ints for the hot path: IntFlag arithmetic builds a new enum object every time.
+FIN: Final = 0x01
+SYN: Final = 0x02
+RST: Final = 0x04
+PSH: Final = 0x08
+ACK: Final = 0x10
+URG: Final = 0x20
+
+
 class TcpFlags(enum.IntFlag):
+    """The same bits, for display and tests."""
+
     FIN = 0x01
     SYN = 0x02
     RST = 0x04
@@ -52,7 +63,7 @@ class TcpHeader(NamedTuple):
         if dst_port == 0 or src_port == 0:
             raise Malformed("tcp-port-zero")
         mss = wscale = None
-        if flags & TcpFlags.SYN and header_len > HEADER_LEN:
+        if flags & SYN and header_len > HEADER_LEN:
             mss, wscale = _parse_options(segment[HEADER_LEN:header_len])
         return cls(src_port, dst_port, seq, ack, flags, window, mss, wscale,
                    segment[header_len:])
