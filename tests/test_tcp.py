@@ -123,11 +123,36 @@ def test_short_write_acks_only_what_kernel_took_then_asks_for_the_rest() -> None
     assert bytes(t.host.received) == b"hello" and ack[TCP].ack == 1006
 
 
-def test_out_of_order_segment_gets_duplicate_ack_not_buffered() -> None:
+def test_out_of_order_segment_is_held_and_sent_once_the_hole_fills() -> None:
     t = TcpHarness()
     t.handshake()
     (dup,) = t.segment("PA", b"later", seq=1010, ack=t.ack_point)
     assert dup[TCP].ack == 1001 and t.host.received == b""
+    (ack,) = t.segment("PA", b"123456789", seq=1001, ack=t.ack_point)  # fills 1001..1010
+    assert bytes(t.host.received) == b"123456789later" and ack[TCP].ack == 1015
+    assert t.stack.tcp.reorder_budget.used_bytes == 0
+
+
+def test_overlapping_held_segments_are_trimmed() -> None:
+    t = TcpHarness()
+    t.handshake()
+    t.segment("PA", b"cdef", seq=1003, ack=t.ack_point)
+    t.segment("PA", b"efgh", seq=1005, ack=t.ack_point)
+    t.segment("PA", b"ab", seq=1001, ack=t.ack_point)
+    assert bytes(t.host.received) == b"abcdefgh"
+
+
+def test_reorder_store_is_bounded_per_connection() -> None:
+    from slirpy.tcp.conn import REORDER_MAX_BYTES
+    t = TcpHarness()
+    t.handshake()
+    chunk = b"z" * 60000
+    for n in range(20):  # 1.2 MB beyond a hole
+        t.segment("A", chunk, seq=2001 + n * 60000, ack=t.ack_point)
+    conn = t.stack.tcp.get(KEY)
+    assert conn is not None and conn.held_bytes <= REORDER_MAX_BYTES
+    t.segment("R", seq=t.guest_seq)
+    assert t.stack.tcp.reorder_budget.used_bytes == 0  # given back on close
 
 
 def test_retransmitted_old_data_is_trimmed_not_sent_twice() -> None:

@@ -54,7 +54,8 @@ class Driver:
         self._wakeup_r, self._wakeup_w = socket.socketpair()
         for end in (self._wakeup_r, self._wakeup_w):
             end.setblocking(False)
-        self.loop.add(self._wakeup_r.fileno(), self._on_stop_fd)
+        self.loop.add(self._wakeup_r.fileno(), self._on_signal)
+        self._stop_signals: frozenset[int] = frozenset()
 
     # --- events to the stack -------------------------------------------------------------
 
@@ -119,6 +120,30 @@ class Driver:
         log.debug("stop fd event")
         self.stopping = True
 
+    def _on_signal(self, mask: int) -> None:
+        try:
+            signals = self._wakeup_r.recv(64)
+        except BlockingIOError:
+            return
+        if signal.SIGUSR1 in signals:
+            self.dump_state()
+        if self._stop_signals.intersection(signals):
+            log.debug("stop signal")
+            self.stopping = True
+
+    def dump_state(self) -> None:
+        """SIGUSR1: counters and every TCP connection's state, to the log."""
+        log.warning("drops: %s; tap errors: %s; udp flows %d; tcp connections %d",
+                    self.stack.counters() or "none",
+                    dict(getattr(self.device, "errors", {})) or "none",
+                    len(self.stack.udp.table), len(self.stack.tcp))
+        for conn in self.stack.tcp.conns.values():
+            sock = self.streams.by_key.get(conn.key)
+            log.warning("%s; socket fd %s%s%s", conn.describe(),
+                        sock.fileno() if sock is not None else "none",
+                        " connecting" if conn.key in self.streams.connecting else "",
+                        " watching-out" if conn.key in self.streams.watching_out else "")
+
     def _check_resolv_conf(self, now: float) -> None:
         self._resolv_check_at = now + RESOLV_CONF_CHECK_S
         path = self.config.resolv_conf
@@ -140,7 +165,9 @@ class Driver:
 
     def run(self, stop_signals: Sequence[int] = STOP_SIGNALS) -> None:
         """Serve until a stop fd fires or one of *stop_signals* arrives."""
-        previous = {sig: signal.signal(sig, lambda *_: None) for sig in stop_signals}
+        self._stop_signals = frozenset(stop_signals)
+        previous = {sig: signal.signal(sig, lambda *_: None)
+                    for sig in (*stop_signals, signal.SIGUSR1)}
         old_wakeup = signal.set_wakeup_fd(self._wakeup_w.fileno(), warn_on_full_buffer=False)
         try:
             while not self.stopping:

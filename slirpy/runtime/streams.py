@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 SO_PEEK_OFF: Final = 42
 SIOCOUTQ: Final = 0x5411
 PEEK_BUFFER_BYTES: Final = 1 << 20
+SPACE_REFRESH_BYTES: Final = 1 << 16  # below this estimate (a super-segment), ask again
 _EDGE: Final = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLET
 _INT: Final = struct.Struct("i")
 _LINGER_RESET: Final = struct.pack("ii", 1, 0)
@@ -53,6 +54,7 @@ class HostStreams:
         self.by_key: dict[FlowKey, socket.socket] = {}
         self.connecting: set[FlowKey] = set()
         self.watching_out: set[FlowKey] = set()
+        self.space_estimate: dict[FlowKey, int] = {}
         self.peek_buffer = bytearray(PEEK_BUFFER_BYTES)
         self.peek_view = memoryview(self.peek_buffer)
 
@@ -90,7 +92,8 @@ class HostStreams:
         if mask & select.EPOLLOUT and key in self.watching_out:
             self.watching_out.discard(key)
             self.loop.epoll.modify(sock.fileno(), _EDGE)
-            self.apply(self.stack.on_writable(key, self._space(sock), self.loop.now()))
+            space = self.space_estimate[key] = self._space(sock)
+            self.apply(self.stack.on_writable(key, space, self.loop.now()))
         if mask & (select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLERR | select.EPOLLHUP):
             self.read(key)
 
@@ -143,7 +146,13 @@ class HostStreams:
         except OSError as exc:
             self._reset(key, exc)
             return
-        self.apply(self.stack.on_sent(key, sent, len(data), self._space(sock), self.loop.now()))
+        # Ask the kernel for the free space only when our running estimate gets low:
+        # two system calls per segment are a large share of a small exchange.
+        space = self.space_estimate.get(key, 0) - sent
+        if space < SPACE_REFRESH_BYTES:
+            space = self._space(sock)
+        self.space_estimate[key] = space
+        self.apply(self.stack.on_sent(key, sent, len(data), space, self.loop.now()))
 
     def consume(self, key: FlowKey, nbytes: int) -> None:
         sock = self.by_key.get(key)
@@ -188,6 +197,7 @@ class HostStreams:
         sock = self.by_key.pop(key, None)
         self.connecting.discard(key)
         self.watching_out.discard(key)
+        self.space_estimate.pop(key, None)
         if sock is not None:
             self.loop.remove(sock.fileno())
         return sock

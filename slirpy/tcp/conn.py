@@ -5,8 +5,12 @@ continued by an ordinary host socket.
 - Guest -> host: an in-order segment's payload goes straight to send() on the host
   socket; we ACK only what the kernel took, so a short write makes the guest send
   the rest again. The window we advertise is the free space of the socket's send
-  buffer, so short writes are rare. Out-of-order segments are not kept: a duplicate
-  ACK asks for the missing bytes (there is no reorder queue).
+  buffer, so short writes are rare. Segments beyond a hole are held in a small
+  bounded reorder store (per connection and for the whole stack) and sent on once
+  the hole fills: Linux guests do reorder their own retransmissions, and a sender in
+  loss recovery waits a whole, backed-off RTO before resending what it already
+  resent once. A duplicate ACK asks for the missing bytes; past the bounds, data is
+  dropped and the guest sends it again.
 - Host -> guest: bytes stay in the host socket until the guest ACKs them. The
   runtime MSG_PEEKs at SO_PEEK_OFF (which sits at snd_nxt - snd_una) up to
   `peek_limit()` bytes, we cut them into segments, and acknowledged bytes are
@@ -49,6 +53,7 @@ PEEK_MAX_BYTES: Final = 1 << 20  # one peek at most: a burst towards the guest
 MAX_RETRIES: Final = 12  # then the guest is gone: reset (Linux's tcp_retries2 is 15)
 DUPACK_THRESHOLD: Final = 3  # RFC 5681 3.2
 PERSIST_MAX_S: Final = 60.0
+REORDER_MAX_BYTES: Final = 512 * 1024  # per connection: data held beyond a hole
 GSO_MAX_PAYLOAD: Final = 65535 - 20 - 20  # an IPv4 datagram's worth of TCP payload
 
 
@@ -78,9 +83,26 @@ def initial_sequence(secret: bytes, key: FlowKey, now: float) -> int:
     return (int.from_bytes(digest, "big") + int(now * 250_000)) % (1 << 32)
 
 
+class ReorderBudget:
+    """Bytes held out of order by all connections together, under one cap."""
+
+    def __init__(self, limit_bytes: int) -> None:
+        self.limit_bytes = limit_bytes
+        self.used_bytes = 0
+
+    def take(self, nbytes: int) -> bool:
+        if self.used_bytes + nbytes > self.limit_bytes:
+            return False
+        self.used_bytes += nbytes
+        return True
+
+    def give_back(self, nbytes: int) -> None:
+        self.used_bytes -= nbytes
+
+
 class TcpConn:
     def __init__(self, key: FlowKey, link: GuestLink, syn: TcpHeader, iss: int,
-                 our_mss: int, now: float) -> None:
+                 our_mss: int, now: float, budget: ReorderBudget | None = None) -> None:
         self.key = key
         self.link = link
         self.state = State.CONNECTING
@@ -100,6 +122,9 @@ class TcpConn:
         self.fin_seq: int | None = None  # our FIN's sequence number, once sent
         self.pending_fin = False  # the guest's FIN rides on the segment being sent
         self.short_write = False
+        self.budget = budget or ReorderBudget(REORDER_MAX_BYTES)
+        self.held: dict[int, bytes] = {}  # sequence number -> data beyond rcv_nxt
+        self.held_bytes = 0
         self.reader_waits = False  # the runtime stopped peeking for want of window
         self.dupacks = 0
         self.rto = RtoEstimator()
@@ -109,6 +134,15 @@ class TcpConn:
 
     def __repr__(self) -> str:
         return f"<TcpConn {self.key} {self.state.value}>"
+
+    def describe(self) -> str:
+        """One line of state for diagnostics; sequence numbers relative to the ISNs."""
+        return (f"{self.key} {self.state.value} snd_una+{seq_diff(self.snd_una, self.iss)} "
+                f"snd_nxt+{seq_diff(self.snd_nxt, self.iss)} "
+                f"snd_max+{seq_diff(self.snd_max, self.iss)} snd_wnd={self.snd_wnd} "
+                f"rcv_nxt+{seq_diff(self.rcv_nxt, self.irs)} space={self.send_space} "
+                f"reader_waits={self.reader_waits} short_write={self.short_write} "
+                f"fin_seq={self.fin_seq} deadline={self.deadline} rto={self.rto.rto_s:.3f}")
 
     def _set_state(self, new: State) -> None:
         log.debug("%s: %s -> %s", self.key, self.state.value, new.value)
@@ -249,7 +283,9 @@ class TcpConn:
             # probe: it wants our ACK and window (RFC 9293 3.8.6.1, 3.8.4).
             return [self._ack()] if ahead < 0 else []
         if ahead > 0:
-            return [self._ack()]  # a hole before it: ask again for rcv_nxt (no reorder queue)
+            if self.state in _RECEIVING:
+                self._hold(seg.seq, seg.payload)  # its FIN, if any, will come again
+            return [self._ack()]  # a hole before it: a duplicate ACK asks for rcv_nxt
         data = seg.payload[-ahead:] if -ahead < len(seg.payload) else seg.payload[:0]
         if not data and not (fin and -ahead == len(seg.payload)):
             return [self._ack()]  # all of it seen before: re-ACK so the guest moves on
@@ -271,10 +307,49 @@ class TcpConn:
             effects.append(WatchWritable(self.key))
         elif fin:
             return self._on_guest_fin()
+        elif self.held and (following := self._take_held()):
+            return [Send(self.key, following)]  # the hole is filled: on with what came after
         elif space < self.our_mss:
             effects.append(WatchWritable(self.key))  # tell the guest once the window opens
         effects.append(self._ack())
         return effects
+
+    def _hold(self, seq: int, data: memoryview) -> None:
+        """Keep data that arrived beyond a hole, within both bounds; else let it go."""
+        if len(self.held.get(seq, b"")) >= len(data):
+            return
+        old = len(self.held.get(seq, b""))
+        grow = len(data) - old
+        if self.held_bytes + grow > REORDER_MAX_BYTES or not self.budget.take(grow):
+            return
+        self.held[seq] = bytes(data)
+        self.held_bytes += grow
+
+    def _take_held(self) -> bytes:
+        """Held data that now follows rcv_nxt without a gap, trimmed, joined."""
+        pieces = []
+        nxt = self.rcv_nxt
+        while True:
+            starts = [seq for seq in self.held if seq_le(seq, nxt)]
+            if not starts:
+                break
+            for seq in starts:
+                data = self.held.pop(seq)
+                self._release(len(data))
+                overlap = seq_diff(nxt, seq)
+                if overlap < len(data):
+                    pieces.append(data[overlap:])
+                    nxt = seq_add(nxt, len(data) - overlap)
+        return b"".join(pieces)
+
+    def _release(self, nbytes: int) -> None:
+        self.held_bytes -= nbytes
+        self.budget.give_back(nbytes)
+
+    def forget_held(self) -> None:
+        """Give back what is held (the connection is closing)."""
+        self._release(self.held_bytes)
+        self.held.clear()
 
     def on_writable(self, space: int, now: float) -> list[Effect]:
         self.send_space = space

@@ -16,13 +16,14 @@ from typing import Final
 from slirpy.effects import Connect, Effect
 from slirpy.flows.key import FlowKey
 from slirpy.guest import GuestLink
-from slirpy.tcp.conn import State, TcpConn, initial_sequence, reset_for
+from slirpy.tcp.conn import ReorderBudget, State, TcpConn, initial_sequence, reset_for
 from slirpy.wire.tcp import ACK, RST, SYN, TcpHeader
 
 log = logging.getLogger(__name__)
 
 IP_TCP_HEADERS: Final = 40
 CONNECT_TIMEOUT_S: Final = 30.0  # then RST: the guest's connect() fails, as on a network
+REORDER_TOTAL_BYTES: Final = 32 * 1024 * 1024  # all connections' out-of-order data together
 
 
 class TcpFlows:
@@ -32,6 +33,7 @@ class TcpFlows:
         self.secret = secret
         self.our_mss = mtu - IP_TCP_HEADERS
         self.conns: dict[FlowKey, TcpConn] = {}
+        self.reorder_budget = ReorderBudget(REORDER_TOTAL_BYTES)
         self._timers: list[tuple[float, FlowKey]] = []
         self._scheduled: dict[FlowKey, float] = {}  # key -> deadline of its heap entry
         self.limit_warned = False
@@ -55,7 +57,7 @@ class TcpFlows:
                                 "reset until some close", self.limit)
                 return reset_for(self.link, key, seg)
             conn = TcpConn(key, self.link, seg, initial_sequence(self.secret, key, now),
-                           self.our_mss, now)
+                           self.our_mss, now, self.reorder_budget)
             self.conns[key] = conn
             conn.deadline = now + CONNECT_TIMEOUT_S
             self._schedule(conn)
@@ -71,6 +73,7 @@ class TcpFlows:
 
     def _after(self, conn: TcpConn, effects: list[Effect]) -> list[Effect]:
         if conn.state is State.CLOSED:
+            conn.forget_held()
             self.conns.pop(conn.key, None)
             self._scheduled.pop(conn.key, None)
             if self.limit_warned and len(self.conns) < self.limit * 9 // 10:
