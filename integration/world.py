@@ -22,6 +22,7 @@ import hashlib
 import importlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -150,6 +151,13 @@ class Slirpy:
     def log(self) -> str:
         return self.stderr_path.read_text(errors="replace")[-4000:]
 
+    def dump_to_stderr(self) -> None:
+        """On a failure: slirpy's connection states (SIGUSR1) and log, for the report."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGUSR1)
+            time.sleep(0.5)  # the dump is written by slirpy's loop; no signal says when
+        print(f"--- slirpy log\n{self.log()}", file=sys.stderr)
+
     def fds(self) -> int:
         return len(os.listdir(f"/proc/{self.proc.pid}/fd"))
 
@@ -177,6 +185,9 @@ def attached(*args: str, env: dict[str, str] | None = None) -> Iterator[tuple[Gu
         slirpy = Slirpy(guest, *args, env=env)
         try:
             yield guest, slirpy
+        except BaseException:
+            slirpy.dump_to_stderr()
+            raise
         finally:
             slirpy.stop()
     finally:

@@ -55,6 +55,9 @@ class HostStreams:
         self.connecting: set[FlowKey] = set()
         self.watching_out: set[FlowKey] = set()
         self.space_estimate: dict[FlowKey, int] = {}
+        # Sockets whose peer closed or reset: their one edge may come while data is
+        # still queued, so once drained they are peeked once more for the EOF or error.
+        self.hung_up: set[FlowKey] = set()
         self.peek_buffer = bytearray(PEEK_BUFFER_BYTES)
         self.peek_view = memoryview(self.peek_buffer)
 
@@ -94,6 +97,8 @@ class HostStreams:
             self.loop.epoll.modify(sock.fileno(), _EDGE)
             space = self.space_estimate[key] = self._space(sock)
             self.apply(self.stack.on_writable(key, space, self.loop.now()))
+        if mask & (select.EPOLLRDHUP | select.EPOLLERR | select.EPOLLHUP):
+            self.hung_up.add(key)
         if mask & (select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLERR | select.EPOLLHUP):
             self.read(key)
 
@@ -132,7 +137,7 @@ class HostStreams:
                 self.apply(self.stack.on_host_eof(key, now))
                 return
             self.apply(self.stack.on_host_data(key, self.peek_view[:nbytes], now))
-            if nbytes < limit:
+            if nbytes < limit and key not in self.hung_up:
                 return  # drained: the next edge brings more
 
     def send(self, key: FlowKey, data: bytes | bytearray | memoryview) -> None:
@@ -198,6 +203,7 @@ class HostStreams:
         self.connecting.discard(key)
         self.watching_out.discard(key)
         self.space_estimate.pop(key, None)
+        self.hung_up.discard(key)
         if sock is not None:
             self.loop.remove(sock.fileno())
         return sock
