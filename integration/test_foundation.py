@@ -141,6 +141,28 @@ def test_names_resolve_through_forwarder_when_first_nameserver_is_dead(first: st
     assert result["dig_tcp"] == INTERNET
 
 
+def scenario_dns_follows_resolv_conf() -> dict[str, Any]:
+    dns_server("127.0.0.1")
+    set_nameservers(["127.0.0.9"])  # nobody there
+    with attached("-c") as (guest, _):
+        start = time.monotonic()
+        dead = guest.run("dig +tries=1 +time=5 @10.0.2.3 example.test", check=False)
+        dead_s = time.monotonic() - start
+        set_nameservers(["127.0.0.1"])
+        deadline = time.monotonic() + 10
+        answer = ""
+        while not answer and time.monotonic() < deadline:  # slirpy looks every 2 s
+            answer = guest.run("dig +short +tries=1 +time=1 @10.0.2.3 example.test",
+                               check=False).stdout.decode().strip()
+    return {"dead": dead.stdout.decode(), "dead_s": dead_s, "answer": answer}
+
+
+def test_dns_answers_servfail_fast_and_follows_resolv_conf_changes() -> None:
+    result = in_world(scenario_dns_follows_resolv_conf)
+    assert "status: SERVFAIL" in result["dead"] and result["dead_s"] < 3.0
+    assert result["answer"] == INTERNET
+
+
 # --- UDP ---
 
 SIZES = ",".join(str(n) for n in [1, 2, 7, 8, 9, 63, 64, 100, 511, 512, 513, 1000, 1024,

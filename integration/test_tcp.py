@@ -352,3 +352,18 @@ def test_transfers_survive_frames_dropped_both_ways() -> None:
     assert result["down"] == result["want"] and result["up"] == result["want"]
 
 
+def scenario_plain_tap(size_mib: int) -> dict[str, Any]:
+    want = http_servers(size_mib)
+    with attached("-c", env={"SLIRPY_TEST_PLAIN_TAP": "1"}) as (guest, _):
+        down = guest.run(f"curl -sS --max-time 120 http://{INTERNET}:{HTTP_PORT}/blob "
+                         f"| sha256sum", timeout=180).stdout.decode().split()[0]
+        up = guest.run(f"curl -sS --max-time 120 -T {BLOB} http://{INTERNET}:{HTTP_PORT}/up",
+                       timeout=180).stdout.decode()
+    return {"want": want, "down": down, "up": up}
+
+
+def test_plain_tap_without_virtio_header_still_carries_tcp_intact() -> None:
+    result = in_world(scenario_plain_tap, 32)
+    assert result["down"] == result["want"] and result["up"] == result["want"]
+
+

@@ -70,9 +70,15 @@ class LinkSetup:
     mac: str | None = None
 
 
+# Tests only: open the tap without the virtio-net header, to keep the plain path tested.
+PLAIN_TAP_ENV: Final = "SLIRPY_TEST_PLAIN_TAP"
+
+
 def open_tap(target: Target, tap_name: str, setup: LinkSetup | None, *,
-             vnet_hdr: bool = True) -> int:
+             vnet_hdr: bool | None = None) -> int:
     """Return a tap fd for *tap_name* in *target*, usable from our namespaces."""
+    if vnet_hdr is None:
+        vnet_hdr = not os.environ.get(PLAIN_TAP_ENV)
     parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     pid = os.fork()
     if pid == 0:  # the helper: never returns
