@@ -337,9 +337,10 @@ def test_stopped_reader_closes_the_window_memory_flat_then_completes_intact() ->
     assert result["reply"] == result["want"]
 
 
-def scenario_drops(rate: str, size_mib: int) -> dict[str, Any]:
+def scenario_curl_with_env(env: dict[str, str], size_mib: int) -> dict[str, Any]:
+    """curl down and up against INTERNET, slirpy started with *env* (test switches)."""
     want = http_servers(size_mib)
-    with attached("-c", env={"SLIRPY_TEST_DROP_RATE": rate}) as (guest, _):
+    with attached("-c", env=env) as (guest, _):
         down = guest.run(f"curl -sS --max-time 120 http://{INTERNET}:{HTTP_PORT}/blob "
                          f"| sha256sum", timeout=180).stdout.decode().split()[0]
         up = guest.run(f"curl -sS --max-time 120 -T {BLOB} http://{INTERNET}:{HTTP_PORT}/up",
@@ -348,22 +349,12 @@ def scenario_drops(rate: str, size_mib: int) -> dict[str, Any]:
 
 
 def test_transfers_survive_frames_dropped_both_ways() -> None:
-    result = in_world(scenario_drops, "0.01", 16)
+    result = in_world(scenario_curl_with_env, {"SLIRPY_TEST_DROP_RATE": "0.01"}, 16)
     assert result["down"] == result["want"] and result["up"] == result["want"]
 
 
-def scenario_plain_tap(size_mib: int) -> dict[str, Any]:
-    want = http_servers(size_mib)
-    with attached("-c", env={"SLIRPY_TEST_PLAIN_TAP": "1"}) as (guest, _):
-        down = guest.run(f"curl -sS --max-time 120 http://{INTERNET}:{HTTP_PORT}/blob "
-                         f"| sha256sum", timeout=180).stdout.decode().split()[0]
-        up = guest.run(f"curl -sS --max-time 120 -T {BLOB} http://{INTERNET}:{HTTP_PORT}/up",
-                       timeout=180).stdout.decode()
-    return {"want": want, "down": down, "up": up}
-
-
 def test_plain_tap_without_virtio_header_still_carries_tcp_intact() -> None:
-    result = in_world(scenario_plain_tap, 32)
+    result = in_world(scenario_curl_with_env, {"SLIRPY_TEST_PLAIN_TAP": "1"}, 32)
     assert result["down"] == result["want"] and result["up"] == result["want"]
 
 
