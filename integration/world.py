@@ -158,8 +158,15 @@ class Slirpy:
             time.sleep(0.5)  # the dump is written by slirpy's loop; no signal says when
         print(f"--- slirpy log\n{self.log()}", file=sys.stderr)
 
-    def fds(self) -> int:
-        return len(os.listdir(f"/proc/{self.proc.pid}/fd"))
+    def sockets(self) -> int:
+        """Open socket fds: every flow holds one (pipes and the tap are not counted: the
+        ready fd is closed just after "1" is written, racing a count taken then)."""
+        fd_dir = f"/proc/{self.proc.pid}/fd"
+        count = 0
+        for name in os.listdir(fd_dir):
+            with contextlib.suppress(OSError):
+                count += os.readlink(f"{fd_dir}/{name}").startswith("socket:")
+        return count
 
     def rss_kib(self) -> int:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
