@@ -358,3 +358,47 @@ def test_plain_tap_without_virtio_header_still_carries_tcp_intact() -> None:
     assert result["down"] == result["want"] and result["up"] == result["want"]
 
 
+
+
+PEER_ADDRESS_CLIENT = """
+import socket, sys
+addr = sys.argv[1]
+tcp = socket.create_connection((addr, 9500))
+seen_tcp = tcp.recv(100).decode()
+udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+udp.settimeout(3)
+udp.sendto(b"?", (addr, 9501))
+print(seen_tcp, udp.recv(100).decode())
+"""
+
+
+def scenario_outbound_addr(flag: str | None) -> list[str]:
+    """Servers on INTERNET answer with the source address they see."""
+    tcp = socket.create_server((INTERNET, 9500))
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.bind((INTERNET, 9501))
+
+    def tcp_loop() -> None:
+        while True:
+            conn, peer = tcp.accept()
+            with conn:
+                conn.sendall(peer[0].encode())
+
+    def udp_loop() -> None:
+        while True:
+            _, peer = udp.recvfrom(100)
+            udp.sendto(peer[0].encode(), peer)
+    serve_forever(tcp_loop)
+    serve_forever(udp_loop)
+    args = ["-c"] + ([f"--outbound-addr={flag}"] if flag else [])
+    with attached(*args) as (guest, _):
+        return guest.python(PEER_ADDRESS_CLIENT, INTERNET).split()
+
+
+@pytest.mark.parametrize("flag", ["198.51.100.1", "lo"])
+def test_outbound_addr_is_the_source_of_tcp_and_udp_flows(flag: str) -> None:
+    # "lo" names an interface: its first IPv4 address (127.0.0.1) becomes the source.
+    want = "198.51.100.1" if flag != "lo" else "127.0.0.1"
+    assert in_world(scenario_outbound_addr, flag) == [want, want]
+    default = in_world(scenario_outbound_addr, None)
+    assert default == [INTERNET, INTERNET]  # the kernel's choice: the address on lo
