@@ -19,6 +19,7 @@ class EventLoop:
     def __init__(self) -> None:
         self.epoll = select.epoll()
         self.handlers: dict[int, Handler] = {}
+        self._removed: set[int] = set()
 
     def add(self, fd: int, handler: Handler, events: int = select.EPOLLIN) -> None:
         self.epoll.register(fd, events)
@@ -27,6 +28,9 @@ class EventLoop:
     def remove(self, fd: int) -> None:
         if self.handlers.pop(fd, None) is not None:
             self.epoll.unregister(fd)
+            # Events of this poll for fd are now stale, even if a new socket gets the
+            # same number before the batch is done (its own readiness comes next poll).
+            self._removed.add(fd)
 
     @staticmethod
     def now() -> float:
@@ -34,9 +38,10 @@ class EventLoop:
 
     def wait(self, deadline: float | None) -> None:
         timeout = -1.0 if deadline is None else max(0.0, deadline - self.now())
+        self._removed.clear()
         for fd, mask in self.epoll.poll(timeout, MAX_EVENTS):
             handler = self.handlers.get(fd)
-            if handler is not None:  # an earlier handler of this round may have closed it
+            if handler is not None and fd not in self._removed:
                 handler(mask)
 
     def close(self) -> None:
