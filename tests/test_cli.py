@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from slirpy.cli.args import Attach, Run, parse
-from slirpy.cli.main import main
+from slirpy.cli.main import main, summary
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -19,22 +19,36 @@ from slirpy.cli.main import main
     ([], "PID or PATH of the network namespace is required"),
     (["1", "tap0", "extra"], "too many arguments"),
     (["--macaddress", "02:00:00:00:00:01", "1"], "--macaddr cannot be specified"),
-    (["-c", "--macaddress", "zz", "1"], "invalid MAC address: zz"),
-    (["1", "averyveryverylongtapname0"], "invalid tap name"),
-    (["--enable-ipv6", "1"], "--enable-ipv6 is not supported by slirpy yet"),
-    (["-6", "1"], "--enable-ipv6 is not supported by slirpy yet"),
-    (["--api-socket=/tmp/x", "1"], "--api-socket is not supported by slirpy yet"),
-    (["--enable-sandbox", "1"], "--enable-sandbox is not supported by slirpy yet"),
+    (["-c", "--macaddress", "zz", "1"], "macaddress has to be a valid unicast MAC address"),
+    (["-c", "--macaddress", "03:00:00:00:00:01", "1"], "valid unicast MAC address"),
+    (["-c", "--macaddress", "+2:00:00:00:00:01", "1"], "valid unicast MAC address"),
+    (["1", "averyveryverylongtapname0"], "1 to 15 bytes"),
+    (["1", "tap/0"], "invalid tap name"),
+    (["--enable-ipv6", "1"], "--enable-ipv6 is not supported yet"),
+    (["-6", "1"], "--enable-ipv6 is not supported yet"),
+    (["--api-socket=/tmp/x", "1"], "--api-socket is not supported yet"),
+    (["-a", "/tmp/x", "1"], "--api-socket is not supported yet"),
+    (["--enable-sandbox", "1"], "--enable-sandbox is not supported yet"),
+    (["--enable-seccomp", "1"], "--enable-seccomp is not supported yet"),
+    (["--target-type=bess", "1"], "--target-type=bess is not supported"),
+    (["notapid"], "not a PID: notapid"),
     (["--netns-type", "foo", "1"], "--netns-type must be pid or path"),
     (["--userns-path", "/nonexistent", "1"], "userns path doesn't exist: /nonexistent"),
     (["--netns-type=path", "/nonexistent"], "existing path expected when --netns-type=path"),
     (["--outbound-addr", "::1", "1"], "outbound-addr has to be valid ipv4 address"),
     (["--outbound-addr", "nosuchif0", "1"], "outbound-addr has to be valid ipv4 address"),
-    (["-e", "x", "1"], "invalid"),
+    (["--outbound-addr6", "10.0.0.1", "1"], "outbound-addr6 has to be valid ipv6 address"),
+    (["--outbound-addr", "bad/name", "1"], "outbound-addr has to be valid ipv4 address"),
+    (["-e", "x", "1"], "exit-fd must be a non-negative integer"),
+    (["-r", "-1", "1"], "ready-fd must be a non-negative integer"),
+    (["-m"], "expected one argument"),
+    (["--disable-host-loopback", "--enable-host-loopback", "1"], "contradict"),
     (["--foo", "1"], "unrecognized arguments: --foo"),
     (["999999999"], "no such process: 999999999"),
     (["run"], "run needs a command"),
     (["run", "--cidr", "bad", "--", "true"], "invalid CIDR: bad"),
+    (["run", "--enable-ipv6", "--", "true"], "--enable-ipv6 is not supported yet"),
+    (["run", "-c", "--", "true"], "unrecognized arguments: -c"),
 ])
 def test_bad_command_line_gives_one_line_and_non_zero_exit(
         argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -95,3 +109,37 @@ def test_module_entry_point_reports_errors_without_traceback() -> None:
                           capture_output=True, text=True)
     assert done.returncode == 1
     assert done.stderr == "slirpy: invalid CIDR: foo\n"
+
+
+def test_outbound_interface_names_resolve_to_their_address() -> None:
+    parsed = parse(["--outbound-addr=lo", "--outbound-addr6=lo", "1"])
+    assert isinstance(parsed, Attach)
+    assert (str(parsed.config.outbound_addr), str(parsed.config.outbound_addr6)) == (
+        "127.0.0.1", "::1")
+
+
+def test_mac_is_normalised_and_path_targets_keep_their_userns() -> None:
+    parsed = parse(["-c", "--macaddress=02:AB:00:00:00:01", "--netns-type=path",
+                    "--userns-path=/proc/self/ns/user", "/proc/self/ns/net"])
+    assert isinstance(parsed, Attach)
+    assert (parsed.mac, parsed.netns_type, parsed.userns_path) == (
+        "02:ab:00:00:00:01", "path", "/proc/self/ns/user")
+
+
+def test_summary_names_the_optional_settings(capsys: pytest.CaptureFixture[str]) -> None:
+    parsed = parse(["-c", "--macaddress=02:00:00:00:00:01", "--outbound-addr=127.0.0.1",
+                    "--cidr=10.1.0.0/16", "1"])
+    assert isinstance(parsed, Attach)
+    lines = summary(parsed).splitlines()
+    assert "* Gateway:         10.1.0.2" in lines
+    assert "* Outbound IPv4:   127.0.0.1" in lines
+    assert lines[-1] == "* MAC address:     02:00:00:00:00:01"
+
+
+def test_help_of_both_forms_over_the_module_entry_point() -> None:
+    for argv, first in ((["--help"], "Usage: slirpy [OPTION]"),
+                        (["run", "--help"], "Usage: slirpy run")):
+        done = subprocess.run([sys.executable, "-m", "slirpy", *argv],
+                              capture_output=True, text=True)
+        assert (done.returncode, done.stderr) == (0, "")
+        assert done.stdout.startswith(first)

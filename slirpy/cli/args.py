@@ -13,18 +13,23 @@ import dataclasses
 import ipaddress
 import logging
 import os
-from typing import Final, NoReturn
+import re
+from collections.abc import Callable
+from typing import Final, NoReturn, TypeVar
 
 from slirpy import __version__
 from slirpy.config import DEFAULT_CIDR, DEFAULT_MTU, MAX_MTU, Config, Network, parse_cidr, parse_mtu
 from slirpy.errors import UsageError
-from slirpy.netns.attach import check_tap_name, parse_mac
+from slirpy.netns.attach import check_tap_name
+from slirpy.netns.link import interface_address
 
 UNSUPPORTED: Final = {
     "-6": "--enable-ipv6", "--enable-ipv6": "--enable-ipv6",
     "-a": "--api-socket", "--api-socket": "--api-socket",
     "--enable-sandbox": "--enable-sandbox", "--enable-seccomp": "--enable-seccomp",
 }
+
+_MAC: Final = re.compile(r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}")
 
 ATTACH_HELP: Final = f"""\
 Usage: slirpy [OPTION]... PID|PATH [TAPNAME]
@@ -80,6 +85,8 @@ SLIRP_CONFIG_VERSION_MAX: 4
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Attach:
+    """The slirp4netns form: what to attach to, and how."""
+
     config: Config
     target: str  # a PID or a path
     netns_type: str
@@ -94,6 +101,8 @@ class Attach:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Run:
+    """`slirpy run`: the command to run in new namespaces."""
+
     config: Config
     command: list[str]
     log_level: int
@@ -108,6 +117,8 @@ class Exit(Exception):
 
 
 class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors as UsageError: one line, no usage dump, exit 1."""
+
     def error(self, message: str) -> NoReturn:
         raise UsageError(message)
 
@@ -129,8 +140,8 @@ def _attach_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="slirpy", add_help=False, allow_abbrev=False)
     _common(parser)
     parser.add_argument("-c", "--configure", action="store_true")
-    parser.add_argument("-e", "--exit-fd", type=_fd)
-    parser.add_argument("-r", "--ready-fd", type=_fd)
+    parser.add_argument("-e", "--exit-fd", type=_fd("exit-fd"))
+    parser.add_argument("-r", "--ready-fd", type=_fd("ready-fd"))
     parser.add_argument("--netns-type", default="pid")
     parser.add_argument("--userns-path")
     parser.add_argument("--macaddress")
@@ -147,14 +158,15 @@ def _run_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _fd(text: str) -> int:
-    try:
-        fd = int(text)
-    except ValueError:
-        raise UsageError(f"invalid file descriptor: {text}") from None
-    if fd < 0:
-        raise UsageError(f"invalid file descriptor: {text}")
-    return fd
+def _fd(name: str) -> Callable[[str], int]:
+    """A parser of fd numbers for option *name*, with slirp4netns's error text."""
+
+    def parse_fd(text: str) -> int:
+        if not text.isdigit():  # also refuses "-1" and "+1"
+            raise UsageError(f"{name} must be a non-negative integer")
+        return int(text)
+
+    return parse_fd
 
 
 def parse(argv: list[str]) -> Attach | Run:
@@ -164,7 +176,7 @@ def parse(argv: list[str]) -> Attach | Run:
             break
         name = arg.split("=", 1)[0]
         if name in UNSUPPORTED:
-            raise UsageError(f"{UNSUPPORTED[name]} is not supported by slirpy yet")
+            raise UsageError(f"{UNSUPPORTED[name]} is not supported yet")
     if argv[:1] == ["run"]:
         return _parse_run(argv[1:])
     return _parse_attach(argv)
@@ -212,54 +224,44 @@ def _parse_run(argv: list[str]) -> Run:
 def _config(ns: argparse.Namespace, *, host_loopback_default: bool) -> Config:
     if ns.disable_host_loopback and ns.enable_host_loopback:
         raise UsageError("--disable-host-loopback and --enable-host-loopback contradict")
-    host_loopback = (host_loopback_default or ns.enable_host_loopback) \
-        and not ns.disable_host_loopback
+    host_loopback = (ns.enable_host_loopback or host_loopback_default
+                     and not ns.disable_host_loopback)
     return Config(
         network=Network(parse_cidr(ns.cidr)), mtu=parse_mtu(ns.mtu),
         host_loopback=host_loopback, dns=not ns.disable_dns,
-        outbound_addr=_outbound4(ns.outbound_addr) if ns.outbound_addr else None,
-        outbound_addr6=_outbound6(ns.outbound_addr6) if ns.outbound_addr6 else None)
+        outbound_addr=_outbound(ns.outbound_addr, ipaddress.IPv4Address)
+        if ns.outbound_addr else None,
+        outbound_addr6=_outbound(ns.outbound_addr6, ipaddress.IPv6Address)
+        if ns.outbound_addr6 else None)
 
 
-def _outbound4(text: str) -> ipaddress.IPv4Address:
-    address = _outbound(text, 4)
-    assert isinstance(address, ipaddress.IPv4Address)  # _outbound checked the family
-    return address
+_Address = TypeVar("_Address", ipaddress.IPv4Address, ipaddress.IPv6Address)
 
 
-def _outbound6(text: str) -> ipaddress.IPv6Address:
-    address = _outbound(text, 6)
-    assert isinstance(address, ipaddress.IPv6Address)
-    return address
-
-
-def _outbound(text: str, version: int) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
-    """An address, or the first address of that family on the named interface."""
-    name = "ipv4" if version == 4 else "ipv6"
+def _outbound(text: str, kind: type[_Address]) -> _Address:
+    """--outbound-addr[6]: an address, or the first address of the named interface."""
+    version = kind(0).version  # 4 or 6
+    option = "outbound-addr" if version == 4 else "outbound-addr6"
+    wrong = UsageError(f"{option} has to be valid ipv{version} address or interface name.")
     try:
-        address = ipaddress.ip_address(text)
+        return kind(text)
     except ValueError:
-        address = _interface_address(text, version)
-    if address.version != version:
-        raise UsageError(f"outbound-addr{'' if version == 4 else '6'} has to be valid {name} "
-                         f"address or interface name.")
+        pass  # not an address of this family: perhaps an interface name
+    try:
+        address = interface_address(check_tap_name(text), version)
+    except (UsageError, LookupError):  # not an interface name, or no such interface
+        raise wrong from None
+    if not isinstance(address, kind):
+        raise UsageError(f"interface {text} has no ipv{version} address")
     return address
 
 
-def _interface_address(name: str, version: int) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
-    from pyroute2 import IPRoute
-
-    flag = "" if version == 4 else "6"
-    error = UsageError(f"outbound-addr{flag} has to be valid ipv{version} address or "
-                       f"interface name.")
-    with IPRoute() as ipr:
-        links = ipr.link_lookup(ifname=name)
-        if not links:
-            raise error
-        family = 2 if version == 4 else 10
-        for msg in ipr.get_addr(index=links[0], family=family):
-            return ipaddress.ip_address(msg.get_attr("IFA_ADDRESS"))
-    raise UsageError(f"interface {name} has no ipv{version} address")
+def parse_mac(text: str) -> str:
+    """--macaddress: six two-digit hex bytes separated by ':', and not multicast."""
+    if not _MAC.fullmatch(text) or int(text[:2], 16) & 1:
+        raise UsageError(f"macaddress has to be a valid unicast MAC address (hex string, "
+                         f"6 bytes, each byte separated by a ':'): {text}")
+    return text.lower()
 
 
 def _log_level(ns: argparse.Namespace) -> int:

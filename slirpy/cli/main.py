@@ -1,4 +1,12 @@
-"""slirpy's entry point: parse, set up, serve; user mistakes end as one line."""
+"""slirpy's entry point: parse, set up, serve; user mistakes end as one line.
+
+Both forms share one shape: parse the command line into a Config (cli.args), get a
+tap fd for the guest (netns.attach, after netns.spawn has made the guest for `run`),
+then hand both to the runtime's serve(), which returns when it is asked to stop. A
+SlirpyError anywhere ends as `slirpy: <reason>` on stderr and exit status 1; anything
+else is a bug and keeps its traceback. The runtime is imported only once the guest's
+tap is open, so a mistake on the command line costs no more than parsing it.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +18,7 @@ from typing import Final
 
 from slirpy.cli.args import Attach, Exit, Run, parse
 from slirpy.errors import SlirpyError
-from slirpy.netns.attach import (LinkSetup, Target, open_tap, target_for_path, target_for_pid,
+from slirpy.netns.attach import (LinkSetup, open_tap, target_for_path, target_for_pid,
                                  write_ready)
 
 log = logging.getLogger("slirpy")
@@ -19,6 +27,7 @@ GRACE_S: Final = 5.0
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run slirpy with *argv* (default: sys.argv[1:]); return the exit status."""
     try:
         parsed = parse(sys.argv[1:] if argv is None else argv)
     except Exit as done:
@@ -33,17 +42,20 @@ def main(argv: list[str] | None = None) -> int:
     except SlirpyError as exc:
         print(f"slirpy: {exc}", file=sys.stderr)
         return exc.exit_code
+    except KeyboardInterrupt:  # Ctrl-C before the loop took over SIGINT
+        return 128 + signal.SIGINT
 
 
 def attach(args: Attach) -> int:
-    from slirpy.runtime.driver import serve
-
+    """The slirp4netns form: open the tap in the target, say ready, serve until told."""
     if args.netns_type == "pid":
         target = target_for_pid(int(args.target))
     else:
         target = target_for_path(args.target, args.userns_path)
     setup = LinkSetup(args.config, args.mac) if args.configure else None
     tap_fd = open_tap(target, args.tap_name, setup)
+    from slirpy.runtime.driver import serve
+
     print(summary(args), flush=True)
     if args.config.host_loopback:
         log.info("127.0.0.1:* on the host is reachable as %s (--disable-host-loopback "
@@ -55,34 +67,35 @@ def attach(args: Attach) -> int:
 
 
 def summary(args: Attach) -> str:
-    net = args.config.network
-    return "\n".join([
-        "Starting slirpy",
-        f"* MTU:             {args.config.mtu}",
-        f"* Network:         {net.cidr.network_address}",
-        f"* Netmask:         {net.cidr.netmask}",
-        f"* Gateway:         {net.gateway}",
-        f"* DNS:             {net.dns}" + ("" if args.config.dns else " (disabled)"),
-        f"* DHCP begin:      {net.dhcp_start}",
-        f"* DHCP end:        {net.dhcp_end}",
-        f"* Recommended IP:  {net.guest}",
-    ])
+    """The start-up lines slirp4netns prints on stdout (no tool parses them)."""
+    config, net = args.config, args.config.network
+    fields: list[tuple[str, object]] = [
+        ("MTU", config.mtu), ("Network", net.cidr.network_address),
+        ("Netmask", net.cidr.netmask), ("Gateway", net.gateway),
+        ("DNS", net.dns if config.dns else f"{net.dns} (disabled)"),
+        ("DHCP begin", net.dhcp_start), ("DHCP end", net.dhcp_end),
+        ("Recommended IP", net.guest), ("Outbound IPv4", config.outbound_addr),
+        ("Outbound IPv6", config.outbound_addr6), ("MAC address", args.mac)]
+    return "\n".join(["Starting slirpy", *(f"* {label + ':':<17}{value}"
+                                           for label, value in fields if value is not None)])
 
 
 def run(args: Run) -> int:
+    """`slirpy run`: make the guest, put it online, serve until CMD exits; its status."""
     from slirpy.netns.spawn import spawn
-    from slirpy.runtime.driver import serve
 
     if args.log_level == logging.INFO:
         logging.getLogger().setLevel(logging.WARNING)  # CMD's stderr is the user's
-    guest = spawn(args.command, nameserver=str(args.config.network.dns))
+    dns = args.config.network.dns
+    guest = spawn(args.command, nameserver=str(dns) if args.config.dns else None)
     try:
-        tap_fd = open_tap(Target(f"/proc/{guest.pid}/ns/net", f"/proc/{guest.pid}/ns/user"),
-                          "tap0", LinkSetup(args.config))
+        tap_fd = open_tap(target_for_pid(guest.pid), "tap0", LinkSetup(args.config))
     except SlirpyError:
         guest.signal(signal.SIGKILL)
         guest.wait()
         raise
+    from slirpy.runtime.driver import serve
+
     # Ctrl-C reaches CMD straight from the terminal; slirpy keeps CMD online meanwhile.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     serve(args.config, tap_fd, stop_fds=[guest.pidfd],

@@ -17,10 +17,12 @@ import fcntl
 import os
 import socket
 import struct
-from typing import Final
+import sys
+import traceback
+from typing import Final, NoReturn
 
 from slirpy.config import Config
-from slirpy.errors import SetupError, UsageError
+from slirpy.errors import SetupError, SlirpyError, UsageError
 from slirpy.netns.linux import CLONE_NEWNET, CLONE_NEWUSER, same_namespace, setns
 
 TUNSETIFF: Final = 0x400454CA
@@ -28,37 +30,44 @@ IFF_TAP: Final = 0x0002
 IFF_NO_PI: Final = 0x1000
 IFF_VNET_HDR: Final = 0x4000
 IFNAMSIZ: Final = 16
+_IFREQ: Final = struct.Struct("16sH22x")  # struct ifreq: name, then ifr_flags in the union
+_OWN_USERNS: Final = "/proc/self/ns/user"
+_REPLY_MAX: Final = 4096
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Target:
-    """The guest's network namespace and the user namespace to join first (if any)."""
+    """The guest's network namespace, and the user namespace that owns it (if known).
+
+    The helper joins *userns* first unless it is ours already (joining one's own user
+    namespace fails with EINVAL); None means "do not join any".
+    """
 
     netns: str
     userns: str | None
 
 
 def target_for_pid(pid: int) -> Target:
+    """The namespaces of process *pid* (`--netns-type=pid`)."""
     netns = f"/proc/{pid}/ns/net"
     if not os.path.exists(netns):
         raise SetupError(f"no such process: {pid}")
-    userns = f"/proc/{pid}/ns/user"
-    try:
-        joined = None if same_namespace(userns, "/proc/self/ns/user") else userns
-    except OSError as exc:
-        raise SetupError(f"cannot read the namespaces of process {pid}: {exc.strerror}") from None
-    return Target(netns, joined)
+    return Target(netns, f"/proc/{pid}/ns/user")
 
 
 def target_for_path(path: str, userns_path: str | None) -> Target:
+    """A network namespace file (`--netns-type=path`), and `--userns-path` if given."""
     if not os.path.exists(path):
         raise UsageError(f"existing path expected when --netns-type=path: {path}")
     return Target(path, userns_path)
 
 
 def check_tap_name(name: str) -> str:
-    if not name or len(name.encode()) >= IFNAMSIZ or "/" in name or name.strip() != name:
-        raise UsageError(f"invalid tap name {name!r}: 1 to {IFNAMSIZ - 1} bytes, no '/' or spaces")
+    """A valid interface name: what the kernel's dev_valid_name() accepts."""
+    if (not name or len(name.encode()) >= IFNAMSIZ or name in (".", "..")
+            or any(c == "/" or c == ":" or c.isspace() for c in name)):
+        raise UsageError(f"invalid tap name {name!r}: 1 to {IFNAMSIZ - 1} bytes, "
+                         "no '/', ':' or spaces")
     return name
 
 
@@ -76,81 +85,88 @@ PLAIN_TAP_ENV: Final = "SLIRPY_TEST_PLAIN_TAP"
 
 def open_tap(target: Target, tap_name: str, setup: LinkSetup | None, *,
              vnet_hdr: bool | None = None) -> int:
-    """Return a tap fd for *tap_name* in *target*, usable from our namespaces."""
+    """Return a tap fd for *tap_name* in *target*, usable from our namespaces.
+
+    The tap is created if missing and opened if it exists (rootlesskit makes it
+    first); with *setup*, the guest's link is configured as `-c` does. *vnet_hdr*
+    adds IFF_VNET_HDR (default: on, unless the test switch PLAIN_TAP_ENV is set).
+    Raises SetupError with the helper's one-line reason when anything is refused.
+    """
     if vnet_hdr is None:
         vnet_hdr = not os.environ.get(PLAIN_TAP_ENV)
+    flags = IFF_TAP | IFF_NO_PI | (IFF_VNET_HDR if vnet_hdr else 0)
     parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     pid = os.fork()
-    if pid == 0:  # the helper: never returns
+    if pid == 0:
         parent_end.close()
-        status = 0
-        try:
-            fd = _open_in_namespace(target, tap_name, setup, vnet_hdr)
-            socket.send_fds(child_end, [b"ok"], [fd])
-        except BaseException as exc:  # noqa: B036 - anything must reach the parent, then exit
-            text = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-            child_end.send(f"error: {text}".encode()[:4000])
-            status = 1
-        finally:
-            os._exit(status)
+        _helper(child_end, target, tap_name, setup, flags)
     child_end.close()
     try:
-        reply, fds, _, _ = socket.recv_fds(parent_end, 4096, 1)
+        reply, fds, _, _ = socket.recv_fds(parent_end, _REPLY_MAX, 1, socket.MSG_CMSG_CLOEXEC)
     finally:
         parent_end.close()
         os.waitpid(pid, 0)
-    if reply != b"ok" or not fds:
-        raise SetupError(reply.decode(errors="replace").removeprefix("error: ")
-                         or "the tap helper died")
-    return fds[0]
+    if reply == b"ok" and fds:
+        return fds[0]
+    for fd in fds:
+        os.close(fd)
+    kind, _, text = reply.decode(errors="replace").partition(": ")
+    if kind == "bug":  # the helper printed its traceback to our stderr
+        raise RuntimeError(f"the tap helper failed: {text}")
+    raise SetupError(text or "the tap helper died without a word")
+
+
+def _helper(sock: socket.socket, target: Target, tap_name: str, setup: LinkSetup | None,
+            flags: int) -> NoReturn:
+    """The forked helper: open the tap in *target*, send the fd or the reason, exit."""
+    status = 1
+    try:
+        fd = _open_in_namespace(target, tap_name, setup, flags)
+        socket.send_fds(sock, [b"ok"], [fd])
+        status = 0
+    except SlirpyError as exc:
+        sock.send(f"error: {exc}".encode()[:_REPLY_MAX])
+    except BaseException as exc:  # a bug: keep its traceback, and tell the parent
+        traceback.print_exc()
+        sys.stderr.flush()
+        sock.send(f"bug: {type(exc).__name__}: {exc}".encode()[:_REPLY_MAX])
+    finally:
+        os._exit(status)
 
 
 def _open_in_namespace(target: Target, tap_name: str, setup: LinkSetup | None,
-                       vnet_hdr: bool) -> int:
-    if target.userns is not None:
-        setns(target.userns, CLONE_NEWUSER)
-    setns(target.netns, CLONE_NEWNET)
+                       flags: int) -> int:
+    if target.userns is not None and not _is_our_userns(target.userns):
+        _join(target.userns, CLONE_NEWUSER, "user")
+    _join(target.netns, CLONE_NEWNET, "network")
     try:
         fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
     except OSError as exc:
         raise SetupError(f"cannot open /dev/net/tun: {exc.strerror}") from None
-    flags = IFF_TAP | IFF_NO_PI | (IFF_VNET_HDR if vnet_hdr else 0)
     try:
-        fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", tap_name.encode(), flags))
+        fcntl.ioctl(fd, TUNSETIFF, _IFREQ.pack(tap_name.encode(), flags))
     except OSError as exc:
         raise SetupError(f"cannot create tap {tap_name}: {exc.strerror}") from None
     if setup is not None:
-        configure_link(tap_name, setup)
+        from slirpy.netns.link import configure_link
+
+        configure_link(tap_name, setup.config, setup.mac)
     return fd
 
 
-def configure_link(tap_name: str, setup: LinkSetup) -> None:
-    """lo up; the tap's MTU, MAC, address network+100 and default route via network+2."""
-    from pyroute2 import IPRoute  # here: only the helper needs it, and it is slow to import
-
-    net = setup.config.network
-    with IPRoute() as ipr:
-        (lo,) = ipr.link_lookup(ifname="lo")
-        ipr.link("set", index=lo, state="up")
-        (tap,) = ipr.link_lookup(ifname=tap_name)
-        extra = {"address": setup.mac} if setup.mac else {}
-        ipr.link("set", index=tap, mtu=setup.config.mtu, **extra)
-        ipr.link("set", index=tap, state="up")
-        ipr.addr("add", index=tap, address=str(net.guest), prefixlen=net.cidr.prefixlen)
-        ipr.route("add", dst="0.0.0.0/0", gateway=str(net.gateway), oif=tap)
-
-
-def parse_mac(text: str) -> str:
-    parts = text.split(":")
-    if len(parts) != 6 or not all(len(p) == 2 for p in parts):
-        raise UsageError(f"invalid MAC address: {text}")
+def _is_our_userns(path: str) -> bool:
     try:
-        value = bytes(int(p, 16) for p in parts)
-    except ValueError:
-        raise UsageError(f"invalid MAC address: {text}") from None
-    if value[0] & 1:
-        raise UsageError(f"invalid MAC address: {text} (a multicast address)")
-    return text.lower()
+        return same_namespace(path, _OWN_USERNS)
+    except OSError as exc:
+        raise SetupError(f"cannot read user namespace {path}: {exc.strerror}") from None
+
+
+def _join(path: str, nstype: int, kind: str) -> None:
+    try:
+        setns(path, nstype)
+    except OSError as exc:
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise SetupError(f"cannot join {kind} namespace {path}: {reason}") from None
 
 
 def write_ready(fd: int) -> None:
@@ -160,5 +176,3 @@ def write_ready(fd: int) -> None:
         os.close(fd)
     except OSError as exc:
         raise SetupError(f"cannot write to ready fd {fd}: {exc.strerror}") from None
-
-
