@@ -6,6 +6,7 @@ real clients in a guest namespace and asserts on what they got.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -18,21 +19,51 @@ from integration.world import (INTERNET, NOBODY, SLIRPY, WORK, Guest, attached, 
                                in_world, set_nameservers, sh, udp_echo)
 
 UDP_CLIENT = """
-import hashlib, json, socket, sys
+import errno, hashlib, json, socket, sys
 addr, port = sys.argv[1], int(sys.argv[2])
 sizes = [int(s) for s in sys.argv[3].split(",")]
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+if sys.argv[4:] == ["df"]:  # IP_MTU_DISCOVER = IP_PMTUDISC_DO: never fragment, send DF
+    s.setsockopt(socket.IPPROTO_IP, 10, 2)
 s.settimeout(3)
-bad = []
+bad, sent_sha = [], {}
 for n in sizes:
     sent = bytes((i * 7 + n) % 251 for i in range(n))
-    s.sendto(sent, (addr, port))
-    got = s.recv(65535)
-    if hashlib.sha256(got).digest() != hashlib.sha256(sent).digest():
-        bad.append(n)
-print(json.dumps(bad))
+    try:
+        s.sendto(sent, (addr, port))
+        got = s.recv(65535)
+    except TimeoutError:
+        bad.append([n, "timeout"])
+        continue
+    except OSError as exc:
+        bad.append([n, errno.errorcode[exc.errno]])
+        continue
+    sent_sha[n] = hashlib.sha256(sent).hexdigest()
+    if hashlib.sha256(got).hexdigest() != sent_sha[n]:
+        bad.append([n, f"got {len(got)} bytes, other than sent"])
+print(json.dumps({"bad": bad, "sent": sent_sha}))
 """
+
+# One datagram to the gateway: the echo, or the error an ICMP error became (ENETUNREACH
+# for "net unreachable": a soft error, which Linux reports only with IP_RECVERR), or a
+# timeout.
+PROBE = """
+import errno, socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.IPPROTO_IP, 11, 1)  # IP_RECVERR
+s.settimeout(3)
+s.connect((sys.argv[1], int(sys.argv[2])))
+try:
+    s.send(b"probe")
+    print("echo" if s.recv(100) == b"probe" else "garbled")
+except TimeoutError:
+    print("timeout")
+except OSError as exc:
+    print(errno.errorcode[exc.errno])
+"""
+
+CONNECTORS = {"slirpy": SLIRPY, "slirp4netns": ["slirp4netns"]}  # the attach form
 
 
 # --- slirpy run ---
@@ -41,18 +72,18 @@ def scenario_run_configures_guest_and_returns_status() -> dict[str, Any]:
     done = subprocess.run([*SLIRPY, "run", "--", "sh", "-c",
                            "ip -j addr show tap0; echo ===; ip -j route; exit 7"],
                           capture_output=True, text=True, timeout=60)
-    addrs, routes = done.stdout.split("===")
-    return {"status": done.returncode, "addrs": addrs, "routes": routes, "err": done.stderr}
+    return {"status": done.returncode, "out": done.stdout, "err": done.stderr}
 
 
 def test_run_gives_command_an_address_and_default_route_and_returns_its_status() -> None:
-    import json
     result = in_world(scenario_run_configures_guest_and_returns_status)
-    assert result["status"] == 7, result["err"]
-    (link,) = json.loads(result["addrs"])
+    assert result["status"] == 7 and "===" in result["out"], \
+        f"exit {result['status']}\n--- stdout\n{result['out']}\n--- stderr\n{result['err']}"
+    addrs, routes = result["out"].split("===")
+    (link,) = json.loads(addrs)
     v4 = [a for a in link["addr_info"] if a["family"] == "inet"]
     assert [(a["local"], a["prefixlen"]) for a in v4] == [("10.0.2.100", 24)]
-    default = [r for r in json.loads(result["routes"]) if r["dst"] == "default"]
+    default = [r for r in json.loads(routes) if r["dst"] == "default"]
     assert default and default[0]["gateway"] == "10.0.2.2"
 
 
@@ -72,18 +103,17 @@ def test_run_resolves_names_with_a_resolver_on_host_loopback() -> None:
 def scenario_run_host_loopback(enable: bool) -> dict[str, Any]:
     udp_echo("127.0.0.1", 9000)
     flags = ["--enable-host-loopback"] if enable else []
-    done = subprocess.run([*SLIRPY, "run", *flags, "--", sys.executable, "-c", UDP_CLIENT,
-                           "10.0.2.2", "9000", "1,100,1472"],
-                          capture_output=True, text=True, timeout=60)
-    return {"status": done.returncode, "out": done.stdout, "err": done.stderr}
+    done = subprocess.run([*SLIRPY, "run", *flags, "--", sys.executable, "-c", PROBE,
+                           "10.0.2.2", "9000"], capture_output=True, text=True, timeout=60)
+    return {"status": done.returncode, "out": done.stdout.strip(), "err": done.stderr}
 
 
-def test_run_reaches_world_loopback_via_gateway_only_with_enable_host_loopback() -> None:
-    enabled = in_world(scenario_run_host_loopback, True)
-    assert enabled["status"] == 0 and enabled["out"].strip() == "[]", enabled["err"]
-    disabled = in_world(scenario_run_host_loopback, False)
-    assert disabled["status"] != 0
-    assert "unreachable" in disabled["err"].lower() or "timed out" in disabled["err"], disabled
+@pytest.mark.parametrize("enable, outcome", [(True, "echo"), (False, "ENETUNREACH")],
+                         ids=["enabled", "default"])
+def test_run_reaches_world_loopback_via_gateway_only_with_enable_host_loopback(
+        enable: bool, outcome: str) -> None:
+    result = in_world(scenario_run_host_loopback, enable)
+    assert (result["status"], result["out"]) == (0, outcome), result["err"]
 
 
 # --- the attach form ---
@@ -98,6 +128,21 @@ def test_attach_with_configure_sets_address_and_route() -> None:
     result = in_world(scenario_attach_configure)
     assert "10.0.2.100/24" in result["addr"]
     assert result["route"].startswith("default via 10.0.2.2 dev tap0")
+
+
+def scenario_attach_host_loopback(connector: str, flags: list[str]) -> str:
+    udp_echo("127.0.0.1", 9000)
+    with attached("-c", *flags, command=CONNECTORS[connector]) as (guest, _):
+        return guest.python(PROBE, "10.0.2.2", "9000").strip()
+
+
+@pytest.mark.parametrize("connector", ["slirpy", "slirp4netns"])
+@pytest.mark.parametrize("flags, outcome", [([], "echo"),
+                                            (["--disable-host-loopback"], "ENETUNREACH")],
+                         ids=["default", "disabled"])
+def test_attach_reaches_world_loopback_via_gateway_unless_disabled(
+        connector: str, flags: list[str], outcome: str) -> None:
+    assert in_world(scenario_attach_host_loopback, connector, flags) == outcome
 
 
 def scenario_attach_dhcp() -> str:
@@ -128,7 +173,9 @@ def scenario_dns_failover(first: str) -> dict[str, Any]:
         elapsed = time.monotonic() - start
         dig = guest.run("dig +short +tries=1 +time=5 @10.0.2.3 other.test", check=False)
         dig_tcp = guest.run("dig +short +tcp +tries=1 +time=5 @10.0.2.3 example.test", check=False)
-    return {"getent": getent.stdout.decode(), "elapsed": elapsed,
+        python = guest.python("import socket; print(socket.getaddrinfo('other.test', 53, "
+                              "socket.AF_INET, socket.SOCK_DGRAM)[0][4][0])")
+    return {"getent": getent.stdout.decode(), "elapsed": elapsed, "python": python.strip(),
             "dig": dig.stdout.decode().strip(), "dig_tcp": dig_tcp.stdout.decode().strip()}
 
 
@@ -139,6 +186,7 @@ def test_names_resolve_through_forwarder_when_first_nameserver_is_dead(first: st
     assert result["elapsed"] < 5.0  # one upstream timeout at most, not the guest's retries
     assert result["dig"] == "198.51.100.1"
     assert result["dig_tcp"] == INTERNET
+    assert result["python"] == "198.51.100.1"
 
 
 def scenario_dns_follows_resolv_conf() -> dict[str, Any]:
@@ -165,24 +213,48 @@ def test_dns_answers_servfail_fast_and_follows_resolv_conf_changes() -> None:
 
 # --- UDP ---
 
-SIZES = ",".join(str(n) for n in [1, 2, 7, 8, 9, 63, 64, 100, 511, 512, 513, 1000, 1024,
-                                  1400, 1471, 1472])
+# Every size up to 64, then a stride through to 1472 (the most a datagram can carry
+# unfragmented at MTU 1500), with the boundaries of common buffer sizes.
+SIZES = ",".join(str(n) for n in sorted({*range(1, 65), *range(65, 1472, 29),
+                                         255, 256, 257, 511, 512, 513, 1023, 1024, 1025,
+                                         1400, 1471, 1472}))
+FRAGMENTED = [60000, 65507]
 
 
 def scenario_udp_echo() -> dict[str, Any]:
-    udp_echo("127.0.0.1", 9000)
-    udp_echo(INTERNET, 9001)
+    at_loopback = udp_echo("127.0.0.1", 9000)
+    at_internet = udp_echo(INTERNET, 9001)
     with attached("-c") as (guest, _):
-        return {
-            "loopback": guest.python(UDP_CLIENT, "10.0.2.2", "9000", SIZES),
-            "internet": guest.python(UDP_CLIENT, INTERNET, "9001", SIZES),
-            "fragmented": guest.python(UDP_CLIENT, INTERNET, "9001", "60000,65507"),
+        out = {
+            # DF set: each datagram crosses the tap whole, in one frame each way
+            "loopback": guest.python(UDP_CLIENT, "10.0.2.2", "9000", SIZES, "df"),
+            "internet": guest.python(UDP_CLIENT, INTERNET, "9001", SIZES, "df"),
+            "too-big-for-df": guest.python(UDP_CLIENT, INTERNET, "9001", "1473", "df"),
+            "fragmented": guest.python(UDP_CLIENT, INTERNET, "9001",
+                                       ",".join(map(str, FRAGMENTED))),
+            "fragmented-loopback": guest.python(UDP_CLIENT, "10.0.2.2", "9000", "60000"),
         }
+    results = {name: json.loads(text) for name, text in out.items()}
+    return {**results, "at_loopback": at_loopback, "at_internet": at_internet}
 
 
 def test_udp_echo_is_intact_for_every_size_and_fragmented_datagrams() -> None:
     result = in_world(scenario_udp_echo)
-    assert result == {"loopback": "[]\n", "internet": "[]\n", "fragmented": "[]\n"}
+    sizes = [int(n) for n in SIZES.split(",")]
+    for name in ("loopback", "internet", "fragmented", "fragmented-loopback"):
+        assert result[name]["bad"] == [], name
+    assert sorted(map(int, result["loopback"]["sent"])) == sizes
+    # The guest's own kernel refuses 1473 with DF: 1472 really is the unfragmented limit.
+    assert result["too-big-for-df"]["bad"] == [[1473, "EMSGSIZE"]]
+    # What arrived at the servers is byte for byte what the guest sent (the echo checks
+    # the way back): every sampled size, and the fragmented datagrams reassembled.
+    at_internet = {n: sha for n, sha in result["at_internet"]}
+    for name in ("internet", "fragmented"):
+        for n, sha in result[name]["sent"].items():
+            assert at_internet[int(n)] == sha, (name, n)
+    assert sorted(n for n, _ in result["at_internet"] if n > 1472) == FRAGMENTED
+    assert [sha for n, sha in result["at_loopback"] if n == 60000] == \
+        [result["fragmented-loopback"]["sent"]["60000"]]
 
 
 # --- ICMP ---
@@ -212,8 +284,6 @@ def test_ping_reply_is_never_invented() -> None:
 
 
 # --- ready and exit fds, beside slirp4netns ---
-
-CONNECTORS = {"slirpy": SLIRPY, "slirp4netns": ["slirp4netns"]}
 
 
 def scenario_exit_fd(connector: str, close_at_start: bool) -> dict[str, Any]:
@@ -253,15 +323,42 @@ def test_exit_fd_that_is_not_open_stops_at_once(connector: str) -> None:
 
 
 def scenario_bad_target() -> dict[str, Any]:
-    out = {}
+    out: dict[str, Any] = {}
     for name, args in {"nopid": ["999999"], "longtap": ["1", "a" * 16]}.items():
         done = subprocess.run([*SLIRPY, *args], capture_output=True, text=True, timeout=30)
         out[name] = (done.returncode, done.stderr)
+    out["links"] = sh("ip -o link show | cut -d: -f2").split()  # no tap was left behind
     return out
 
 
 def test_bad_targets_fail_with_one_line() -> None:
-    for status, err in in_world(scenario_bad_target).values():
-        assert status == 1 and err.count("\n") == 1 and "Traceback" not in err
+    result = in_world(scenario_bad_target)
+    assert sorted(result.pop("links")) == ["blackhole0", "lo"]
+    for status, err in result.values():
+        assert status == 1 and err.count("\n") == 1 and err.startswith("slirpy: "), err
+        assert "Traceback" not in err
 
 
+def _pid_nobody_has() -> str:
+    with open("/proc/sys/kernel/pid_max") as f:
+        return f.read().strip()  # PIDs run up to pid_max - 1
+
+
+@pytest.mark.no_world
+@pytest.mark.parametrize("args", [
+    ["--cidr", "foo", "1"],
+    ["--cidr", "10.0.2.100/24", "1"],
+    ["--mtu", "70000", "1"],
+    ["--mtu", "abc", "1"],
+    ["--no-such-option", "1"],
+    [],
+    ["pid-nobody-has"],
+    ["run", "--cidr", "foo", "--", "true"],
+    ["run"],
+], ids=lambda args: " ".join(args) or "no-pid")
+def test_bad_command_line_gives_one_stderr_line_and_non_zero_exit(args: list[str]) -> None:
+    args = [_pid_nobody_has() if a == "pid-nobody-has" else a for a in args]
+    done = subprocess.run([*SLIRPY, *args], capture_output=True, text=True, timeout=30)
+    assert done.returncode != 0
+    assert done.stderr.startswith("slirpy: ") and done.stderr.count("\n") == 1, done.stderr
+    assert "Traceback" not in done.stderr and done.stdout == ""

@@ -184,8 +184,11 @@ def test_500_concurrent_then_5000_short_connections_intact_and_nothing_leaks() -
     result = in_world(scenario_many_connections, timeout=900)
     assert result["bad"] == [0, 0, 0] and result["short_bad"] == 0
     assert result["sockets_after"] == result["sockets_before"]  # every flow's socket closed
-    first, *_, last = result["rss_kib"]
-    assert last - first < 8 * 1024, f"RSS grew across rounds: {result['rss_kib']} KiB"
+    # The first rounds may raise the high-water mark (how many of the 500 overlap varies
+    # from run to run: seen 27 -> 37 -> 37 MiB under load); a leak grows every round.
+    *earlier, last = result["rss_kib"]
+    assert last - max(earlier) < 4 * 1024, f"RSS grew in the last round: {result['rss_kib']} KiB"
+    assert last - earlier[0] < 16 * 1024, f"RSS grew across rounds: {result['rss_kib']} KiB"
 
 
 HALF_CLOSE = """

@@ -6,10 +6,11 @@ mount and PID namespace (the world) and returns a JSON-able result. In the world
   198.51.100.1) on which test servers listen, beside the world's own 127.0.0.1;
 - the default route goes into a tun device nobody reads, so an address nobody
   holds stays silent, as on a real network, and nothing leaves the world;
-- WORK (a new directory, a tmpfs inside the world) holds its files, and
-  /etc/resolv.conf is a file of the world's own naming a DNS server the world runs,
-  so no real resolver is ever asked (/tmp is not shadowed: a checkout may live there);
-- unprivileged ping sockets are allowed.
+- /tmp is a private tmpfs (unless the checkout or the Python in use lives under /tmp:
+  then it stays visible), WORK (a new directory, a tmpfs inside the world) holds its
+  files, and /etc/resolv.conf is a file of the world's own naming a DNS server the
+  world runs, so no real resolver is ever asked;
+- unprivileged ping sockets are allowed; no fd above 2 is inherited from pytest.
 A guest is `unshare -Urn sleep infinity` inside the world, and slirpy is started
 with --ready-fd, so nothing waits on a sleep. The PID namespace ends every process
 with the world; each helper still stops what it started.
@@ -18,6 +19,7 @@ with the world; each helper still stops what it started.
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import hashlib
 import importlib
 import json
@@ -39,6 +41,8 @@ INTERNET = "192.0.2.1"
 INTERNET2 = "198.51.100.1"
 NOBODY = "203.0.113.99"  # routed into the blackhole: never answers
 NAMES = {"example.test.": INTERNET, "other.test.": INTERNET2}
+WORLD_UNSHARE = ["unshare", "--user", "--map-root-user", "--net", "--mount", "--pid", "--fork",
+                 "--mount-proc", "--kill-child=SIGTERM"]
 _RESULT = "@@world-result@@"
 _WORK_ENV = "SLIRPY_WORLD_DIR"
 WORK = Path(os.environ.get(_WORK_ENV, "/nonexistent"))  # set inside a world
@@ -50,14 +54,20 @@ def in_world(scenario: Callable[..., Any], *args: Any, timeout: float = 240) -> 
     """Run *scenario(*args)* inside a new world; return what it returned."""
     code = (f"import json, sys; from integration.world import _enter; "
             f"_enter({scenario.__module__!r}, {scenario.__name__!r}, json.loads(sys.argv[1]))")
-    cmd = ["unshare", "--user", "--map-root-user", "--net", "--mount", "--pid", "--fork",
-           "--mount-proc", "--kill-child=SIGTERM", sys.executable, "-c", code, json.dumps(args)]
+    cmd = [*WORLD_UNSHARE, sys.executable, "-c", code, json.dumps(args)]
     work = tempfile.mkdtemp(prefix="slirpy-world-")
+    env = {**os.environ, "PYTHONPATH": str(REPO), _WORK_ENV: work,
+           _DEADLINE_ENV: str(max(timeout - 10, 1))}
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO,
-                              env={**os.environ, "PYTHONPATH": str(REPO), _WORK_ENV: work})
+                              env=env)
+    except subprocess.TimeoutExpired as exc:  # the world's own deadline should come first
+        raise AssertionError(f"scenario {scenario.__name__} still running after {timeout} s:\n"
+                             f"--- stdout\n{_text(exc.stdout)[-3000:]}\n"
+                             f"--- stderr\n{_text(exc.stderr)[-6000:]}") from None
     finally:
-        os.rmdir(work)  # the world's tmpfs went with it: the directory is empty
+        with contextlib.suppress(OSError):  # the world's tmpfs went with it: it is empty
+            os.rmdir(work)
     for line in done.stdout.splitlines():
         if line.startswith(_RESULT):
             return json.loads(line[len(_RESULT):])
@@ -65,13 +75,30 @@ def in_world(scenario: Callable[..., Any], *args: Any, timeout: float = 240) -> 
                          f"--- stdout\n{done.stdout[-3000:]}\n--- stderr\n{done.stderr[-6000:]}")
 
 
+_DEADLINE_ENV = "SLIRPY_WORLD_DEADLINE"
+
+
+def _text(data: str | bytes | None) -> str:
+    return data.decode(errors="replace") if isinstance(data, bytes) else data or ""
+
+
 def _enter(module: str, name: str, args: list[Any]) -> None:
-    for fd in range(3, 256):  # fds inherited from pytest must not leak into slirpy
-        with contextlib.suppress(OSError):
-            os.close(fd)
+    # fds inherited from pytest must not leak into slirpy (an --exit-fd test would wait
+    # on a pipe some parent holds open).
+    os.closerange(3, os.sysconf("SC_OPEN_MAX"))
+    # As PID 1 of its namespace this process ignores signals it has no handler for, so
+    # unshare's --kill-child would not end it: exit on SIGTERM (the kernel then ends
+    # every process of the world), and dump where every thread stood first.
+    signal.signal(signal.SIGTERM, _terminated)
+    faulthandler.dump_traceback_later(float(os.environ.get(_DEADLINE_ENV, "230")), exit=True)
     build_world()
     result = getattr(importlib.import_module(module), name)(*args)
     print(_RESULT + json.dumps(result), flush=True)
+
+
+def _terminated(signum: int, frame: object) -> None:
+    faulthandler.dump_traceback(all_threads=True)
+    os._exit(128 + signum)
 
 
 # --- inside the world ---
@@ -85,6 +112,11 @@ def build_world(nameservers: tuple[str, ...] = ("127.0.0.1",)) -> None:
     sh(f"ip addr add {INTERNET}/32 dev lo && ip addr add {INTERNET2}/32 dev lo")
     sh("ip tuntap add mode tun name blackhole0 && ip link set blackhole0 up "
        "&& ip route add default dev blackhole0")
+    if not any(Path(p).resolve().is_relative_to("/tmp")
+               for p in (str(REPO), sys.prefix, sys.base_prefix, sys.executable, *sys.path)
+               if p):
+        sh("mount -t tmpfs tmpfs /tmp")  # WORK, made under the outer /tmp, is made anew
+    WORK.mkdir(parents=True, exist_ok=True)
     sh(f"mount -t tmpfs tmpfs {WORK}")
     sh("sysctl -qw net.ipv4.ping_group_range='0 0'")
     set_nameservers(nameservers)
@@ -186,10 +218,12 @@ class Slirpy:
 
 
 @contextlib.contextmanager
-def attached(*args: str, env: dict[str, str] | None = None) -> Iterator[tuple[Guest, Slirpy]]:
+def attached(*args: str, env: dict[str, str] | None = None,
+             command: list[str] | None = None) -> Iterator[tuple[Guest, Slirpy]]:
+    """A guest with slirpy (or *command*, a compatible connector) attached as tap0."""
     guest = Guest()
     try:
-        slirpy = Slirpy(guest, *args, env=env)
+        slirpy = Slirpy(guest, *args, command=command, env=env)
         try:
             yield guest, slirpy
         except BaseException:
@@ -207,16 +241,21 @@ def serve_forever(target: Callable[..., None], *args: Any) -> None:
     threading.Thread(target=target, args=args, daemon=True).start()
 
 
-def udp_echo(addr: str, port: int) -> None:
+def udp_echo(addr: str, port: int) -> list[tuple[int, str]]:
+    """Echo every datagram; the list returned fills with (size, sha256) of each one
+    received, so a test can check what arrived at this end as well as what came back."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
     sock.bind((addr, port))
+    received: list[tuple[int, str]] = []
 
     def loop() -> None:
         while True:
             data, peer = sock.recvfrom(65535)
+            received.append((len(data), sha256(data)))
             sock.sendto(data, peer)
     serve_forever(loop)
+    return received
 
 
 def dns_server(addr: str = "127.0.0.1", port: int = 53) -> None:
