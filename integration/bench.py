@@ -34,7 +34,7 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -173,32 +173,31 @@ def guest_run(conn: Connector, cmd: str, *, capture: bool = False, timeout: floa
 
 # --- servers in the world ---
 
-def serve_short_connections(sock: socket.socket) -> None:
+def accept_each(sock: socket.socket, handle: Callable[[socket.socket], None]) -> None:
+    """Serve connections one at a time until the listening socket is closed."""
     while True:
         try:
             conn, _ = sock.accept()
         except OSError:
             return
         with conn:
-            conn.recv(64)
-            conn.sendall(b"ok")
+            handle(conn)
 
 
-def serve_echo(sock: socket.socket) -> None:
-    while True:
-        try:
-            conn, _ = sock.accept()
-        except OSError:
-            return
-        with conn:
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            while data := conn.recv(4096):
-                conn.sendall(data)
+def short_reply(conn: socket.socket) -> None:
+    conn.recv(64)
+    conn.sendall(b"ok")
 
 
-def start_server(addr: str, port: int, target: object) -> socket.socket:
+def echo(conn: socket.socket) -> None:
+    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    while data := conn.recv(4096):
+        conn.sendall(data)
+
+
+def start_server(addr: str, port: int, handle: Callable[[socket.socket], None]) -> socket.socket:
     sock = socket.create_server((addr, port), backlog=512, reuse_port=True)
-    threading.Thread(target=target, args=(sock,), daemon=True).start()
+    threading.Thread(target=accept_each, args=(sock, handle), daemon=True).start()
     return sock
 
 
@@ -318,8 +317,8 @@ def inner(args: argparse.Namespace) -> int:
     os.environ["PATH"] += ":/usr/sbin:/sbin"
     subprocess.run(["taskset", "-cp", "1", str(os.getpid())], stdout=subprocess.DEVNULL,
                    check=False)  # the harness itself stays off CPU 0
-    servers = [start_server("127.0.0.1", CPS_PORT, serve_short_connections),
-               start_server(HOST_ADDR, RR_PORT, serve_echo)]
+    servers = [start_server("127.0.0.1", CPS_PORT, short_reply),
+               start_server(HOST_ADDR, RR_PORT, echo)]
     subprocess.run(["taskset", "-acp", "0", str(os.getpid())], stdout=subprocess.DEVNULL,
                    check=False)
     results = {}
