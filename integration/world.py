@@ -136,7 +136,7 @@ class Guest:
         read_fd, write_fd = os.pipe()
         self.proc = subprocess.Popen(
             ["unshare", "--user", "--map-root-user", "--net", "--mount", "sh", "-c",
-             f"mount --bind {WORK}/guest-resolv.conf /etc/resolv.conf && echo up >&{write_fd}"
+             f"mount --bind {WORK}/guest-resolv.conf /etc/resolv.conf && echo up >/dev/fd/{write_fd}"
              f" && exec sleep infinity"], pass_fds=(write_fd,))
         os.close(write_fd)
         with os.fdopen(read_fd) as ready:

@@ -7,6 +7,7 @@ import ipaddress
 from typing import Final
 
 from slirpy.errors import UsageError
+from slirpy.forward.spec import Forward
 
 DEFAULT_CIDR: Final = "10.0.2.0/24"
 DEFAULT_MTU: Final = 1500
@@ -90,6 +91,9 @@ class Config:
     outbound_addr: ipaddress.IPv4Address | None = None
     outbound_addr6: ipaddress.IPv6Address | None = None
     resolv_conf: str = "/etc/resolv.conf"
+    forwards: tuple[Forward, ...] = ()  # -L and -R, ranges expanded
+    api_socket: str | None = None
+    dns_ttl_s: float = 60.0  # how long an SRV answer of a remote forward is used
     # Flow limits; the defaults suit one container.
     udp_flow_limit: int = 1024
     udp_idle_s: float = 120.0

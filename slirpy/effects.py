@@ -122,8 +122,20 @@ class ShutdownWrite:
     flow: FlowKey
 
 
+@dataclass(slots=True)
+class SendTo:
+    """Send *prefix* + *data* as one datagram from local forward *forward_id*'s socket to
+    addr:port (a guest's reply to a forwarded UDP client; the prefix is an SPP header)."""
+
+    forward_id: int
+    addr: bytes
+    port: int
+    data: bytes | bytearray | memoryview
+    prefix: bytes = b""
+
+
 Effect = (ToGuest | OpenUdp | OpenPing | SendDatagram | Close | Connect | Send | Consume
-          | Rewind | KickRead | WatchWritable | ShutdownWrite)
+          | Rewind | KickRead | WatchWritable | ShutdownWrite | SendTo)
 
 
 class HostError(NamedTuple):

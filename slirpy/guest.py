@@ -8,6 +8,7 @@ the link MTU (RFC 791). Everything slirpy sends to the guest leaves through here
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Final
 
 from slirpy.effects import ToGuest
@@ -19,6 +20,9 @@ from slirpy.wire.udp import HEADER_LEN as UDP_LEN, build_udp
 log = logging.getLogger(__name__)
 
 NEIGHBOUR_LIMIT: Final = 256  # one guest, a few addresses; a flood must not grow it
+HELD_FRAMES_MAX: Final = 32  # frames waiting for one address's ARP answer
+HELD_ADDRESSES_MAX: Final = 16
+ARP_RETRY_S: Final = 1.0
 Payload = bytes | bytearray | memoryview
 
 
@@ -30,6 +34,35 @@ class GuestLink:
         self.neighbours: dict[bytes, bytes] = {}  # guest IPv4 address -> MAC
         self.last_mac: bytes | None = None
         self._ident = 0
+        # Frames we start (forwarded connections) to an address not yet heard from: held
+        # while an ARP request asks for it (a TCP stack drops frames not sent to its MAC).
+        self.held: dict[bytes, list[ToGuest]] = {}
+        self.asked: dict[bytes, float] = {}
+
+    def when_resolved(self, dst: bytes, frames: list[ToGuest], now: float,
+                      arp_request: Callable[[bytes], ToGuest]) -> list[ToGuest]:
+        """*frames* for *dst* now if its MAC is known; else held, and an ARP request."""
+        if dst in self.neighbours:
+            return frames
+        if dst not in self.held and len(self.held) >= HELD_ADDRESSES_MAX:
+            return []  # a lost frame: the flow's own retransmission tries again
+        held = self.held.setdefault(dst, [])
+        held.extend(frames[:HELD_FRAMES_MAX - len(held)])
+        if now < self.asked.get(dst, -ARP_RETRY_S) + ARP_RETRY_S:
+            return []
+        self.asked[dst] = now
+        return [arp_request(dst)]
+
+    def release(self, ip: bytes) -> list[ToGuest]:
+        """Held frames for *ip*, addressed now that its MAC is known."""
+        frames = self.held.pop(ip, [])
+        self.asked.pop(ip, None)
+        mac = self.neighbours.get(ip)
+        if mac is None:
+            return []
+        for frame in frames:
+            memoryview(frame.headers)[0:6] = mac
+        return frames
 
     def learn(self, ip: bytes, mac: bytes) -> None:
         """Remember *mac* for *ip* from a frame the guest sent."""

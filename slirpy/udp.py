@@ -32,15 +32,17 @@ _UDP_QUOTE: Final = struct.Struct("!HHHH")
 class UdpFlows:
     def __init__(self, link: GuestLink, limit: int, idle_s: float) -> None:
         self.link = link
-        self.table: FlowTable[bool] = FlowTable(limit, idle_s)
+        # Per flow: [created at, bytes from the guest, bytes to the guest]
+        self.table: FlowTable[list[float]] = FlowTable(limit, idle_s)
 
     def from_guest(self, key: FlowKey, host_addr: bytes, host_port: int, payload: memoryview,
                    now: float) -> list[Effect]:
-        if key in self.table:
-            self.table.get(key, now)
+        stats = self.table.get(key, now)
+        if stats is not None:
+            stats[1] += len(payload)
             return [SendDatagram(key, payload)]
         effects: list[Effect] = []
-        for old in self.table.add(key, True, now):
+        for old in self.table.add(key, [now, len(payload), 0], now):
             log.debug("%s: evicted, flow limit %d reached", old, self.table.limit)
             effects.append(Close(old))
         log.debug("%s: new flow", key)
@@ -49,8 +51,10 @@ class UdpFlows:
 
     def on_host_datagram(self, key: FlowKey, data: bytes | memoryview,
                          now: float) -> list[Effect]:
-        if not self.table.get(key, now):
+        stats = self.table.get(key, now)
+        if stats is None:
             return []
+        stats[2] += len(data)
         return list(self.link.udp(src=key.remote_addr, src_port=key.remote_port,
                                   dst=key.guest_addr, dst_port=key.guest_port, payload=data))
 

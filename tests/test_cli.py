@@ -26,8 +26,18 @@ from slirpy.cli.main import main, summary
     (["1", "tap/0"], "invalid tap name"),
     (["--enable-ipv6", "1"], "--enable-ipv6 is not supported yet"),
     (["-6", "1"], "--enable-ipv6 is not supported yet"),
-    (["--api-socket=/tmp/x", "1"], "--api-socket is not supported yet"),
-    (["-a", "/tmp/x", "1"], "--api-socket is not supported yet"),
+    (["-L", "x:80:10.0.2.100:80", "1"], "-L x:80:10.0.2.100:80: bind address is not an IP "
+                                        "address: 'x'"),
+    (["-L", "sctp://80", "1"], "-L sctp://80: unknown protocol 'sctp' (tcp, udp, tcppp, "
+                               "udpspp, udprpc)"),
+    (["-L", "80:70000", "1"], "-L 80:70000: target port must be a port number 0-65535 or "
+                              "a range, not '70000'"),
+    (["-L", "8000-8002:90-91", "1"], "-L 8000-8002:90-91: port ranges differ in length: "
+                                     "8000-8002 and 90-91"),
+    (["-R", "tcppp://80", "1"], "-R tcppp://80: protocol tcppp is for local forwards only"),
+    (["-R", "80:[name@srv-x]:0", "1"], "-R 80:[name@srv-x]:0: the SRV DNS server is not an "
+                                       "IP address: 'x'"),
+    (["--dns-ttl=abc", "1"], "--dns-ttl must be a number of seconds from 0 to 86400, not abc"),
     (["--enable-sandbox", "1"], "--enable-sandbox is not supported yet"),
     (["--enable-seccomp", "1"], "--enable-seccomp is not supported yet"),
     (["--target-type=bess", "1"], "--target-type=bess is not supported"),

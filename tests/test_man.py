@@ -3,10 +3,10 @@
 import pathlib
 import re
 
-from slirpy.cli.args import ATTACH_HELP, RUN_HELP
+from slirpy.cli.args import ATTACH_HELP, RUN_HELP, UNSUPPORTED
 
 MAN = pathlib.Path(__file__).parent.parent / "man" / "slirpy.1"
-REFUSED = {"--enable-ipv6", "--api-socket", "--enable-sandbox", "--enable-seccomp"}
+REFUSED = set(UNSUPPORTED.values())
 
 
 def long_options(text: str) -> set[str]:

@@ -20,12 +20,12 @@ from typing import Final, NoReturn, TypeVar
 from slirpy import __version__
 from slirpy.config import DEFAULT_CIDR, DEFAULT_MTU, MAX_MTU, Config, Network, parse_cidr, parse_mtu
 from slirpy.errors import UsageError
+from slirpy.forward.spec import Forward, ForwardError, Kind, parse_forward
 from slirpy.netns.attach import check_tap_name
 from slirpy.netns.link import interface_address
 
 UNSUPPORTED: Final = {
     "-6": "--enable-ipv6", "--enable-ipv6": "--enable-ipv6",
-    "-a": "--api-socket", "--api-socket": "--api-socket",
     "--enable-sandbox": "--enable-sandbox", "--enable-seccomp": "--enable-seccomp",
 }
 
@@ -48,6 +48,15 @@ User-mode networking for unprivileged network namespaces.
 --outbound-addr=IPv4     sets outbound ipv4 address (or interface) to bind to
 --outbound-addr6=IPv6    sets outbound ipv6 address (or interface) to bind to
 --disable-dns            disables the DNS forwarder at the network's third address
+-a, --api-socket=PATH    specify API socket path (the slirp4netns JSON API)
+-L, --local-forward=SPEC forward a host port to the guest, repeatable:
+                         [proto://][bind_ip:]bind_port[:guest_ip:guest_port]
+                         proto tcp (default), udp, tcppp, udpspp, udprpc
+-R, --remote-forward=SPEC forward a guest address to a host service, repeatable:
+                         [proto://][guest_ip:]port[:host:host_port], proto tcp or udp;
+                         host may be [NAME@srv-DNSSERVER:PORT] (an SRV lookup)
+--dns-ttl=SECONDS        cache SRV answers of remote forwards this long (default 60)
+--config=FILE.yaml       read settings from a YAML file; flags override it
 --macaddress=MAC         specify the MAC address of the TAP (only valid with -c)
 --target-type=TYPE       specify the target type ([netns], default=netns)
 --debug                  log every decision at debug level
@@ -70,6 +79,11 @@ COMMAND's exit status is slirpy's; nothing it started outlives it.
 --outbound-addr=IPv4     sets outbound ipv4 address (or interface) to bind to
 --outbound-addr6=IPv6    sets outbound ipv6 address (or interface) to bind to
 --disable-dns            disables the DNS forwarder at the network's third address
+-a, --api-socket=PATH    specify API socket path (the slirp4netns JSON API)
+-L, --local-forward=SPEC forward a host port to the guest (see `slirpy --help`)
+-R, --remote-forward=SPEC forward a guest address to a host service
+--dns-ttl=SECONDS        cache SRV answers of remote forwards this long (default 60)
+--config=FILE.yaml       read settings from a YAML file; flags override it
 --debug                  log every decision at debug level
 --quiet                  log only errors
 -h, --help               show this help and exit
@@ -132,6 +146,11 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--outbound-addr")
     parser.add_argument("--outbound-addr6")
     parser.add_argument("--disable-dns", action="store_true")
+    parser.add_argument("-a", "--api-socket")
+    parser.add_argument("-L", "--local-forward", action="append", default=[])
+    parser.add_argument("-R", "--remote-forward", action="append", default=[])
+    parser.add_argument("--dns-ttl", default="60")
+    parser.add_argument("--config")
     parser.add_argument("--debug", action="store_true")
     parser.add_argument("--quiet", action="store_true")
 
@@ -171,15 +190,49 @@ def _fd(name: str) -> Callable[[str], int]:
 
 def parse(argv: list[str]) -> Attach | Run:
     """Parse either form; raises UsageError (one line) or Exit (help, version)."""
-    for arg in argv:
+    run = argv[:1] == ["run"]
+    options = argv[1:] if run else argv
+    _refuse_unsupported(options)
+    config_path = _config_path(options)
+    if config_path is not None:
+        from slirpy.cli.config_file import load_tokens
+
+        tokens = load_tokens(config_path, options, run=run, check=_check_tokens)
+        options = tokens + options
+    return _parse_run(options) if run else _parse_attach(options)
+
+
+def _refuse_unsupported(options: list[str]) -> None:
+    for arg in options:
         if arg == "--":
             break
         name = arg.split("=", 1)[0]
         if name in UNSUPPORTED:
             raise UsageError(f"{UNSUPPORTED[name]} is not supported yet")
-    if argv[:1] == ["run"]:
-        return _parse_run(argv[1:])
-    return _parse_attach(argv)
+
+
+def _config_path(options: list[str]) -> str | None:
+    """The --config option's value, read before the rest (its settings come first)."""
+    path = None
+    for i, arg in enumerate(options):
+        if arg == "--":
+            break
+        if arg == "--config":
+            if i + 1 >= len(options):
+                raise UsageError("argument --config: expected one argument")
+            path = options[i + 1]
+        elif arg.startswith("--config="):
+            path = arg.split("=", 1)[1]
+    return path
+
+
+def _check_tokens(tokens: list[str], run: bool) -> None:
+    """Parse one config file setting on its own, so an error can name its key."""
+    if run:
+        _parse_run([*tokens, "--", "true"])
+    else:
+        needs_c = any(token.startswith("--macaddress") for token in tokens)
+        _parse_attach([*tokens, *(["-c"] if needs_c else []), "1"])
 
 
 def _parse_attach(argv: list[str]) -> Attach:
@@ -226,13 +279,38 @@ def _config(ns: argparse.Namespace, *, host_loopback_default: bool) -> Config:
         raise UsageError("--disable-host-loopback and --enable-host-loopback contradict")
     host_loopback = (ns.enable_host_loopback or host_loopback_default
                      and not ns.disable_host_loopback)
+    network = Network(parse_cidr(ns.cidr))
     return Config(
-        network=Network(parse_cidr(ns.cidr)), mtu=parse_mtu(ns.mtu),
+        network=network, mtu=parse_mtu(ns.mtu),
+        forwards=_forwards(ns, network), api_socket=ns.api_socket or None,
+        dns_ttl_s=_dns_ttl(ns.dns_ttl),
         host_loopback=host_loopback, dns=not ns.disable_dns,
         outbound_addr=_outbound(ns.outbound_addr, ipaddress.IPv4Address)
         if ns.outbound_addr else None,
         outbound_addr6=_outbound(ns.outbound_addr6, ipaddress.IPv6Address)
         if ns.outbound_addr6 else None)
+
+
+def _forwards(ns: argparse.Namespace, network: Network) -> tuple[Forward, ...]:
+    found: list[Forward] = []
+    for option, kind, specs in (("-L", Kind.LOCAL, ns.local_forward),
+                                ("-R", Kind.REMOTE, ns.remote_forward)):
+        for spec in specs:
+            try:
+                found += parse_forward(kind, spec, guest=network.guest, gateway=network.gateway)
+            except ForwardError as exc:
+                raise UsageError(f"{option} {spec}: {exc}") from None
+    return tuple(found)
+
+
+def _dns_ttl(text: str) -> float:
+    try:
+        ttl = float(text)
+    except ValueError:
+        ttl = -1.0
+    if not 0 <= ttl <= 86400:
+        raise UsageError(f"--dns-ttl must be a number of seconds from 0 to 86400, not {text}")
+    return ttl
 
 
 _Address = TypeVar("_Address", ipaddress.IPv4Address, ipaddress.IPv6Address)

@@ -75,7 +75,8 @@ def summary(args: Attach) -> str:
         ("DNS", net.dns if config.dns else f"{net.dns} (disabled)"),
         ("DHCP begin", net.dhcp_start), ("DHCP end", net.dhcp_end),
         ("Recommended IP", net.guest), ("Outbound IPv4", config.outbound_addr),
-        ("Outbound IPv6", config.outbound_addr6), ("MAC address", args.mac)]
+        ("Outbound IPv6", config.outbound_addr6), ("MAC address", args.mac),
+        ("API socket", config.api_socket)]
     return "\n".join(["Starting slirpy", *(f"* {label + ':':<17}{value}"
                                            for label, value in fields if value is not None)])
 
@@ -98,8 +99,13 @@ def run(args: Run) -> int:
 
     # Ctrl-C reaches CMD straight from the terminal; slirpy keeps CMD online meanwhile.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    serve(args.config, tap_fd, stop_fds=[guest.pidfd],
-          stop_signals=(signal.SIGTERM, signal.SIGHUP), on_ready=guest.go)
+    try:
+        serve(args.config, tap_fd, stop_fds=[guest.pidfd],
+              stop_signals=(signal.SIGTERM, signal.SIGHUP), on_ready=guest.go)
+    except SlirpyError:  # e.g. a forward that cannot bind: CMD never started
+        guest.signal(signal.SIGKILL)
+        guest.wait()
+        raise
     if not _exited(guest.pidfd, 0):
         guest.signal(signal.SIGTERM)  # we were asked to stop: so is CMD
         if not _exited(guest.pidfd, GRACE_S):

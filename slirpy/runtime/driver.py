@@ -7,20 +7,27 @@ exhaustive `match`, and feeds results back as events.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
+import ipaddress
 import logging
 import os
 import resource
 import signal
 import socket
 from collections.abc import Callable, Sequence
-from typing import Final, assert_never
+from typing import Any, Final, assert_never
 
 from slirpy.config import Config
+from slirpy.api.commands import Api
+from slirpy.api.server import ApiServer
 from slirpy.effects import (Close, Connect, Consume, Effect, HostError, KickRead, OpenPing,
-                            OpenUdp, Rewind, Send, SendDatagram, ShutdownWrite, ToGuest,
-                            WatchWritable)
+                            OpenUdp, Rewind, Send, SendDatagram, SendTo, ShutdownWrite,
+                            ToGuest, WatchWritable)
+from slirpy.errors import SetupError
 from slirpy.flows.key import FlowKey
+from slirpy.forward.spec import Forward, ForwardError, Kind
+from slirpy.runtime.forwards import ForwardSockets
 from slirpy.runtime.loop import EventLoop
 from slirpy.runtime.sockets import HostSockets
 from slirpy.runtime.streams import HostStreams
@@ -46,6 +53,13 @@ class Driver:
         self.stack = Stack(config, secret=secret, offload=device.offload)
         self.sockets = HostSockets(config, self.loop, self._on_datagram, self._on_error)
         self.streams = HostStreams(config, self.loop, self.stack, self.apply)
+        self.forward_sockets = ForwardSockets(self.loop, self.stack, self.streams, self.apply)
+        self.forwards: dict[int, tuple[Forward, str]] = {}  # id -> (forward, origin)
+        self.next_forward_id = 1
+        self.api: ApiServer | None = None
+        self.frames_in = 0
+        self.frames_out = 0
+        self.started = self.loop.now()
         self.stopping = False
         self._resolv_stamp: tuple[int, int, int] | None = None
         self._resolv_check_at = 0.0
@@ -61,6 +75,7 @@ class Driver:
 
     def _on_tap(self, mask: int) -> None:
         for frame in self.device.read_frames(TAP_BATCH):
+            self.frames_in += 1
             self.apply(self.stack.on_frame(frame.data, self.loop.now(),
                                            checksum_ok=frame.checksum_ok))
 
@@ -76,6 +91,7 @@ class Driver:
         for effect in effects:
             match effect:
                 case ToGuest():
+                    self.frames_out += 1
                     self.device.write(effect)
                 case OpenUdp(flow, host_addr, host_port):
                     self.sockets.open_udp(flow, host_addr, host_port)
@@ -101,8 +117,76 @@ class Driver:
                     self.streams.close(flow, reset)
                 case Close(flow):
                     self.sockets.close(flow)
+                case SendTo(forward_id, addr, port, data, prefix):
+                    self.forward_sockets.send_to(forward_id, addr, port, data, prefix)
                 case _:
                     assert_never(effect)
+
+    # --- forwards and the control socket (api.commands.Controller) --------------------------
+
+    def start_forwards(self) -> None:
+        """The configured -L/-R forwards; a bind that fails stops slirpy at start."""
+        for fwd in self.config.forwards:
+            try:
+                self.add_forward(fwd, "config")
+            except OSError as exc:
+                raise SetupError(f"cannot forward {fwd.spec()}: {exc.strerror or exc}") from None
+            except ForwardError as exc:
+                raise SetupError(f"cannot forward {fwd.spec()}: {exc}") from None
+
+    def start_api(self, path: str) -> None:
+        self.api = ApiServer(path, self.loop, Api(self, self.config.network).handle)
+
+    def add_forward(self, fwd: Forward, origin: str) -> tuple[int, Forward]:
+        if fwd.kind is Kind.LOCAL:
+            if isinstance(fwd.target, ipaddress.IPv6Address):
+                raise ForwardError("IPv6 guest addresses are not supported yet")
+            forward_id = self.next_forward_id
+            port = self.forward_sockets.open(forward_id, fwd)
+            if port != fwd.bind_port:
+                fwd = dataclasses.replace(fwd, bind_port=port)
+                self.forward_sockets.forwards[forward_id] = fwd
+        else:
+            if fwd.bind.version != 4:
+                raise ForwardError("IPv6 guest addresses are not supported yet")
+            if any(f.kind is Kind.REMOTE and (f.transport, f.bind, f.bind_port)
+                   == (fwd.transport, fwd.bind, fwd.bind_port)
+                   for f, _ in self.forwards.values()):
+                raise ForwardError("that guest address and port is forwarded already")
+            forward_id = self.next_forward_id
+            self.stack.add_remote(fwd)
+        self.next_forward_id += 1
+        self.forwards[forward_id] = (fwd, origin)
+        log.info("%s forward %d: %s", fwd.kind.value, forward_id, fwd.spec())
+        return forward_id, fwd
+
+    def remove_forward(self, forward_id: int) -> Forward | None:
+        entry = self.forwards.pop(forward_id, None)
+        if entry is None:
+            return None
+        fwd = entry[0]
+        if fwd.kind is Kind.LOCAL:
+            self.forward_sockets.close(forward_id)
+            self.stack.remove_local(forward_id)
+        else:
+            self.stack.remove_remote(fwd)
+        log.info("%s forward %d removed: %s", fwd.kind.value, forward_id, fwd.spec())
+        return fwd
+
+    def list_forwards(self) -> list[tuple[int, Forward, str]]:
+        return [(forward_id, fwd, origin)
+                for forward_id, (fwd, origin) in sorted(self.forwards.items())]
+
+    def list_flows(self) -> list[dict[str, Any]]:
+        return self.stack.flows(self.loop.now())
+
+    def counters(self) -> dict[str, Any]:
+        return {"frames": {"from_guest": self.frames_in, "to_guest": self.frames_out},
+                "drops": self.stack.counters(),
+                "tap_errors": dict(getattr(self.device, "errors", {})),
+                "flows": self.stack.flow_counts(),
+                "forwards": len(self.forwards),
+                "uptime_s": round(self.loop.now() - self.started, 3)}
 
     # --- the loop ------------------------------------------------------------------------------
 
@@ -178,6 +262,18 @@ class Driver:
                 if deadline is not None and deadline <= now:
                     self.apply(self.stack.on_timer(now))
                     continue
+                api_deadline = self.api.next_deadline() if self.api is not None else None
+                runtime_deadline = min((d for d in (self.forward_sockets.next_deadline(),
+                                                    api_deadline) if d is not None),
+                                       default=None)
+                if runtime_deadline is not None:
+                    if runtime_deadline <= now:
+                        self.forward_sockets.expire(now)
+                        if self.api is not None:
+                            self.api.expire(now)
+                        continue
+                    deadline = runtime_deadline if deadline is None \
+                        else min(deadline, runtime_deadline)
                 if self.config.dns:
                     deadline = min(d for d in (deadline, self._resolv_check_at) if d is not None)
                 self.loop.wait(deadline)
@@ -189,6 +285,9 @@ class Driver:
     def close(self) -> None:
         log.debug("frames dropped: %s; tap errors: %s", self.stack.counters() or "none",
                   dict(getattr(self.device, "errors", {})) or "none")
+        if self.api is not None:
+            self.api.close()
+        self.forward_sockets.close_all()
         self.streams.close_all()
         self.sockets.close_all()
         self.loop.remove(self._wakeup_r.fileno())
@@ -216,11 +315,14 @@ def serve(config: Config, tap_fd: int, *, stop_fds: Sequence[int] = (),
     if drop_rate:
         log.warning("test mode: dropping %.1f%% of frames on the tap", drop_rate * 100)
     driver = Driver(config, TapDevice(tap_fd, drop_rate=drop_rate), secret=os.urandom(16))
-    for fd in stop_fds:
-        driver.watch_stop_fd(fd)
-    if on_ready is not None:
-        on_ready()
     try:
+        driver.start_forwards()
+        if config.api_socket is not None:
+            driver.start_api(config.api_socket)
+        for fd in stop_fds:
+            driver.watch_stop_fd(fd)
+        if on_ready is not None:
+            on_ready()
         driver.run(stop_signals)
     finally:
         driver.close()

@@ -64,15 +64,25 @@ class HostStreams:
     def __len__(self) -> int:
         return len(self.by_key)
 
+    @staticmethod
+    def prepare(sock: socket.socket) -> None:
+        """Options every stream socket gets."""
+        # The guest's stack already chose its segment sizes: add no delay of our own.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        sock.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, 0)
+
+    def adopt(self, key: FlowKey, sock: socket.socket) -> None:
+        """Carry *key* on *sock*, connected already (a local forward accepted it)."""
+        self.by_key[key] = sock
+        self.loop.add(sock.fileno(), lambda mask: self._ready(key, sock, mask), _EDGE)
+
     def connect(self, key: FlowKey, host_addr: bytes, host_port: int) -> None:
         family = socket.AF_INET if len(host_addr) == 4 else socket.AF_INET6
         sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK
                              | socket.SOCK_CLOEXEC)
         try:
-            # The guest's stack already chose its segment sizes: add no delay of our own.
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-            sock.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, 0)
+            self.prepare(sock)
             bind = self.bind4 if family == socket.AF_INET else self.bind6
             if bind is not None:
                 sock.bind((bind, 0))
@@ -95,7 +105,7 @@ class HostStreams:
         if mask & select.EPOLLOUT and key in self.watching_out:
             self.watching_out.discard(key)
             self.loop.epoll.modify(sock.fileno(), _EDGE)
-            space = self.space_estimate[key] = self._space(sock)
+            space = self.space_estimate[key] = self.space(sock)
             self.apply(self.stack.on_writable(key, space, self.loop.now()))
         if mask & (select.EPOLLRDHUP | select.EPOLLERR | select.EPOLLHUP):
             self.hung_up.add(key)
@@ -113,7 +123,7 @@ class HostStreams:
             self.apply(self.stack.on_connect_failed(key, error, now))
             return
         self.loop.epoll.modify(sock.fileno(), _EDGE)
-        self.apply(self.stack.on_connected(key, self._space(sock), now))
+        self.apply(self.stack.on_connected(key, self.space(sock), now))
 
     def read(self, key: FlowKey) -> None:
         """Peek what the guest's window allows, and hand it to the stack."""
@@ -155,7 +165,7 @@ class HostStreams:
         # two system calls per segment are a large share of a small exchange.
         space = self.space_estimate.get(key, 0) - sent
         if space < SPACE_REFRESH_BYTES:
-            space = self._space(sock)
+            space = self.space(sock)
         self.space_estimate[key] = space
         self.apply(self.stack.on_sent(key, sent, len(data), space, self.loop.now()))
 
@@ -213,7 +223,7 @@ class HostStreams:
         self.apply(self.stack.on_host_reset(key, self.loop.now()))
 
     @staticmethod
-    def _space(sock: socket.socket) -> int:
+    def space(sock: socket.socket) -> int:
         """Free space in the send buffer, in payload bytes: our window to the guest.
 
         The kernel takes data while its queued memory (payload plus per-buffer

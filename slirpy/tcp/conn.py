@@ -51,6 +51,7 @@ MAX_WINDOW: Final = 0xFFFF
 DEFAULT_GUEST_MSS: Final = 536  # RFC 9293 3.7.1: when the SYN carries no MSS option
 PEEK_MAX_BYTES: Final = 1 << 20  # one peek at most: a burst towards the guest
 MAX_RETRIES: Final = 12  # then the guest is gone: reset (Linux's tcp_retries2 is 15)
+MAX_SYN_RETRIES: Final = 5  # a forwarded SYN: 1+2+4+8+16+32 s, then the client is reset
 DUPACK_THRESHOLD: Final = 3  # RFC 5681 3.2
 PERSIST_MAX_S: Final = 60.0
 REORDER_MAX_BYTES: Final = 512 * 1024  # per connection: data held beyond a hole
@@ -61,6 +62,7 @@ class State(enum.Enum):
     """Our end of the guest's connection, named as in RFC 9293, section 3.3.2."""
 
     CONNECTING = "CONNECTING"  # guest SYN seen, host connect() under way (not in the RFC)
+    SYN_SENT = "SYN-SENT"  # a forwarded host connection: our SYN is out to the guest
     SYN_RECEIVED = "SYN-RECEIVED"
     ESTABLISHED = "ESTABLISHED"
     FIN_WAIT_1 = "FIN-WAIT-1"  # host sent EOF; our FIN not yet acknowledged
@@ -101,22 +103,24 @@ class ReorderBudget:
 
 
 class TcpConn:
-    def __init__(self, key: FlowKey, link: GuestLink, syn: TcpHeader, iss: int,
+    def __init__(self, key: FlowKey, link: GuestLink, syn: TcpHeader | None, iss: int,
                  our_mss: int, now: float, budget: ReorderBudget | None = None) -> None:
+        """A connection the guest opens with *syn*; with None, one we open (see `active`)."""
         self.key = key
         self.link = link
-        self.state = State.CONNECTING
-        self.irs = syn.seq
-        self.rcv_nxt = seq_add(syn.seq, 1)
+        self.state = State.CONNECTING if syn is not None else State.SYN_SENT
+        self.irs = syn.seq if syn is not None else 0
+        self.rcv_nxt = seq_add(self.irs, 1)
         self.iss = iss
         self.snd_una = iss
         self.snd_nxt = iss
         self.snd_max = iss  # the highest snd_nxt so far: a rewind moves snd_nxt back
-        self.snd_wnd = syn.window  # never scaled on a SYN (RFC 7323 2.2)
-        scaled = syn.wscale is not None
-        self.guest_wscale = syn.wscale if syn.wscale is not None else 0
+        self.snd_wnd = syn.window if syn is not None else 0  # a SYN's is never scaled
+        scaled = syn is None or syn.wscale is not None
+        self.guest_wscale = syn.wscale if syn is not None and syn.wscale is not None else 0
         self.our_wscale = OUR_WSCALE if scaled else 0
-        self.send_mss = min(syn.mss or DEFAULT_GUEST_MSS, our_mss)
+        self.send_mss = min(syn.mss or DEFAULT_GUEST_MSS, our_mss) if syn is not None \
+            else our_mss
         self.our_mss = our_mss
         self.send_space = 0  # free space of the host socket's send buffer
         self.fin_seq: int | None = None  # our FIN's sequence number, once sent
@@ -131,6 +135,7 @@ class TcpConn:
         self.rtt_probe: tuple[int, float] | None = None  # (sequence to be acked, sent at)
         self.deadline: float | None = None
         self.last_activity = now
+        self.created = now
 
     def __repr__(self) -> str:
         return f"<TcpConn {self.key} {self.state.value}>"
@@ -143,6 +148,16 @@ class TcpConn:
                 f"rcv_nxt+{seq_diff(self.rcv_nxt, self.irs)} space={self.send_space} "
                 f"reader_waits={self.reader_waits} short_write={self.short_write} "
                 f"fin_seq={self.fin_seq} deadline={self.deadline} rto={self.rto.rto_s:.3f}")
+
+    def bytes_each_way(self) -> tuple[int, int]:
+        """(bytes taken from the guest, bytes the guest acknowledged), SYN and FIN aside."""
+        from_guest = max(0, seq_diff(self.rcv_nxt, self.irs) - 1)
+        to_guest = max(0, seq_diff(self.snd_una, self.iss) - 1)
+        if self.state in (State.CLOSE_WAIT, State.LAST_ACK, State.CLOSING):
+            from_guest -= 1  # the guest's FIN
+        if self.fin_seq is not None and seq_lt(self.fin_seq, self.snd_una):
+            to_guest -= 1  # our FIN
+        return from_guest, to_guest
 
     def _set_state(self, new: State) -> None:
         log.debug("%s: %s -> %s", self.key, self.state.value, new.value)
@@ -158,6 +173,39 @@ class TcpConn:
         self.snd_nxt = self.snd_max = seq_add(self.iss, 1)
         self._arm_rto(now)
         return [self._syn_ack()]
+
+    @classmethod
+    def active(cls, key: FlowKey, link: GuestLink, iss: int, our_mss: int, space: int,
+               now: float, budget: ReorderBudget | None = None) -> tuple[TcpConn, Effect]:
+        """A connection to the guest for a host client a local forward accepted: the
+        connection and our SYN. The host socket is connected already; the guest's
+        SYN-ACK establishes it, its RST (nothing listening) resets the host client."""
+        conn = cls(key, link, None, iss, our_mss, now, budget)
+        conn.send_space = space
+        conn.snd_nxt = conn.snd_max = seq_add(iss, 1)
+        conn._arm_rto(now)
+        return conn, conn._syn()
+
+    def _syn(self) -> Effect:
+        return self._segment(SYN, seq=self.iss, options=syn_options(self.our_mss, OUR_WSCALE))
+
+    def _on_syn_ack(self, seg: TcpHeader, now: float) -> list[Effect]:
+        """SYN-SENT: the guest accepted (RFC 9293 3.10.7.3)."""
+        if not seg.flags & ACK or seg.ack != seq_add(self.iss, 1):
+            return []  # not an answer to our SYN (a simultaneous open is not supported)
+        self.irs = seg.seq
+        self.rcv_nxt = seq_add(seg.seq, 1)
+        self.snd_una = seg.ack
+        self.snd_wnd = seg.window  # never scaled on a SYN
+        if seg.wscale is not None:
+            self.guest_wscale = seg.wscale
+        else:
+            self.our_wscale = 0  # RFC 7323 2.2: scaling only if both offered it
+        self.send_mss = min(seg.mss or DEFAULT_GUEST_MSS, self.our_mss)
+        self.rto.backoffs = 0
+        self._cancel_timer()
+        self._set_state(State.ESTABLISHED)
+        return [self._ack(), KickRead(self.key)]
 
     def on_connect_failed(self, error: int, now: float) -> list[Effect]:
         self._set_state(State.CLOSED)
@@ -186,6 +234,10 @@ class TcpConn:
         match self.state:
             case State.CONNECTING:
                 return []  # a retransmitted SYN: the SYN-ACK waits for connect()
+            case State.SYN_SENT if seg.flags & SYN:
+                return self._on_syn_ack(seg, now)
+            case State.SYN_SENT:
+                return []
             case State.SYN_RECEIVED if seg.flags & SYN:
                 return [self._syn_ack()]  # our SYN-ACK was lost
             case State.SYN_RECEIVED if seg.flags & ACK and seg.ack == seq_add(self.iss, 1):
@@ -211,6 +263,12 @@ class TcpConn:
         if self.state is State.CONNECTING or self.state is State.CLOSED:
             self._set_state(State.CLOSED)
             return [Close(self.key, reset=True)]
+        if self.state is State.SYN_SENT:
+            if seg.flags & ACK and seg.ack == seq_add(self.iss, 1):
+                log.debug("%s: the guest refused the forwarded connection", self.key)
+                self._set_state(State.CLOSED)  # nothing listens: reset the host client
+                return [Close(self.key, reset=True)]
+            return []
         if seg.seq == self.rcv_nxt:
             self._set_state(State.CLOSED)
             return [Close(self.key, reset=True)]
@@ -448,6 +506,13 @@ class TcpConn:
         if self.state is State.SYN_RECEIVED:
             self._arm_rto(now)
             return [self._syn_ack()]
+        if self.state is State.SYN_SENT:
+            if self.rto.backoffs > MAX_SYN_RETRIES:
+                log.debug("%s: the guest never answered the forwarded SYN", self.key)
+                self._set_state(State.CLOSED)
+                return [Close(self.key, reset=True)]
+            self._arm_rto(now)
+            return [self._syn()]
         if self.snd_una == self.snd_nxt:
             if self.snd_wnd == 0 and self.state in _SENDING:
                 self._arm(now + min(self.rto.rto_s, PERSIST_MAX_S))

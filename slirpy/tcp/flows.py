@@ -9,6 +9,7 @@ entry per connection however often timers are re-armed.
 
 from __future__ import annotations
 
+import errno
 import heapq
 import logging
 from typing import Final
@@ -42,9 +43,11 @@ class TcpFlows:
     def __len__(self) -> int:
         return len(self.conns)
 
-    def on_segment(self, key: FlowKey, seg: TcpHeader, host_addr: bytes,
-                   now: float) -> list[Effect]:
-        """A segment from the guest; *host_addr* is where a new connection would go."""
+    def on_segment(self, key: FlowKey, seg: TcpHeader, host_addr: bytes | None,
+                   now: float, host_port: int | None = None) -> list[Effect]:
+        """A segment from the guest; a new connection goes to *host_addr*:*host_port*
+        (default: the port the guest named). With *host_addr* None the connection
+        waits: `connect_later` starts it once the address is known."""
         conn = self.conns.get(key)
         if conn is None:
             if seg.flags & (SYN | ACK | RST) != SYN:
@@ -61,8 +64,38 @@ class TcpFlows:
             self.conns[key] = conn
             conn.deadline = now + CONNECT_TIMEOUT_S
             self._schedule(conn)
-            return [Connect(key, host_addr, key.remote_port)]
+            if host_addr is None:
+                return []
+            return [Connect(key, host_addr, key.remote_port if host_port is None else host_port)]
         return self._after(conn, conn.on_segment(seg, now))
+
+    def connect_later(self, key: FlowKey, target: tuple[bytes, int] | None,
+                      now: float) -> list[Effect]:
+        """The address of a waiting connection is known (or, with None, cannot be)."""
+        conn = self.conns.get(key)
+        if conn is None or conn.state is not State.CONNECTING:
+            return []
+        if target is None:
+            return self._after(conn, conn.on_connect_failed(errno.ECONNREFUSED, now))
+        return [Connect(key, target[0], target[1])]
+
+    def open_to_guest(self, key: FlowKey, space: int, now: float) -> list[Effect] | None:
+        """A host client a local forward accepted: our SYN to the guest, or None when
+        the key is taken or the cap reached (the runtime then resets the client)."""
+        if key in self.conns:
+            return None
+        if len(self.conns) >= self.limit:
+            self.refused += 1
+            if not self.limit_warned:
+                self.limit_warned = True
+                log.warning("TCP connection limit (%d) reached: forwarded connections are "
+                            "reset until some close", self.limit)
+            return None
+        conn, syn = TcpConn.active(key, self.link, initial_sequence(self.secret, key, now),
+                                   self.our_mss, space, now, self.reorder_budget)
+        self.conns[key] = conn
+        self._schedule(conn)
+        return [syn]
 
     def get(self, key: FlowKey) -> TcpConn | None:
         return self.conns.get(key)

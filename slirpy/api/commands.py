@@ -1,0 +1,199 @@
+"""The control socket's requests: the slirp4netns JSON API exactly, then slirpy's own.
+
+One request per connection, `{"execute": NAME, "arguments": {...}}`. slirp4netns's
+three commands answer byte for byte as slirp4netns 1.2 does (tools compare replies and
+error texts): `add_hostfwd` -> `{"return":{"id":N}}`, `list_hostfwd` ->
+`{"entries":[...]}` (no "return" wrapper: slirp4netns sends none), `remove_hostfwd` ->
+`{"return":{}}`, errors `{"error":{"desc":"bad request: ..."}}`. Where slirp4netns
+crashes (no "proto" at all) or misreads (a port of 70000 truncated), slirpy answers
+with the error slirp4netns gives for that field.
+
+slirpy's own commands use the same envelope:
+    add_forward     {"kind": "local"|"remote", "spec": SPEC}   -> {"return":{"ids":[...]}}
+    list_forwards                                              -> {"return":{"forwards":[...]}}
+    remove_forward  {"id": N}                                  -> {"return":{}}
+    list_flows                                                 -> {"return":{"flows":[...]}}
+    counters                                                   -> {"return":{...}}
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from typing import Any, Final, Protocol
+
+from slirpy.config import Network
+from slirpy.forward.spec import Forward, ForwardError, Kind, Proto, parse_forward
+
+MAX_REQUEST: Final = 4096  # slirp4netns's buffer: a request this long is "too large"
+
+
+class Controller(Protocol):
+    """What the API drives: the runtime's forwards and the stack's state."""
+
+    def add_forward(self, fwd: Forward, origin: str) -> tuple[int, Forward]:
+        """Add and start *fwd*; its id and the forward as bound. Raises OSError or
+        ForwardError with a reason. *origin*: "hostfwd", "api" or "config"."""
+        ...
+
+    def remove_forward(self, forward_id: int) -> Forward | None: ...
+
+    def list_forwards(self) -> list[tuple[int, Forward, str]]:
+        """(id, forward, origin) with origin "hostfwd" for add_hostfwd's."""
+        ...
+
+    def list_flows(self) -> list[dict[str, Any]]: ...
+
+    def counters(self) -> dict[str, Any]: ...
+
+
+def _dump(value: object) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
+def error(desc: str) -> bytes:
+    return _dump({"error": {"desc": f"bad request: {desc}"}})
+
+
+TOO_LARGE: Final = error("too large message")
+
+
+class Api:
+    def __init__(self, controller: Controller, network: Network) -> None:
+        self.ctl = controller
+        self.network = network
+
+    def handle(self, request: bytes) -> bytes:
+        """The reply to one request (the bytes read before EOF, under MAX_REQUEST)."""
+        try:
+            value = json.loads(request.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            return error("cannot parse JSON")
+        if not isinstance(value, dict):
+            return error("json_object() failed")
+        execute = value.get("execute")
+        if not isinstance(execute, str):
+            return error("no execute found")
+        arguments = value.get("arguments")
+        args: dict[str, Any] = arguments if isinstance(arguments, dict) else {}
+        match execute:
+            case "add_hostfwd":
+                return self._add_hostfwd(args)
+            case "list_hostfwd":
+                return self._list_hostfwd()
+            case "remove_hostfwd":
+                return self._remove_hostfwd(args)
+            case "add_forward":
+                return self._add_forward(args)
+            case "list_forwards":
+                return self._list_forwards()
+            case "remove_forward":
+                return self._remove_forward(args)
+            case "list_flows":
+                return _dump({"return": {"flows": self.ctl.list_flows()}})
+            case "counters":
+                return _dump({"return": self.ctl.counters()})
+            case _:
+                return error("unknown execute")
+
+    # --- slirp4netns ------------------------------------------------------------------------
+
+    def _add_hostfwd(self, args: dict[str, Any]) -> bytes:
+        proto = args.get("proto")
+        if proto not in ("tcp", "udp"):
+            return error("add_hostfwd: bad arguments.proto")
+        host_addr = _ipv4(args.get("host_addr"), "0.0.0.0")
+        if host_addr is None:
+            return error("add_hostfwd: bad arguments.host_addr")
+        host_port = _port(args.get("host_port"))
+        if host_port is None:
+            return error("add_hostfwd: bad arguments.host_port")
+        guest_addr = _ipv4(args.get("guest_addr"), str(self.network.guest))
+        if guest_addr is None:
+            return error("add_hostfwd: bad arguments.guest_addr")
+        guest_port = _port(args.get("guest_port"))
+        if guest_port is None:
+            return error("add_hostfwd: bad arguments.guest_port")
+        fwd = Forward(Kind.LOCAL, Proto(proto), host_addr, host_port, guest_addr, guest_port)
+        try:
+            forward_id, _ = self.ctl.add_forward(fwd, "hostfwd")
+        except (OSError, ForwardError):
+            return error("add_hostfwd: slirp_add_hostfwd failed")
+        return _dump({"return": {"id": forward_id}})
+
+    def _list_hostfwd(self) -> bytes:
+        entries = [{"id": forward_id, "proto": fwd.proto.value, "host_addr": str(fwd.bind),
+                    "host_port": fwd.bind_port, "guest_addr": str(fwd.target),
+                    "guest_port": fwd.target_port}
+                   for forward_id, fwd, origin in self.ctl.list_forwards()
+                   if origin == "hostfwd"]
+        return _dump({"entries": entries})
+
+    def _remove_hostfwd(self, args: dict[str, Any]) -> bytes:
+        forward_id = _number(args.get("id"))
+        hostfwds = {i for i, _, origin in self.ctl.list_forwards() if origin == "hostfwd"}
+        if forward_id is None or forward_id not in hostfwds:
+            return error("remove_hostfwd: bad arguments.id")
+        self.ctl.remove_forward(forward_id)
+        return _dump({"return": {}})
+
+    # --- slirpy's own -----------------------------------------------------------------------
+
+    def _add_forward(self, args: dict[str, Any]) -> bytes:
+        kind_text, spec = args.get("kind"), args.get("spec")
+        if kind_text not in ("local", "remote"):
+            return error("add_forward: arguments.kind must be \"local\" or \"remote\"")
+        if not isinstance(spec, str):
+            return error("add_forward: arguments.spec must be a forward spec string")
+        try:
+            forwards = parse_forward(Kind(kind_text), spec, guest=self.network.guest,
+                                     gateway=self.network.gateway)
+        except ForwardError as exc:
+            return error(f"add_forward: {exc}")
+        added: list[int] = []
+        for fwd in forwards:
+            try:
+                forward_id, _ = self.ctl.add_forward(fwd, "api")
+            except (OSError, ForwardError) as exc:
+                for forward_id in added:  # all of a range, or none of it
+                    self.ctl.remove_forward(forward_id)
+                reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+                return _dump({"error": {"desc": f"add_forward: {fwd.spec()}: {reason}"}})
+            added.append(forward_id)
+        return _dump({"return": {"ids": added}})
+
+    def _list_forwards(self) -> bytes:
+        return _dump({"return": {"forwards": [
+            {"id": forward_id, "kind": fwd.kind.value, "spec": fwd.spec(), "origin": origin}
+            for forward_id, fwd, origin in self.ctl.list_forwards()]}})
+
+    def _remove_forward(self, args: dict[str, Any]) -> bytes:
+        forward_id = _number(args.get("id"))
+        if forward_id is None or self.ctl.remove_forward(forward_id) is None:
+            return error("remove_forward: bad arguments.id")
+        return _dump({"return": {}})
+
+
+def _ipv4(value: object, default: str) -> ipaddress.IPv4Address | None:
+    if value is None or value == "":
+        value = default
+    if not isinstance(value, str):
+        return None
+    try:
+        return ipaddress.IPv4Address(value)
+    except ValueError:
+        return None
+
+
+def _number(value: object) -> int | None:
+    """A JSON number as slirp4netns reads it: (int) of a double; anything else, None."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if value != value or abs(value) > 2**31:  # NaN, or beyond an int
+        return None
+    return int(value)
+
+
+def _port(value: object) -> int | None:
+    port = _number(value)
+    return port if port is not None and 0 < port <= 65535 else None

@@ -1,0 +1,165 @@
+"""The control socket: a unix stream socket, one request per connection.
+
+As slirp4netns: the path is unlinked first (a stale socket from an earlier run is
+replaced), and each connection carries one request and one reply, after which slirpy
+shuts the connection down. slirp4netns takes whatever a single read() returns; slirpy
+reads until the client's EOF, until the bytes parse as one JSON value (for clients
+that never shut down their side), or until MAX_REQUEST bytes ("too large message").
+The socket is made with mode 0600: whoever may connect may change the forwards.
+Several clients may be mid-request at once; none can stall the loop, and one that
+says nothing is dropped after CLIENT_TIMEOUT_S.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import select
+import socket
+import stat
+from collections.abc import Callable
+from typing import Final
+
+from slirpy.api.commands import MAX_REQUEST, TOO_LARGE
+from slirpy.errors import SetupError
+from slirpy.runtime.loop import EventLoop
+
+log = logging.getLogger(__name__)
+
+CLIENT_TIMEOUT_S: Final = 10.0
+MAX_CLIENTS: Final = 64
+SUN_PATH_MAX: Final = 107  # sizeof(sun_path) - 1 for the NUL
+
+
+class _Client:
+    def __init__(self, sock: socket.socket, deadline: float) -> None:
+        self.sock = sock
+        self.deadline = deadline
+        self.request = bytearray()
+        self.reply: memoryview | None = None
+
+
+class ApiServer:
+    def __init__(self, path: str, loop: EventLoop, handle: Callable[[bytes], bytes]) -> None:
+        if len(os.fsencode(path)) > SUN_PATH_MAX:
+            raise SetupError(f"--api-socket path is too long for a unix socket "
+                             f"({len(os.fsencode(path))} bytes, at most {SUN_PATH_MAX}): {path}")
+        self.path = path
+        self.loop = loop
+        self.handle = handle
+        self.clients: dict[int, _Client] = {}
+        try:
+            if not stat.S_ISDIR(os.lstat(path).st_mode):
+                os.unlink(path)  # a stale socket of an earlier run (slirp4netns does too)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise SetupError(f"--api-socket {path}: {exc.strerror}") from None
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_NONBLOCK
+                                  | socket.SOCK_CLOEXEC)
+        old_umask = os.umask(0o177)  # created 0600, never briefly wider
+        try:
+            self.sock.bind(path)
+            self.sock.listen(MAX_CLIENTS)
+        except OSError as exc:
+            self.sock.close()
+            raise SetupError(f"--api-socket {path}: {exc.strerror}") from None
+        finally:
+            os.umask(old_umask)
+        loop.add(self.sock.fileno(), self._accept)
+
+    def _accept(self, mask: int) -> None:
+        while True:
+            try:
+                sock, _ = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                log.warning("api socket: accept failed: %s", exc)
+                return
+            if len(self.clients) >= MAX_CLIENTS:
+                sock.close()
+                continue
+            sock.setblocking(False)
+            fd = sock.fileno()
+            self.clients[fd] = _Client(sock, self.loop.now() + CLIENT_TIMEOUT_S)
+            self.loop.add(fd, lambda mask, fd=fd: self._ready(fd, mask),  # type: ignore[misc]
+                          select.EPOLLIN | select.EPOLLRDHUP)
+
+    def _ready(self, fd: int, mask: int) -> None:
+        client = self.clients.get(fd)
+        if client is None:
+            return
+        if client.reply is not None:
+            self._write(fd, client)
+            return
+        try:
+            data = client.sock.recv(MAX_REQUEST - len(client.request) + 1)
+        except BlockingIOError:
+            return
+        except OSError:
+            self._drop(fd)
+            return
+        client.request += data
+        if len(client.request) >= MAX_REQUEST:
+            log.warning("api socket: too large message (>= %d bytes)", MAX_REQUEST)
+            self._answer(fd, client, TOO_LARGE)
+        elif not data or _complete(client.request):
+            log.debug("api socket: request %s", bytes(client.request))
+            self._answer(fd, client, self.handle(bytes(client.request)))
+
+    def _answer(self, fd: int, client: _Client, reply: bytes) -> None:
+        client.reply = memoryview(reply)
+        self.loop.epoll.modify(fd, select.EPOLLOUT)
+        self._write(fd, client)
+
+    def _write(self, fd: int, client: _Client) -> None:
+        assert client.reply is not None
+        try:
+            sent = client.sock.send(client.reply, socket.MSG_NOSIGNAL)
+        except BlockingIOError:
+            return
+        except OSError:
+            self._drop(fd)
+            return
+        client.reply = client.reply[sent:]
+        if not client.reply:
+            try:
+                client.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            self._drop(fd)
+
+    def expire(self, now: float) -> None:
+        for fd, client in list(self.clients.items()):
+            if client.deadline <= now:
+                log.debug("api socket: client said nothing in time")
+                self._drop(fd)
+
+    def next_deadline(self) -> float | None:
+        return min((c.deadline for c in self.clients.values()), default=None)
+
+    def _drop(self, fd: int) -> None:
+        client = self.clients.pop(fd)
+        self.loop.remove(fd)
+        client.sock.close()
+
+    def close(self) -> None:
+        for fd in list(self.clients):
+            self._drop(fd)
+        self.loop.remove(self.sock.fileno())
+        self.sock.close()
+        try:
+            os.unlink(self.path)
+        except OSError:
+            pass
+
+
+def _complete(request: bytearray) -> bool:
+    """Whether *request* is one whole JSON value already (a client may never send EOF)."""
+    try:
+        json.loads(request.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return False
+    return True

@@ -1,0 +1,1 @@
+"""Forwards: the -L/-R spec grammar, PROXY-protocol headers, address translation."""

@@ -1,0 +1,153 @@
+"""Address translation for forwards: who the guest sees, and where its answers go.
+
+Local forwards (host -> guest) show the guest the real client: a forwarded connection
+or datagram comes from the client's own address and port, as on a real network, so a
+guest server logs and filters real addresses. The exceptions are addresses the guest
+could not answer or would misread: host loopback (127/8), the guest's own network,
+unspecified, multicast and broadcast addresses, and another family than the guest's.
+Those clients appear as the gateway, which the guest reaches through slirpy anyway.
+The client's port is kept unless that exact conversation exists already (two loopback
+clients with the same port both appear as the gateway); then a free port is taken.
+
+UDP through a local forward is connectionless on both sides: a flow is remembered per
+(guest end, client as seen) so the guest's replies find the client, and goes after an
+idle time. udpspp flows keep the proxy's header to put back on each reply; udprpc flows
+end after the guest's first reply.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from collections.abc import Callable
+from typing import Final, NamedTuple
+
+from slirpy.config import Network
+from slirpy.effects import Effect, SendTo
+from slirpy.flows.key import FlowKey
+from slirpy.flows.table import FlowTable
+from slirpy.forward.proxy import SppHeader, build_spp, parse_spp
+from slirpy.forward.spec import Forward, Proto
+from slirpy.guest import GuestLink
+from slirpy.wire.ipv4 import IpProto
+
+log = logging.getLogger(__name__)
+
+EPHEMERAL_FIRST: Final = 49152  # RFC 6335's dynamic ports: where a clash moves to
+EPHEMERAL_COUNT: Final = 65536 - EPHEMERAL_FIRST
+
+
+def visible_source(client: bytes, network: Network) -> bytes:
+    """The address the guest sees for a forwarded client at *client* (packed)."""
+    if len(client) != 4:
+        return network.gateway.packed
+    addr = ipaddress.IPv4Address(client)
+    if (addr.is_loopback or addr.is_unspecified or addr.is_multicast
+            or addr in network.cidr or addr == ipaddress.IPv4Address("255.255.255.255")):
+        return network.gateway.packed
+    return client
+
+
+def free_key(base: FlowKey, taken: Callable[[FlowKey], bool], start: int) -> FlowKey | None:
+    """*base* if free, else *base* with the first free dynamic port from *start* on."""
+    if not taken(base):
+        return base
+    for step in range(EPHEMERAL_COUNT):
+        key = base._replace(remote_port=EPHEMERAL_FIRST + (start + step) % EPHEMERAL_COUNT)
+        if not taken(key):
+            return key
+    return None
+
+
+_Client = tuple[int, tuple[bytes, int], tuple[bytes, int]]  # forward id, peer, client
+
+
+class InboundUdp(NamedTuple):
+    """Where a guest's reply on a forwarded UDP flow goes."""
+
+    forward_id: int
+    peer: tuple[bytes, int]  # the datagram's real sender: the client, or the SPP proxy
+    client: tuple[bytes, int]  # the client as named (by the SPP header, else the peer)
+    spp: SppHeader | None
+    rpc: bool  # udprpc: the flow ends with the first reply
+    stats: list[float]  # [created at, bytes from the guest, bytes to the guest]
+
+
+class InboundUdpFlows:
+    def __init__(self, link: GuestLink, network: Network, limit: int, idle_s: float) -> None:
+        self.link = link
+        self.network = network
+        self.table: FlowTable[InboundUdp] = FlowTable(limit, idle_s)
+        # (forward id, peer, client) -> key: a client's next datagram finds its flow
+        self.by_client: dict[_Client, FlowKey] = {}
+        self.client_of: dict[FlowKey, _Client] = {}
+        self.clashes = 0
+
+    def from_host(self, forward_id: int, fwd: Forward, peer: tuple[bytes, int],
+                  data: bytes | memoryview, now: float,
+                  taken: Callable[[FlowKey], bool]) -> list[Effect]:
+        """A datagram the local UDP forward *fwd* received from *peer*. *taken* says
+        whether a key is used by an outgoing flow. Malformed SPP headers raise."""
+        spp: SppHeader | None = None
+        client = peer
+        payload: bytes | memoryview = data
+        if fwd.proto is Proto.UDPSPP:
+            spp, payload = parse_spp(memoryview(data))
+            client = spp.client
+        key = self.by_client.get((forward_id, peer, client))
+        flow = None if key is None else self.table.get(key, now)
+        if key is None or flow is None:
+            assert isinstance(fwd.target, (ipaddress.IPv4Address, ipaddress.IPv6Address))
+            base = FlowKey(IpProto.UDP, fwd.target.packed, fwd.target_port,
+                           visible_source(client[0], self.network), client[1])
+            key = free_key(base, lambda k: k in self.table or taken(k), self.clashes)
+            if key is None:
+                return []
+            if key != base:
+                self.clashes += 1
+            for old in self.table.add(key, InboundUdp(forward_id, peer, client, spp,
+                                                      fwd.proto is Proto.UDPRPC,
+                                                      [now, 0, 0]), now):
+                self._forget(old)
+            self.by_client[(forward_id, peer, client)] = key
+            self.client_of[key] = (forward_id, peer, client)
+            log.debug("%s: new forwarded flow from %s", key, peer)
+            flow = self.table.peek(key)
+        assert flow is not None
+        flow.stats[2] += len(payload)
+        return list(self.link.udp(src=key.remote_addr, src_port=key.remote_port,
+                                  dst=key.guest_addr, dst_port=key.guest_port, payload=payload))
+
+    def owns(self, key: FlowKey) -> bool:
+        return key in self.table
+
+    def from_guest(self, key: FlowKey, payload: memoryview, now: float) -> list[Effect]:
+        """The guest's reply on a forwarded flow: to the client, through its forward."""
+        flow = self.table.get(key, now)
+        if flow is None:
+            return []
+        flow.stats[1] += len(payload)
+        prefix = build_spp(flow.spp) if flow.spp is not None else b""
+        if flow.rpc:
+            self.table.remove(key)
+            self._forget(key)
+        return [SendTo(flow.forward_id, flow.peer[0], flow.peer[1], payload, prefix)]
+
+    def remove_forward(self, forward_id: int) -> None:
+        for key in self.table.keys():
+            flow = self.table.peek(key)
+            if flow is not None and flow.forward_id == forward_id:
+                self.table.remove(key)
+                self._forget(key)
+
+    def expire(self, now: float) -> None:
+        for key in self.table.expire(now):
+            self._forget(key)
+
+    def next_deadline(self) -> float | None:
+        return self.table.next_deadline()
+
+    def _forget(self, key: FlowKey) -> None:
+        client = self.client_of.pop(key, None)
+        if client is not None:
+            self.by_client.pop(client, None)

@@ -1,0 +1,243 @@
+"""The -L/-R forward grammar: `[proto://][bind_ip:]bind_port[:ip:port]`, ranges expanded.
+
+    -L/--local-forward   host -> guest: slirpy listens on the host at bind_ip:bind_port
+                         (default 127.0.0.1) and opens each connection to the guest at
+                         ip:port (default the guest address, network + 100, and bind_port).
+    -R/--remote-forward  guest -> host: slirpy answers inside the guest at bind_ip:bind_port
+                         (default the gateway) and connects each flow to ip:port on the
+                         host (default 127.0.0.1 and bind_port).
+
+The address:port pairs are split on ':' outside brackets (as slirpnetstack does), so an
+IPv6 address is written `[::1]`. Forms with two or three parts are told apart by whether
+the first part is an address: `8080:80` is bind_port:port, `127.0.0.1:8080` is
+bind_ip:bind_port, `8080:10.0.2.100:80` is bind_port:ip:port. Ports may be ranges of
+the same length on both sides (`8000-8010:9000-9010`); each port becomes one forward.
+
+A remote forward's target may be `[NAME@srv-DNSSERVER[:PORT]]`: the SRV record NAME,
+asked of DNSSERVER when a flow starts (cached), names the host and port; a target port
+of 0 (or none given) takes the port from the record.
+
+Protocols: tcp (default), udp, and for local forwards tcppp (the client starts with a
+PROXY protocol v1/v2 header naming the real client; a guest port of 0 takes the
+destination port from that header), udpspp (every datagram carries the 38-byte "simple
+proxy protocol" header), udprpc (a UDP flow ends after the guest's first reply).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import ipaddress
+from typing import Final
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+MAX_RANGE: Final = 1024  # ports in one spec: each is a socket
+
+
+class ForwardError(ValueError):
+    """A spec that does not parse; the message names the bad part."""
+
+
+class Proto(enum.StrEnum):
+    TCP = "tcp"
+    UDP = "udp"
+    TCPPP = "tcppp"
+    UDPSPP = "udpspp"
+    UDPRPC = "udprpc"
+
+    @property
+    def transport(self) -> str:
+        return "tcp" if self in (Proto.TCP, Proto.TCPPP) else "udp"
+
+
+REMOTE_PROTOS: Final = frozenset({Proto.TCP, Proto.UDP})
+
+
+class Kind(enum.StrEnum):
+    LOCAL = "local"
+    REMOTE = "remote"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SrvName:
+    """A target to look up: the SRV record *name* at the DNS server *server*:*port*."""
+
+    name: str
+    server: IPAddress
+    port: int = 53
+
+    def __str__(self) -> str:
+        server = f"[{self.server}]" if self.server.version == 6 else str(self.server)
+        return f"[{self.name}@srv-{server}:{self.port}]"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Forward:
+    """One forwarded port. *target* is an address, or an SRV name (remote forwards)."""
+
+    kind: Kind
+    proto: Proto
+    bind: IPAddress
+    bind_port: int
+    target: IPAddress | SrvName
+    target_port: int
+
+    @property
+    def transport(self) -> str:
+        return self.proto.transport
+
+    def spec(self) -> str:
+        """The canonical spec text: parses back to this forward."""
+        return (f"{self.proto}://{_host(self.bind)}:{self.bind_port}:"
+                f"{_host(self.target)}:{self.target_port}")
+
+
+def _host(addr: IPAddress | SrvName) -> str:
+    if isinstance(addr, SrvName):
+        return str(addr)
+    return f"[{addr}]" if addr.version == 6 else str(addr)
+
+
+def split_parts(text: str) -> list[str]:
+    """Split on ':' outside brackets; one level of brackets is removed."""
+    parts: list[str] = []
+    part: list[str] = []
+    depth = 0
+    for char in text:
+        if char == "[":
+            if depth:
+                part.append(char)
+            depth += 1
+        elif char == "]":
+            depth -= 1
+            if depth < 0:
+                raise ForwardError(f"unbalanced ']' in {text!r}")
+            if depth:
+                part.append(char)
+        elif char == ":" and depth == 0:
+            parts.append("".join(part))
+            part = []
+        else:
+            part.append(char)
+    if depth:
+        raise ForwardError(f"unbalanced '[' in {text!r}")
+    parts.append("".join(part))
+    return parts
+
+
+def _is_address(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def parse_ports(text: str, what: str, *, zero_ok: bool) -> range:
+    """A port or a range `A-B` (inclusive)."""
+    low_text, dash, high_text = text.partition("-")
+    bounds = []
+    for part in (low_text, high_text) if dash else (low_text,):
+        if not part.isdigit() or not part.isascii() or int(part) > 65535:
+            raise ForwardError(f"{what} must be a port number 0-65535 or a range, not "
+                               f"{text!r}")
+        bounds.append(int(part))
+    low, high = bounds[0], bounds[-1]
+    if high < low:
+        raise ForwardError(f"{what} range {text!r} ends before it starts")
+    if low == 0 and (dash or not zero_ok):
+        raise ForwardError(f"{what} 0 is not allowed here")
+    if high - low + 1 > MAX_RANGE:
+        raise ForwardError(f"{what} range {text!r} is longer than {MAX_RANGE} ports")
+    return range(low, high + 1)
+
+
+def _address(text: str, what: str) -> IPAddress:
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        raise ForwardError(f"{what} is not an IP address: {text!r}") from None
+
+
+def _srv(text: str) -> SrvName:
+    name, _, server = text.partition("@srv-")
+    if not name or not server:
+        raise ForwardError(f"an SRV target is NAME@srv-DNSSERVER[:PORT], not {text!r}")
+    parts = split_parts(server)
+    if len(parts) > 2:
+        raise ForwardError(f"bad DNS server in SRV target {text!r}")
+    address = _address(parts[0], "the SRV DNS server")
+    port = 53
+    if len(parts) == 2:
+        port = parse_ports(parts[1], "the SRV DNS server port", zero_ok=False)[0]
+    labels = name.rstrip(".").split(".")
+    if not all(0 < len(label) <= 63 and label.isascii() for label in labels) or len(name) > 253:
+        raise ForwardError(f"bad SRV name {name!r}")
+    return SrvName(name.rstrip(".").lower(), address, port)
+
+
+def parse_forward(kind: Kind, text: str, *, guest: IPAddress, gateway: IPAddress) -> list[Forward]:
+    """Parse one -L/-R spec; *guest* and *gateway* are the network's defaults."""
+    proto_text, sep, rest = text.partition("://")
+    if not sep:
+        proto_text, rest = "tcp", text
+    try:
+        proto = Proto(proto_text)
+    except ValueError:
+        raise ForwardError(f"unknown protocol {proto_text!r} (tcp, udp, tcppp, udpspp, "
+                           f"udprpc)") from None
+    if kind is Kind.REMOTE and proto not in REMOTE_PROTOS:
+        raise ForwardError(f"protocol {proto} is for local forwards only")
+    parts = split_parts(rest)
+    bind_text: str | None = None
+    target_text: str | None = None
+    target_ports_text: str | None = None
+    match parts:
+        case [bind_ports_text]:
+            pass
+        case [first, second] if _is_address(first):
+            bind_text, bind_ports_text = first, second
+        case [bind_ports_text, target_ports_text]:
+            pass
+        case [first, second, third] if _is_address(first):
+            bind_text, bind_ports_text, target_ports_text = first, second, third
+        case [bind_ports_text, target_text, target_ports_text]:
+            pass
+        case [bind_text, bind_ports_text, target_text, target_ports_text]:
+            pass
+        case _:
+            raise ForwardError(f"too many ':' parts in {text!r}: "
+                               f"[proto://][bind_ip:]bind_port[:ip:port]")
+    local = kind is Kind.LOCAL
+    what = "bind port"
+    bind_ports = parse_ports(bind_ports_text, what, zero_ok=local)
+    if bind_text is not None and bind_text != "":
+        bind = _address(bind_text, "bind address")
+    else:
+        bind = ipaddress.IPv4Address("127.0.0.1") if local else gateway
+    target: IPAddress | SrvName
+    if target_text is None or target_text == "":
+        target = guest if local else ipaddress.IPv4Address("127.0.0.1")
+    elif "@srv-" in target_text:
+        if local:
+            raise ForwardError("SRV targets are for remote forwards only")
+        target = _srv(target_text)
+    else:
+        target = _address(target_text, "target address")
+    srv = isinstance(target, SrvName)
+    port_zero_ok = srv or (proto is Proto.TCPPP)
+    if target_ports_text is None or target_ports_text == "":
+        target_ports = range(0, 1) if srv else bind_ports
+    else:
+        target_ports = parse_ports(target_ports_text, "target port", zero_ok=port_zero_ok)
+    if target_ports == range(0, 1) and bind_ports.start == 0:
+        raise ForwardError("bind port 0 needs an explicit target port")
+    if target_ports == range(0, 1):
+        target_ports = range(0, 0)  # one 0 for each bind port, below
+    elif len(target_ports) != len(bind_ports):
+        raise ForwardError(f"port ranges differ in length: {bind_ports_text} and "
+                           f"{target_ports_text}")
+    return [Forward(kind, proto, bind, port,
+                    target, target_ports[i] if len(target_ports) else 0)
+            for i, port in enumerate(bind_ports)]

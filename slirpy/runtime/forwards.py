@@ -1,0 +1,235 @@
+"""Host sockets of local forwards: listeners, PROXY headers, and forwarded datagrams.
+
+A TCP local forward is a listening socket. An accepted client is handed to the stack,
+which picks the address the guest sees and starts the connection to the guest; the
+accepted socket then joins HostStreams under that flow, like a socket slirpy
+connected itself. For tcppp forwards the client's PROXY header is read first (peeked
+until whole, then consumed), so the guest sees the client it names and the stream
+starts after it; a client that sends no valid header in time is reset.
+A UDP local forward is one bound socket: datagrams from any client go to the stack,
+and the guest's replies leave from the same socket (SendTo).
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import logging
+import select
+import socket
+from collections.abc import Callable
+from typing import Final
+
+from slirpy.effects import Effect
+from slirpy.forward.proxy import MAX_V2_LEN, parse_proxy_header
+from slirpy.forward.spec import Forward, Proto
+from slirpy.runtime.loop import EventLoop
+from slirpy.runtime.streams import HostStreams
+from slirpy.stack import Stack
+from slirpy.wire import Malformed
+
+log = logging.getLogger(__name__)
+
+LISTEN_BACKLOG: Final = 128
+ACCEPT_BATCH: Final = 64
+DATAGRAM_BATCH: Final = 64
+PROXY_HEADER_TIMEOUT_S: Final = 10.0
+PENDING_HEADERS_MAX: Final = 256
+_LINGER_RESET: Final = b"\x01\x00\x00\x00\x00\x00\x00\x00"
+
+Apply = Callable[[list[Effect]], None]
+
+
+def packed(address: str) -> bytes:
+    """A socket address as packed bytes; IPv4-mapped IPv6 as the IPv4 address."""
+    addr = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return addr.ipv4_mapped.packed
+    return addr.packed
+
+
+class _Pending:
+    """An accepted tcppp client whose PROXY header is not complete yet."""
+
+    def __init__(self, sock: socket.socket, peer: tuple[bytes, int], deadline: float) -> None:
+        self.sock = sock
+        self.peer = peer
+        self.deadline = deadline
+
+
+class ForwardSockets:
+    def __init__(self, loop: EventLoop, stack: Stack, streams: HostStreams,
+                 apply: Apply) -> None:
+        self.loop = loop
+        self.stack = stack
+        self.streams = streams
+        self.apply = apply
+        self.sockets: dict[int, socket.socket] = {}
+        self.forwards: dict[int, Forward] = {}
+        self.pending: dict[int, _Pending] = {}  # fd -> client waiting for its header
+        self.peek = bytearray(MAX_V2_LEN)
+        self.datagram = bytearray(65536)
+
+    def open(self, forward_id: int, fwd: Forward) -> int:
+        """Bind and listen for local forward *fwd*; the port bound (bind port 0 picks
+        one). Raises OSError when the address cannot be bound."""
+        family = socket.AF_INET if fwd.bind.version == 4 else socket.AF_INET6
+        kind = socket.SOCK_STREAM if fwd.transport == "tcp" else socket.SOCK_DGRAM
+        sock = socket.socket(family, kind | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
+        try:
+            if kind == socket.SOCK_STREAM:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind((str(fwd.bind), fwd.bind_port))
+            if kind == socket.SOCK_STREAM:
+                sock.listen(LISTEN_BACKLOG)
+        except OSError:
+            sock.close()
+            raise
+        self.sockets[forward_id] = sock
+        self.forwards[forward_id] = fwd
+        if kind == socket.SOCK_STREAM:
+            self.loop.add(sock.fileno(), lambda mask: self._accept(forward_id, sock, fwd))
+        else:
+            self.loop.add(sock.fileno(), lambda mask: self._receive(forward_id, sock, fwd))
+        return int(sock.getsockname()[1])
+
+    def close(self, forward_id: int) -> None:
+        """Stop listening; connections already forwarded run to their end."""
+        sock = self.sockets.pop(forward_id, None)
+        self.forwards.pop(forward_id, None)
+        if sock is not None:
+            self.loop.remove(sock.fileno())
+            sock.close()
+
+    def close_all(self) -> None:
+        for forward_id in list(self.sockets):
+            self.close(forward_id)
+        for fd in list(self.pending):
+            self._drop_pending(fd)
+
+    # --- TCP ----------------------------------------------------------------------------
+
+    def _accept(self, forward_id: int, listener: socket.socket, fwd: Forward) -> None:
+        for _ in range(ACCEPT_BATCH):
+            try:
+                sock, address = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # ECONNABORTED, EMFILE...: the client is gone or waits
+                log.warning("local forward %s: accept failed: %s", fwd.spec(), exc)
+                return
+            sock.setblocking(False)
+            peer = (packed(address[0]), int(address[1]))
+            if fwd.proto is Proto.TCPPP:
+                self._await_header(sock, peer, fwd)
+            else:
+                self._forward(sock, peer, fwd)
+
+    def _forward(self, sock: socket.socket, client: tuple[bytes, int], fwd: Forward,
+                 guest_port: int = 0) -> None:
+        self.streams.prepare(sock)
+        key, effects = self.stack.on_forward_accept(
+            fwd, client, self.streams.space(sock), self.loop.now(), guest_port)
+        if key is None:
+            log.debug("local forward %s: client %s reset (no flow)", fwd.spec(), client)
+            _reset(sock)
+            return
+        self.streams.adopt(key, sock)
+        self.apply(effects)
+
+    def _await_header(self, sock: socket.socket, peer: tuple[bytes, int], fwd: Forward) -> None:
+        if len(self.pending) >= PENDING_HEADERS_MAX:
+            log.warning("local forward %s: too many clients owe a PROXY header; reset",
+                        fwd.spec())
+            _reset(sock)
+            return
+        fd = sock.fileno()
+        self.pending[fd] = _Pending(sock, peer, self.loop.now() + PROXY_HEADER_TIMEOUT_S)
+        self.loop.add(fd, lambda mask: self._header(fd, fwd),
+                      select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLET)
+
+    def _header(self, fd: int, fwd: Forward) -> None:
+        pending = self.pending.get(fd)
+        if pending is None:
+            return
+        try:
+            nbytes = pending.sock.recv_into(self.peek, len(self.peek), socket.MSG_PEEK)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            log.debug("local forward %s: client gone before its header: %s", fwd.spec(), exc)
+            self._drop_pending(fd)
+            return
+        try:
+            header = parse_proxy_header(memoryview(self.peek)[:nbytes])
+            if header is None and nbytes == 0:
+                raise Malformed("proxy-eof")
+        except Malformed as exc:
+            log.info("local forward %s: bad PROXY header from %s (%s): reset", fwd.spec(),
+                     ipaddress.ip_address(pending.peer[0]), exc.reason)
+            self._drop_pending(fd)
+            return
+        if header is None:
+            return  # more to come
+        self.loop.remove(fd)
+        del self.pending[fd]
+        pending.sock.recv(header.length)  # the header is consumed; the stream follows
+        client = header.source or pending.peer
+        guest_port = header.destination[1] if header.destination else 0
+        self._forward(pending.sock, client, fwd, guest_port)
+
+    def expire(self, now: float) -> None:
+        for fd, pending in list(self.pending.items()):
+            if pending.deadline <= now:
+                log.info("local forward: no PROXY header from %s in %.0f s: reset",
+                         ipaddress.ip_address(pending.peer[0]), PROXY_HEADER_TIMEOUT_S)
+                self._drop_pending(fd)
+
+    def next_deadline(self) -> float | None:
+        return min((p.deadline for p in self.pending.values()), default=None)
+
+    def _drop_pending(self, fd: int) -> None:
+        pending = self.pending.pop(fd)
+        self.loop.remove(fd)
+        _reset(pending.sock)
+
+    # --- UDP ----------------------------------------------------------------------------
+
+    def _receive(self, forward_id: int, sock: socket.socket, fwd: Forward) -> None:
+        view = memoryview(self.datagram)
+        for _ in range(DATAGRAM_BATCH):
+            try:
+                nbytes, address = sock.recvfrom_into(self.datagram)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # an ICMP error for an earlier reply: nothing to do
+                log.debug("local forward %s: %s", fwd.spec(), exc)
+                continue
+            peer = (packed(address[0]), int(address[1]))
+            self.apply(self.stack.on_forward_datagram(forward_id, fwd, peer,
+                                                      bytes(view[:nbytes]), self.loop.now()))
+
+    def send_to(self, forward_id: int, addr: bytes, port: int,
+                data: bytes | bytearray | memoryview, prefix: bytes) -> None:
+        sock = self.sockets.get(forward_id)
+        if sock is None:
+            return  # the forward was removed meanwhile
+        host = str(ipaddress.ip_address(addr))
+        if sock.family == socket.AF_INET6 and len(addr) == 4:
+            host = f"::ffff:{host}"
+        try:
+            sock.sendmsg([prefix, data] if prefix else [data], [], 0, (host, port))
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.ECONNREFUSED):
+                log.debug("local forward %d: reply to %s:%d failed: %s", forward_id, host,
+                          port, exc)
+
+
+def _reset(sock: socket.socket) -> None:
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+    except OSError:
+        pass
+    sock.close()
