@@ -12,6 +12,8 @@ connector a guest namespace is made (`unshare -Urn`), the connector attached to 
 and real clients run in the guest:
 - throughput: iperf3 guest -> host (and host -> guest with -R) at MTU 1500 and 65520,
   with the connector's CPU seconds per GB moved;
+- through a local forward (-L, add_hostfwd, pasta -t) on 192.0.2.1: a world client on
+  198.51.100.1 (not loopback) sends to an iperf3 server in the guest;
 - connections per second: short connections to a server on the world's loopback,
   reached through the address each connector maps to host loopback;
 - request/response latency: 64-byte ping-pong on one connection, client, server and
@@ -44,6 +46,9 @@ HOST_ADDR = "192.0.2.1"  # the "internet" server's address, on the world's lo
 UPLINK_ADDR = "203.0.113.1/24"
 UPLINK_GW = "203.0.113.254"
 IPERF_PORT = 5201
+FORWARD_PORT = 15201  # a local forward on HOST_ADDR to the guest's iperf3 server
+CLIENT_ADDR = "198.51.100.1"  # a non-loopback world client of that forward
+S4N_API = "/tmp/slirp4netns-api.sock"
 CPS_PORT = 7001
 RR_PORT = 7002
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -63,7 +68,7 @@ def enter_world(argv: list[str]) -> int:
 
 def build_world() -> None:
     sh("ip link set lo up")
-    sh(f"ip addr add {HOST_ADDR}/32 dev lo")
+    sh(f"ip addr add {HOST_ADDR}/32 dev lo && ip addr add {CLIENT_ADDR}/32 dev lo")
     # pasta copies the addresses of an Ethernet-like interface with the default route.
     sh("ip tuntap add mode tap name uplink0 && ip link set uplink0 up")
     sh(f"ip addr add {UPLINK_ADDR} dev uplink0 && ip route add default via {UPLINK_GW}")
@@ -85,12 +90,15 @@ class Connector:
         match self.name:
             case "slirpy":
                 return [sys.executable, "-m", "slirpy", "-c", "-m", str(mtu), "-r", str(ready_fd),
+                        "-L", f"{HOST_ADDR}:{FORWARD_PORT}:10.0.2.100:{IPERF_PORT}",
                         str(pid), "tap0"]
-            case "slirp4netns":
-                return ["slirp4netns", "-c", "-m", str(mtu), "-r", str(ready_fd), str(pid), "tap0"]
+            case "slirp4netns":  # its forward is added through the API once it is ready
+                return ["slirp4netns", "-c", "-m", str(mtu), "-r", str(ready_fd),
+                        "--api-socket", S4N_API, str(pid), "tap0"]
             case "pasta":
                 return ["pasta", "-f", "-q", "--config-net", "--runas", "0", "-m", str(mtu),
-                        "-t", "none", "-u", "none", "-T", "none", "-U", "none", str(pid)]
+                        "-t", f"{HOST_ADDR}/{FORWARD_PORT}:{IPERF_PORT}", "-u", "none",
+                        "-T", "none", "-U", "none", str(pid)]
         raise ValueError(self.name)
 
     @contextmanager
@@ -117,6 +125,8 @@ class Connector:
             if self.name == "pasta":
                 link = "$(ip -o link | awk -F': ' '$2!=\"lo\"{print $2}' | head -1)"
                 guest_run(self, f"ip link set dev {link} mtu {mtu}")
+            if self.name == "slirp4netns":
+                add_hostfwd(S4N_API, HOST_ADDR, FORWARD_PORT, IPERF_PORT)
             yield self
         finally:
             for proc in (self.proc, self.guest):
@@ -256,6 +266,46 @@ def iperf(conn: Connector, seconds: int, reverse: bool) -> tuple[float, float]:
     return bps / 1e9, cpu / (moved / 1e9) if moved else float("nan")
 
 
+def add_hostfwd(path: str, host_addr: str, host_port: int, guest_port: int) -> None:
+    request = json.dumps({"execute": "add_hostfwd", "arguments": {
+        "proto": "tcp", "host_addr": host_addr, "host_port": host_port,
+        "guest_port": guest_port}}).encode()
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.connect(path)
+        sock.sendall(request)
+        sock.shutdown(socket.SHUT_WR)
+        reply = sock.recv(4096)
+    if b'"return"' not in reply:
+        raise RuntimeError(f"add_hostfwd failed: {reply!r}")
+
+
+def iperf_forward(conn: Connector, seconds: int) -> tuple[float, float]:
+    """(Gbit/s, CPU s/GB): a world client on CLIENT_ADDR sends to an iperf3 server in
+    the guest through the connector's local forward HOST_ADDR:FORWARD_PORT."""
+    assert conn.guest is not None
+    server = subprocess.Popen(["nsenter", "--target", str(conn.guest.pid), "--net", "--user",
+                               "--preserve-credentials", "iperf3", "-s", "-1", "-p",
+                               str(IPERF_PORT)], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(0.3)  # iperf3 has no readiness signal
+        cpu_before = conn.cpu_seconds()
+        done = subprocess.run(["iperf3", "-c", HOST_ADDR, "-B", CLIENT_ADDR, "-p",
+                               str(FORWARD_PORT), "-t", str(seconds), "-J"],
+                              capture_output=True, text=True, timeout=seconds + 60)
+        cpu = conn.cpu_seconds() - cpu_before
+    finally:
+        server.kill()
+        server.wait()
+    try:
+        end = json.loads(done.stdout)["end"]
+        moved = end["sum_received"]["bytes"]
+        bps = end["sum_received"]["bits_per_second"]
+    except (KeyError, ValueError):
+        return float("nan"), float("nan")
+    return bps / 1e9, cpu / (moved / 1e9) if moved else float("nan")
+
+
 def measure(name: str, args: argparse.Namespace) -> Result:
     loopback = {"slirpy": "10.0.2.2", "slirp4netns": "10.0.2.2", "pasta": UPLINK_GW}[name]
     conn = Connector(name, loopback)
@@ -269,6 +319,9 @@ def measure(name: str, args: argparse.Namespace) -> Result:
             result.values[f"CPU s/GB guest->host mtu {mtu}"] = cpu_gb
             gbps, cpu_gb = iperf(conn, seconds, reverse=True)
             result.values[f"host->guest Gbit/s mtu {mtu}"] = gbps
+            gbps, cpu_gb = iperf_forward(conn, seconds)
+            result.values[f"fwd host->guest Gbit/s mtu {mtu}"] = gbps
+            result.values[f"CPU s/GB fwd host->guest mtu {mtu}"] = cpu_gb
             if mtu == 1500:
                 count = 300 if args.quick else 1000
                 out = guest_run(conn, f"{sys.executable} -c '{CPS_CLIENT}' {loopback} "

@@ -239,8 +239,7 @@ def _skip_without(binary: str) -> None:
 
 BINARY_PARAMS = [
     pytest.param("slirp4netns", id="slirp4netns"),
-    pytest.param("slirpy", id="slirpy",
-                 marks=pytest.mark.xfail(reason="forwards not implemented yet", strict=False)),
+    pytest.param("slirpy", id="slirpy"),
 ]
 
 
