@@ -161,6 +161,11 @@ def scenario_api_while_traffic() -> dict[str, Any]:
             out["after_remove"] = "connected"
         except ConnectionRefusedError:
             out["after_remove"] = "refused"
+        out["any_port"] = json.loads(ask(path, json.dumps(
+            {"execute": "add_forward", "arguments": {"kind": "local", "spec": "127.0.0.1:0:80"}}
+        ).encode()))
+        out["any_port_spec"] = [f["spec"] for f in json.loads(ask(
+            path, b'{"execute":"list_forwards"}'))["return"]["forwards"]]
         out["bad"] = json.loads(ask(path, json.dumps(
             {"execute": "add_forward", "arguments": {"kind": "local", "spec": "udp://x"}}
         ).encode()))
@@ -188,6 +193,11 @@ def test_api_commands_with_concurrent_clients_while_traffic_flows() -> None:
         "tcp://127.0.0.1:18090:10.0.2.100:80", "tcp://127.0.0.1:18091:10.0.2.100:81"]
     assert out["remove"] == [{"return": {}}, {"return": {}}]
     assert out["after_remove"] == "refused"
+    assert out["any_port"] == {"return": {"ids": [3]}}
+    (spec,) = out["any_port_spec"]
+    port = int(spec.split(":")[2])
+    assert spec == f"tcp://127.0.0.1:{port}:10.0.2.100:80" and port > 0, "bind port 0 picks one"
+    assert f"local forward 3: {spec}" in out["log"], "and logs it"
     assert out["bad"]["error"]["desc"].startswith("bad request: add_forward: "), out["bad"]
     assert out["gone"], "the socket file is removed at exit"
 

@@ -52,12 +52,7 @@ class TcpFlows:
         if conn is None:
             if seg.flags & (SYN | ACK | RST) != SYN:
                 return reset_for(self.link, key, seg)
-            if len(self.conns) >= self.limit:
-                self.refused += 1
-                if not self.limit_warned:
-                    self.limit_warned = True
-                    log.warning("TCP connection limit (%d) reached: new connections are "
-                                "reset until some close", self.limit)
+            if self._full():
                 return reset_for(self.link, key, seg)
             conn = TcpConn(key, self.link, seg, initial_sequence(self.secret, key, now),
                            self.our_mss, now, self.reorder_budget)
@@ -82,20 +77,24 @@ class TcpFlows:
     def open_to_guest(self, key: FlowKey, space: int, now: float) -> list[Effect] | None:
         """A host client a local forward accepted: our SYN to the guest, or None when
         the key is taken or the cap reached (the runtime then resets the client)."""
-        if key in self.conns:
-            return None
-        if len(self.conns) >= self.limit:
-            self.refused += 1
-            if not self.limit_warned:
-                self.limit_warned = True
-                log.warning("TCP connection limit (%d) reached: forwarded connections are "
-                            "reset until some close", self.limit)
+        if key in self.conns or self._full():
             return None
         conn, syn = TcpConn.active(key, self.link, initial_sequence(self.secret, key, now),
                                    self.our_mss, space, now, self.reorder_budget)
         self.conns[key] = conn
         self._schedule(conn)
         return [syn]
+
+    def _full(self) -> bool:
+        """At the cap: count the refusal, and say so once until some connections close."""
+        if len(self.conns) < self.limit:
+            return False
+        self.refused += 1
+        if not self.limit_warned:
+            self.limit_warned = True
+            log.warning("TCP connection limit (%d) reached: new connections (guest's and "
+                        "forwarded) are reset until some close", self.limit)
+        return True
 
     def get(self, key: FlowKey) -> TcpConn | None:
         return self.conns.get(key)
