@@ -185,7 +185,8 @@ def test_spec_parses_back_to_the_same_forward(kind: Kind, text: str) -> None:
 @pytest.mark.parametrize("kind, text, spec", [
     (L, "8080", "tcp://127.0.0.1:8080:10.0.2.100:8080"),
     (L, "[::1]:8080:80", "tcp://[::1]:8080:10.0.2.100:80"),
-    (R, "9000:[svc.example@srv-192.0.2.53]:0", "tcp://10.0.2.2:9000:[svc.example@srv-192.0.2.53:53]:0"),
+    (R, "9000:[svc.example@srv-192.0.2.53]:0",
+     "tcp://10.0.2.2:9000:[svc.example@srv-192.0.2.53:53]:0"),
 ])
 def test_spec_text_is_canonical(kind: Kind, text: str, spec: str) -> None:
     assert one(kind, text).spec() == spec
@@ -244,9 +245,12 @@ def test_malformed_specs_name_the_bad_part(kind: Kind, text: str, message: str) 
     assert message in str(caught.value)
 
 
-@pytest.mark.xfail(reason="BUG: slirpy/forward/spec.py _srv accepts a port range as the SRV "
-                          "DNS server's port and silently keeps its first port",
-                   strict=True)
 def test_srv_dns_server_port_range_is_refused() -> None:
     with pytest.raises(ForwardError, match="SRV DNS server port"):
         parse(R, "9000:[svc@srv-192.0.2.53:53-60]:0")
+
+
+@pytest.mark.parametrize("name", ["a b.example", "a\tb.example"])
+def test_srv_name_with_space_or_control_character_is_refused(name: str) -> None:
+    with pytest.raises(ForwardError, match="bad SRV name"):
+        parse(R, f"9000:[{name}@srv-192.0.2.53]:0")

@@ -19,6 +19,7 @@ naming the file and the key.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Final
 
@@ -39,13 +40,29 @@ _SHORT: Final = {"-m": "mtu", "-a": "api-socket", "-c": "configure", "-e": "exit
                  "-r": "ready-fd", "-L": "local-forward", "-R": "remote-forward"}
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML without 1.1's base-60 numbers: `2222:22` and a MAC address stay strings."""
+
+
+_INT: Final = "tag:yaml.org,2002:int"
+_FLOAT: Final = "tag:yaml.org,2002:float"
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag not in (_INT, _FLOAT)]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Loader.add_implicit_resolver(_INT, re.compile(r"^[-+]?(?:0|[1-9][0-9_]*)$"),
+                              list("-+0123456789"))
+_Loader.add_implicit_resolver(_FLOAT, re.compile(r"^[-+]?(?:[0-9][0-9_]*)?\.[0-9_]+"
+                                                 r"(?:[eE][-+]?[0-9]+)?$"),
+                              list("-+.0123456789"))
+
+
 def load_tokens(path: str, cli: list[str], *, run: bool,
                 check: Callable[[list[str], bool], None]) -> list[str]:
     """Option tokens for the settings in *path*; *check* parses one setting's tokens
     (raising UsageError), so a bad value is reported with its key."""
     try:
         with open(path, encoding="utf-8") as file:
-            document = yaml.safe_load(file)
+            document = yaml.load(file, Loader=_Loader)  # noqa: S506 - a SafeLoader
     except OSError as exc:
         raise UsageError(f"--config {path}: {exc.strerror}") from None
     except yaml.YAMLError as exc:

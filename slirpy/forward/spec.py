@@ -30,6 +30,8 @@ import enum
 import ipaddress
 from typing import Final
 
+from slirpy.wire.dns import TYPE_SRV, build_query
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 MAX_RANGE: Final = 1024  # ports in one spec: each is a socket
@@ -170,10 +172,14 @@ def _srv(text: str) -> SrvName:
     address = _address(parts[0], "the SRV DNS server")
     port = 53
     if len(parts) == 2:
-        port = parse_ports(parts[1], "the SRV DNS server port", zero_ok=False)[0]
-    labels = name.rstrip(".").split(".")
-    if not all(0 < len(label) <= 63 and label.isascii() for label in labels) or len(name) > 253:
-        raise ForwardError(f"bad SRV name {name!r}")
+        ports = parse_ports(parts[1], "the SRV DNS server port", zero_ok=False)
+        if len(ports) != 1:
+            raise ForwardError(f"the SRV DNS server port must be one port, not {parts[1]!r}")
+        port = ports[0]
+    try:
+        build_query(0, name, TYPE_SRV)  # the very check the query will pass
+    except ValueError as exc:
+        raise ForwardError(f"bad SRV name {name!r}: {exc}") from None
     return SrvName(name.rstrip(".").lower(), address, port)
 
 

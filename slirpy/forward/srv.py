@@ -69,11 +69,16 @@ class SrvResolver:
             lookup.waiters.append(waiter)
             return []
         lookup = _Lookup(srv, self._key(srv), now + LOOKUP_TIMEOUT_S)
+        try:
+            query = build_query(lookup.key.guest_port, srv.name, TYPE_SRV)
+        except ValueError as exc:  # the spec parser refuses such names: never asked
+            log.warning("remote forward: cannot look up %r: %s", srv.name, exc)
+            return waiter(None, now)
         lookup.waiters.append(waiter)
         self.pending[srv] = lookup
         self.by_key[lookup.key] = lookup
         return [OpenUdp(lookup.key, srv.server.packed, srv.port),
-                SendDatagram(lookup.key, build_query(lookup.key.guest_port, srv.name, TYPE_SRV))]
+                SendDatagram(lookup.key, query)]
 
     def _key(self, srv: SrvName) -> FlowKey:
         self.counter += 1
