@@ -15,7 +15,7 @@ the same length on both sides (`8000-8010:9000-9010`); each port becomes one for
 
 A remote forward's target may be `[NAME@srv-DNSSERVER[:PORT]]`: the SRV record NAME,
 asked of DNSSERVER when a flow starts (cached), names the host and port; a target port
-of 0 (or none given) takes the port from the record.
+of 0 takes the port from the record (the port part must be given: `8080:[...]:0`).
 
 Protocols: tcp (default), udp, and for local forwards tcppp (the client starts with a
 PROXY protocol v1/v2 header naming the real client; a guest port of 0 takes the
