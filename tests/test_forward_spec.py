@@ -254,3 +254,17 @@ def test_srv_dns_server_port_range_is_refused() -> None:
 def test_srv_name_with_space_or_control_character_is_refused(name: str) -> None:
     with pytest.raises(ForwardError, match="bad SRV name"):
         parse(R, f"9000:[{name}@srv-192.0.2.53]:0")
+
+
+@pytest.mark.parametrize("text, server_port", [
+    ("8080:_web._tcp.test@srv-192.0.2.53:5353:0", 5353),
+    ("10.0.2.2:8080:_web._tcp.test@srv-192.0.2.53:53:0", 53),
+    ("8080:_web._tcp.test@srv-192.0.2.53:0", 53),
+])
+def test_srv_target_without_brackets(text: str, server_port: int) -> None:
+    (fwd,) = parse_forward(Kind.REMOTE, text, guest=ipaddress.IPv4Address("10.0.2.100"),
+                           gateway=ipaddress.IPv4Address("10.0.2.2"))
+    assert fwd.target == SrvName("_web._tcp.test", ipaddress.IPv4Address("192.0.2.53"),
+                                 server_port)
+    assert (fwd.bind, fwd.bind_port, fwd.target_port) == \
+        (ipaddress.IPv4Address("10.0.2.2"), 8080, 0)

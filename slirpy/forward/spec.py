@@ -13,7 +13,8 @@ the first part is an address: `8080:80` is bind_port:port, `127.0.0.1:8080` is
 bind_ip:bind_port, `8080:10.0.2.100:80` is bind_port:ip:port. Ports may be ranges of
 the same length on both sides (`8000-8010:9000-9010`); each port becomes one forward.
 
-A remote forward's target may be `[NAME@srv-DNSSERVER[:PORT]]`: the SRV record NAME,
+A remote forward's target may be `[NAME@srv-DNSSERVER[:PORT]]` (the brackets may be left
+out when a target port follows: `8080:NAME@srv-192.0.2.53:53:0`): the SRV record NAME,
 asked of DNSSERVER when a flow starts (cached), names the host and port; a target port
 of 0 takes the port from the record (the port part must be given: `8080:[...]:0`).
 
@@ -183,6 +184,15 @@ def _srv(text: str) -> SrvName:
     return SrvName(name.rstrip(".").lower(), address, port)
 
 
+def _join_srv_server_port(parts: list[str]) -> list[str]:
+    """`NAME@srv-SERVER:PORT` written without brackets: its PORT is the part after it
+    when a target port still follows (`8080:NAME@srv-192.0.2.53:53:0`)."""
+    for i, part in enumerate(parts):
+        if "@srv-" in part and i + 2 < len(parts) and ":" not in part:
+            return [*parts[:i], f"{part}:{parts[i + 1]}", *parts[i + 2:]]
+    return parts
+
+
 def parse_forward(kind: Kind, text: str, *, guest: IPAddress, gateway: IPAddress) -> list[Forward]:
     """Parse one -L/-R spec; *guest* and *gateway* are the network's defaults."""
     proto_text, sep, rest = text.partition("://")
@@ -195,7 +205,7 @@ def parse_forward(kind: Kind, text: str, *, guest: IPAddress, gateway: IPAddress
                            f"udprpc)") from None
     if kind is Kind.REMOTE and proto not in REMOTE_PROTOS:
         raise ForwardError(f"protocol {proto} is for local forwards only")
-    parts = split_parts(rest)
+    parts = _join_srv_server_port(split_parts(rest))
     bind_text: str | None = None
     target_text: str | None = None
     target_ports_text: str | None = None
