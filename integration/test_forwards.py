@@ -399,3 +399,55 @@ def test_a_forward_that_cannot_bind_is_one_line_and_exit_1() -> None:
     assert lines[-1] == ("slirpy: cannot forward tcp://127.0.0.1:8090:10.0.2.100:80: "
                          "Address already in use"), result
     assert "Traceback" not in result["stderr"]
+
+
+# --- the YAML config file, end to end, in the run form ----------------------------------------
+
+RUN_CMD = """
+import socket, subprocess, sys
+link = subprocess.run(["ip", "-o", "link", "show", "tap0"], capture_output=True, text=True)
+mtu = link.stdout.split(" mtu ")[1].split()[0]
+srv = socket.create_server(("0.0.0.0", 80))
+print("listening", mtu, flush=True)
+conn, peer = srv.accept()
+conn.sendall(f"{peer[0]}".encode())
+conn.close()
+"""
+
+
+def scenario_config_file() -> dict[str, Any]:
+    from integration.world import SLIRPY, WORK
+
+    config = WORK / "slirpy.yaml"
+    config.write_text(f"mtu: 9000\nlocal-forward:\n  - {INTERNET}:8085:80\n"
+                      f"disable_dns: false\n")
+    proc = subprocess.Popen([*SLIRPY, "run", "--config", str(config), "--mtu", "4000", "--",
+                             sys.executable, "-c", RUN_CMD], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline().split()
+        with socket.create_connection((INTERNET, 8085), source_address=(INTERNET2, 0),
+                                      timeout=10) as sock:
+            seen = sock.recv(100).decode()
+        code = proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    bad = WORK / "bad.yaml"
+    bad.write_text("mtu: 9000\nlocal_forwards: [8080]\n")
+    refused = subprocess.run([*SLIRPY, "run", "--config", str(bad), "--", "true"],
+                             capture_output=True, text=True, timeout=30)
+    return {"first": first, "seen": seen, "code": code,
+            "refused": [refused.returncode, refused.stderr]}
+
+
+def test_run_form_with_a_yaml_config_file() -> None:
+    result = in_world(scenario_config_file)
+    assert result["first"] == ["listening", "4000"], "the flag's MTU wins over the file's"
+    assert result["seen"] == INTERNET2, "the forward from the file carries a real client"
+    assert result["code"] == 0
+    code, stderr = result["refused"]
+    assert code == 1
+    assert stderr.strip().endswith("unknown key 'local_forwards'"), stderr
