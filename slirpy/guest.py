@@ -46,12 +46,30 @@ class GuestLink:
             return frames
         if dst not in self.held and len(self.held) >= HELD_ADDRESSES_MAX:
             return []  # a lost frame: the flow's own retransmission tries again
-        held = self.held.setdefault(dst, [])
-        held.extend(frames[:HELD_FRAMES_MAX - len(held)])
+        self._hold(dst, frames)
         if now < self.asked.get(dst, -ARP_RETRY_S) + ARP_RETRY_S:
             return []
         self.asked[dst] = now
         return [arp_request(dst)]
+
+    def unless_pending(self, dst: bytes, frames: list[ToGuest]) -> list[ToGuest]:
+        """*frames*, or none if *dst* is still asked for: then they wait with the others
+        (a retransmission before the guest answered ARP)."""
+        if dst not in self.held:
+            return frames
+        self._hold(dst, frames)
+        return []
+
+    def _hold(self, dst: bytes, frames: list[ToGuest]) -> None:
+        held = self.held.setdefault(dst, [])
+        held.extend(frames[:HELD_FRAMES_MAX - len(held)])
+
+    def asks_due(self, now: float) -> list[bytes]:
+        """Addresses still unanswered whose ARP request may be sent again now."""
+        due = [ip for ip in self.held if now >= self.asked.get(ip, -ARP_RETRY_S) + ARP_RETRY_S]
+        for ip in due:
+            self.asked[ip] = now
+        return due
 
     def release(self, ip: bytes) -> list[ToGuest]:
         """Held frames for *ip*, addressed now that its MAC is known."""

@@ -124,21 +124,9 @@ class Stack:
         self.inbound.expire(now)
         effects = [*self.udp.expire(now), *self.echo.expire(now), *self.dns.on_timer(now),
                    *self.tcp.on_timer(now), *self.srv.on_timer(now)]
-        return self._still_unresolved(effects, now) if self.link.held else effects
-
-    def _still_unresolved(self, effects: list[Effect], now: float) -> list[Effect]:
-        """Retransmissions to a guest address whose MAC is still asked for are held too
-        (sent to the broadcast MAC, a guest's TCP would drop them), and ARP asks again."""
-        out: list[Effect] = []
-        for effect in effects:
-            if isinstance(effect, ToGuest) and bytes(effect.headers[0:6]) == BROADCAST \
-                    and bytes(effect.headers[12:14]) == b"\x08\x00":
-                dst = bytes(effect.headers[ETH_LEN + 16:ETH_LEN + 20])
-                if dst in self.link.held:
-                    out += self.link.when_resolved(dst, [effect], now, self._arp_request)
-                    continue
-            out.append(effect)
-        return out
+        if self.link.held:  # guest addresses that did not answer ARP yet: ask again
+            effects += [self._arp_request(ip) for ip in self.link.asks_due(now)]
+        return effects
 
     def next_deadline(self) -> float | None:
         deadlines = [d for d in (self.udp.next_deadline(), self.echo.next_deadline(),

@@ -34,7 +34,7 @@ import logging
 from typing import Final
 
 from slirpy.effects import (Close, Consume, Effect, KickRead, Rewind, Send,
-                            ShutdownWrite, WatchWritable)
+                            ShutdownWrite, ToGuest, WatchWritable)
 from slirpy.flows.key import FlowKey
 from slirpy.guest import GuestLink
 from slirpy.tcp.seq import seq_add, seq_diff, seq_le, seq_lt
@@ -176,7 +176,7 @@ class TcpConn:
 
     @classmethod
     def active(cls, key: FlowKey, link: GuestLink, iss: int, our_mss: int, space: int,
-               now: float, budget: ReorderBudget | None = None) -> tuple[TcpConn, Effect]:
+               now: float, budget: ReorderBudget | None = None) -> tuple[TcpConn, ToGuest]:
         """A connection to the guest for a host client a local forward accepted: the
         connection and our SYN. The host socket is connected already; the guest's
         SYN-ACK establishes it, its RST (nothing listening) resets the host client."""
@@ -186,7 +186,7 @@ class TcpConn:
         conn._arm_rto(now)
         return conn, conn._syn()
 
-    def _syn(self) -> Effect:
+    def _syn(self) -> ToGuest:
         return self._segment(SYN, seq=self.iss, options=syn_options(self.our_mss, OUR_WSCALE))
 
     def _on_syn_ack(self, seg: TcpHeader, now: float) -> list[Effect]:
@@ -512,7 +512,7 @@ class TcpConn:
                 self._set_state(State.CLOSED)
                 return [Close(self.key, reset=True)]
             self._arm_rto(now)
-            return [self._syn()]
+            return list(self.link.unless_pending(self.key.guest_addr, [self._syn()]))
         if self.snd_una == self.snd_nxt:
             if self.snd_wnd == 0 and self.state in _SENDING:
                 self._arm(now + min(self.rto.rto_s, PERSIST_MAX_S))
@@ -558,7 +558,7 @@ class TcpConn:
         return self._segment(ACK, seq=self.snd_nxt)
 
     def _segment(self, flags: int, *, seq: int, payload: memoryview | bytes = b"",
-                 options: bytes = b"") -> Effect:
+                 options: bytes = b"") -> ToGuest:
         header = bytearray(TCP_LEN + len(options))
         ack = self.rcv_nxt if flags & ACK else 0
         window = 0 if flags & RST else (
