@@ -244,15 +244,15 @@ class Result:
     values: dict[str, float] = field(default_factory=dict)
 
 
-def iperf(conn: Connector, seconds: int, reverse: bool) -> tuple[float, float]:
-    """(Gbit/s, connector CPU seconds per GB) for one iperf3 run."""
-    server = subprocess.Popen(["iperf3", "-s", "-1", "-B", HOST_ADDR, "-p", str(IPERF_PORT)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def timed_iperf(conn: Connector, server_cmd: list[str],
+                client: Callable[[], str]) -> tuple[float, float]:
+    """(Gbit/s, connector CPU seconds per GB) for one iperf3 run: *server_cmd* serves
+    once, *client* runs the client and returns its JSON report."""
+    server = subprocess.Popen(server_cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         time.sleep(0.3)  # iperf3 has no readiness signal
         cpu_before = conn.cpu_seconds()
-        out = guest_run(conn, f"iperf3 -c {HOST_ADDR} -p {IPERF_PORT} -t {seconds} -J"
-                        + (" -R" if reverse else ""), capture=True, timeout=seconds + 60)
+        out = client()
         cpu = conn.cpu_seconds() - cpu_before
     finally:
         server.kill()
@@ -264,6 +264,14 @@ def iperf(conn: Connector, seconds: int, reverse: bool) -> tuple[float, float]:
     except (KeyError, ValueError):
         return float("nan"), float("nan")
     return bps / 1e9, cpu / (moved / 1e9) if moved else float("nan")
+
+
+def iperf(conn: Connector, seconds: int, reverse: bool) -> tuple[float, float]:
+    """iperf3 from the guest to the world's HOST_ADDR (with -R: the other way)."""
+    return timed_iperf(
+        conn, ["iperf3", "-s", "-1", "-B", HOST_ADDR, "-p", str(IPERF_PORT)],
+        lambda: guest_run(conn, f"iperf3 -c {HOST_ADDR} -p {IPERF_PORT} -t {seconds} -J"
+                          + (" -R" if reverse else ""), capture=True, timeout=seconds + 60))
 
 
 def add_hostfwd(path: str, host_addr: str, host_port: int, guest_port: int) -> None:
@@ -280,30 +288,15 @@ def add_hostfwd(path: str, host_addr: str, host_port: int, guest_port: int) -> N
 
 
 def iperf_forward(conn: Connector, seconds: int) -> tuple[float, float]:
-    """(Gbit/s, CPU s/GB): a world client on CLIENT_ADDR sends to an iperf3 server in
-    the guest through the connector's local forward HOST_ADDR:FORWARD_PORT."""
+    """A world client on CLIENT_ADDR sends to an iperf3 server in the guest through the
+    connector's local forward HOST_ADDR:FORWARD_PORT."""
     assert conn.guest is not None
-    server = subprocess.Popen(["nsenter", "--target", str(conn.guest.pid), "--net", "--user",
-                               "--preserve-credentials", "iperf3", "-s", "-1", "-p",
-                               str(IPERF_PORT)], stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
-    try:
-        time.sleep(0.3)  # iperf3 has no readiness signal
-        cpu_before = conn.cpu_seconds()
-        done = subprocess.run(["iperf3", "-c", HOST_ADDR, "-B", CLIENT_ADDR, "-p",
-                               str(FORWARD_PORT), "-t", str(seconds), "-J"],
-                              capture_output=True, text=True, timeout=seconds + 60)
-        cpu = conn.cpu_seconds() - cpu_before
-    finally:
-        server.kill()
-        server.wait()
-    try:
-        end = json.loads(done.stdout)["end"]
-        moved = end["sum_received"]["bytes"]
-        bps = end["sum_received"]["bits_per_second"]
-    except (KeyError, ValueError):
-        return float("nan"), float("nan")
-    return bps / 1e9, cpu / (moved / 1e9) if moved else float("nan")
+    return timed_iperf(
+        conn, ["nsenter", "--target", str(conn.guest.pid), "--net", "--user",
+               "--preserve-credentials", "iperf3", "-s", "-1", "-p", str(IPERF_PORT)],
+        lambda: subprocess.run(["iperf3", "-c", HOST_ADDR, "-B", CLIENT_ADDR, "-p",
+                                str(FORWARD_PORT), "-t", str(seconds), "-J"],
+                               capture_output=True, text=True, timeout=seconds + 60).stdout)
 
 
 def measure(name: str, args: argparse.Namespace) -> Result:

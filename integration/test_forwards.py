@@ -19,8 +19,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from integration.world import (INTERNET, INTERNET2, Guest, attached, in_world, serve_forever,
-                               sh, udp_echo)
+from integration.world import (INTERNET, INTERNET2, Guest, attached, greeter, in_world,
+                               serve_forever, sh, udp_echo)
 from slirpy.forward.proxy import SPP_HEADER_LEN, SppHeader, build_proxy_v1, build_proxy_v2, \
     build_spp, parse_spp
 
@@ -269,21 +269,6 @@ def test_tcppp_udpspp_and_udprpc_forwards() -> None:
 
 
 # --- remote forwards --------------------------------------------------------------------------
-
-def greeter(addr: str, port: int, text: bytes) -> list[str]:
-    """A TCP server that sends *text* to each client; returns the list of clients seen."""
-    seen: list[str] = []
-    srv = socket.create_server((addr, port))
-
-    def loop() -> None:
-        while True:
-            conn, peer = srv.accept()
-            seen.append(peer[0])
-            with conn:
-                conn.sendall(text)
-    serve_forever(loop)
-    return seen
-
 
 def srv_dns_server(addr: str, records: dict[str, tuple[str, int, str]]) -> list[str]:
     """Answers SRV queries for *records* (name -> target, port, target address) with the

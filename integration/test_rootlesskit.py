@@ -55,7 +55,7 @@ from typing import Any
 
 import pytest
 
-from integration.world import REPO, WORK, in_world, serve_forever, sh
+from integration.world import REPO, WORK, greeter, in_world, sh
 
 HOST_PORT = 8080  # the forward, on the world's 127.0.0.1
 WORLD_PORT = 8000  # a world server on 127.0.0.1, for the guest as 10.0.2.2
@@ -118,21 +118,6 @@ def prepare_rootlesskit() -> None:
     sh(f"mount --bind {WORK}/subid /etc/subuid && mount --bind {WORK}/subid /etc/subgid")
 
 
-def world_greeter() -> list[str]:
-    """A server on the world's 127.0.0.1 that greets and closes; returns its peer list."""
-    server = socket.create_server(("127.0.0.1", WORLD_PORT))
-    peers: list[str] = []
-
-    def loop() -> None:
-        while True:
-            conn, peer = server.accept()
-            peers.append(peer[0])
-            with conn:
-                conn.sendall(WORLD_GREETING)
-    serve_forever(loop)
-    return peers
-
-
 def read_line(proc: subprocess.Popen[bytes], deadline: float) -> bytes:
     assert proc.stdout is not None
     fd = proc.stdout.fileno()
@@ -184,7 +169,7 @@ def fetch(port: int, path: str) -> tuple[int, bytes]:
 
 def scenario_rootlesskit(binary: str, disable_host_loopback: bool) -> dict[str, Any]:
     prepare_rootlesskit()
-    peers = world_greeter()
+    peers = greeter("127.0.0.1", WORLD_PORT, WORLD_GREETING)
     www = WORK / "www"
     www.mkdir()
     blob = random.Random(1).randbytes(BLOB_SIZE)

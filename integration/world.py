@@ -241,6 +241,22 @@ def serve_forever(target: Callable[..., None], *args: Any) -> None:
     threading.Thread(target=target, args=args, daemon=True).start()
 
 
+def greeter(addr: str, port: int, text: bytes) -> list[str]:
+    """A TCP server that sends *text* to each client and closes; the list returned fills
+    with the address of each client seen."""
+    seen: list[str] = []
+    srv = socket.create_server((addr, port))
+
+    def loop() -> None:
+        while True:
+            conn, peer = srv.accept()
+            seen.append(peer[0])
+            with conn:
+                conn.sendall(text)
+    serve_forever(loop)
+    return seen
+
+
 def udp_echo(addr: str, port: int) -> list[tuple[int, str]]:
     """Echo every datagram; the list returned fills with (size, sha256) of each one
     received, so a test can check what arrived at this end as well as what came back."""

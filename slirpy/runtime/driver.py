@@ -262,25 +262,27 @@ class Driver:
                 if deadline is not None and deadline <= now:
                     self.apply(self.stack.on_timer(now))
                     continue
-                api_deadline = self.api.next_deadline() if self.api is not None else None
-                runtime_deadline = min((d for d in (self.forward_sockets.next_deadline(),
-                                                    api_deadline) if d is not None),
-                                       default=None)
-                if runtime_deadline is not None:
-                    if runtime_deadline <= now:
-                        self.forward_sockets.expire(now)
-                        if self.api is not None:
-                            self.api.expire(now)
-                        continue
-                    deadline = runtime_deadline if deadline is None \
-                        else min(deadline, runtime_deadline)
-                if self.config.dns:
-                    deadline = min(d for d in (deadline, self._resolv_check_at) if d is not None)
-                self.loop.wait(deadline)
+                runtime_deadline = self._runtime_deadline()
+                if runtime_deadline is not None and runtime_deadline <= now:
+                    self.forward_sockets.expire(now)
+                    if self.api is not None:
+                        self.api.expire(now)
+                    continue
+                self.loop.wait(min((d for d in (deadline, runtime_deadline,
+                                                self._resolv_check_at if self.config.dns
+                                                else None) if d is not None), default=None))
         finally:
             signal.set_wakeup_fd(old_wakeup)
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+
+    def _runtime_deadline(self) -> float | None:
+        """The runtime's own deadlines: PROXY headers owed, API clients mid-request."""
+        if not self.forward_sockets.pending and (self.api is None or not self.api.clients):
+            return None  # the usual case, checked on every turn of the loop
+        api = self.api.next_deadline() if self.api is not None else None
+        return min((d for d in (self.forward_sockets.next_deadline(), api) if d is not None),
+                   default=None)
 
     def close(self) -> None:
         log.debug("frames dropped: %s; tap errors: %s", self.stack.counters() or "none",

@@ -24,7 +24,7 @@ from slirpy.effects import Effect
 from slirpy.forward.proxy import MAX_V2_LEN, parse_proxy_header
 from slirpy.forward.spec import Forward, Proto
 from slirpy.runtime.loop import EventLoop
-from slirpy.runtime.streams import HostStreams
+from slirpy.runtime.streams import HostStreams, reset_close
 from slirpy.stack import Stack
 from slirpy.wire import Malformed
 
@@ -35,7 +35,6 @@ ACCEPT_BATCH: Final = 64
 DATAGRAM_BATCH: Final = 64
 PROXY_HEADER_TIMEOUT_S: Final = 10.0
 PENDING_HEADERS_MAX: Final = 256
-_LINGER_RESET: Final = b"\x01\x00\x00\x00\x00\x00\x00\x00"
 
 Apply = Callable[[list[Effect]], None]
 
@@ -134,7 +133,7 @@ class ForwardSockets:
             fwd, client, self.streams.space(sock), self.loop.now(), guest_port)
         if key is None:
             log.debug("local forward %s: client %s reset (no flow)", fwd.spec(), client)
-            _reset(sock)
+            reset_close(sock)
             return
         self.streams.adopt(key, sock)
         self.apply(effects)
@@ -143,7 +142,7 @@ class ForwardSockets:
         if len(self.pending) >= PENDING_HEADERS_MAX:
             log.warning("local forward %s: too many clients owe a PROXY header; reset",
                         fwd.spec())
-            _reset(sock)
+            reset_close(sock)
             return
         fd = sock.fileno()
         self.pending[fd] = _Pending(sock, peer, self.loop.now() + PROXY_HEADER_TIMEOUT_S)
@@ -193,7 +192,7 @@ class ForwardSockets:
     def _drop_pending(self, fd: int) -> None:
         pending = self.pending.pop(fd)
         self.loop.remove(fd)
-        _reset(pending.sock)
+        reset_close(pending.sock)
 
     # --- UDP ----------------------------------------------------------------------------
 
@@ -225,11 +224,3 @@ class ForwardSockets:
             if exc.errno not in (errno.EAGAIN, errno.ECONNREFUSED):
                 log.debug("local forward %d: reply to %s:%d failed: %s", forward_id, host,
                           port, exc)
-
-
-def _reset(sock: socket.socket) -> None:
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
-    except OSError:
-        pass
-    sock.close()

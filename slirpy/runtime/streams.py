@@ -44,6 +44,15 @@ _RESETS: Final = frozenset({errno.ECONNRESET, errno.EPIPE, errno.ETIMEDOUT,
 Apply = Callable[[list[Effect]], None]
 
 
+def reset_close(sock: socket.socket) -> None:
+    """Close with an RST, not a FIN (SO_LINGER of zero)."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+    except OSError:
+        pass
+    sock.close()
+
+
 class HostStreams:
     def __init__(self, config: Config, loop: EventLoop, stack: Stack, apply: Apply) -> None:
         self.loop = loop
@@ -201,8 +210,9 @@ class HostStreams:
         sock = self._forget(key)
         if sock is not None:
             if reset:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
-            sock.close()
+                reset_close(sock)
+            else:
+                sock.close()
 
     def close_all(self) -> None:
         for key in list(self.by_key):
