@@ -10,12 +10,14 @@ from slirpy.errors import UsageError
 from slirpy.forward.spec import Forward
 
 DEFAULT_CIDR: Final = "10.0.2.0/24"
+DEFAULT_CIDR6: Final = "fd00::/64"
 DEFAULT_MTU: Final = 1500
 MAX_MTU: Final = 65521
 MIN_MTU: Final = 68  # RFC 791: every IPv4 host must take a 68-byte datagram
 DHCP_POOL_SIZE: Final = 16  # libslirp's NB_BOOTP_CLIENTS: .15 to .30
 # libslirp's address for itself: 52:55 then the gateway's IPv4 address.
 OUR_MAC_PREFIX: Final = b"\x52\x55"
+ROUTER_LINK_LOCAL: Final = ipaddress.IPv6Address("fe80::2")
 
 
 def parse_cidr(text: str) -> ipaddress.IPv4Network:
@@ -34,6 +36,27 @@ def parse_cidr(text: str) -> ipaddress.IPv4Network:
     return iface.network
 
 
+def parse_cidr6(text: str) -> ipaddress.IPv6Network:
+    """Validate --cidr6: a unicast network address with a /64 prefix, the length SLAAC
+    needs (RFC 4862 with RFC 4291's 64-bit interface identifiers)."""
+    try:
+        iface = ipaddress.IPv6Interface(text)
+    except ValueError:
+        raise UsageError(f"invalid IPv6 CIDR: {text}") from None
+    if "/" not in text:
+        raise UsageError(f"invalid IPv6 CIDR: {text} (a prefix like fd00::/64)")
+    if iface.ip != iface.network.network_address:
+        raise UsageError(
+            f"IPv6 CIDR needs to be a network address like {iface.network}, not like {text}")
+    if iface.network.prefixlen != 64:
+        raise UsageError("IPv6 prefix length needs to be 64 (SLAAC takes a /64)")
+    net = iface.network
+    if net.is_multicast or net.is_loopback or net.is_link_local or net.is_unspecified or (
+            net.subnet_of(ipaddress.IPv6Network("::ffff:0:0/96"))):
+        raise UsageError(f"IPv6 CIDR {text} is not a unicast prefix a guest can use")
+    return net
+
+
 def parse_mtu(text: str | int) -> int:
     try:
         mtu = int(text)
@@ -48,9 +71,15 @@ def parse_mtu(text: str | int) -> int:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Network:
-    """The guest's IPv4 network and the addresses slirpy gives out or owns in it."""
+    """The guest's networks, IPv4 and IPv6, and the addresses slirpy gives out or owns.
+
+    The same host numbers in both: gateway 2, DNS 3, guest 100 (fd00::2, fd00::3,
+    fd00::100 by default). On the link slirpy also owns fe80::2, the router's
+    link-local address its router advertisements come from (as libslirp's).
+    """
 
     cidr: ipaddress.IPv4Network = ipaddress.IPv4Network(DEFAULT_CIDR)
+    cidr6: ipaddress.IPv6Network = ipaddress.IPv6Network(DEFAULT_CIDR6)
 
     def _nth(self, n: int) -> ipaddress.IPv4Address:
         return self.cidr.network_address + n
@@ -76,6 +105,22 @@ class Network:
         return self._nth(15 + DHCP_POOL_SIZE - 1)
 
     @property
+    def gateway6(self) -> ipaddress.IPv6Address:
+        return self.cidr6.network_address + 2
+
+    @property
+    def dns6(self) -> ipaddress.IPv6Address:
+        return self.cidr6.network_address + 3
+
+    @property
+    def guest6(self) -> ipaddress.IPv6Address:
+        return self.cidr6.network_address + 100
+
+    @property
+    def link_local6(self) -> ipaddress.IPv6Address:
+        return ROUTER_LINK_LOCAL
+
+    @property
     def our_mac(self) -> bytes:
         return OUR_MAC_PREFIX + self.gateway.packed
 
@@ -87,6 +132,7 @@ class Config:
     network: Network = Network()
     mtu: int = DEFAULT_MTU
     host_loopback: bool = True  # slirp4netns form default; `slirpy run` passes False
+    ipv6: bool = False  # -6; `slirpy run` turns it on
     dns: bool = True  # --disable-dns turns the forwarder at network+3 off
     outbound_addr: ipaddress.IPv4Address | None = None
     outbound_addr6: ipaddress.IPv6Address | None = None
