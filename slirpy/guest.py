@@ -1,8 +1,10 @@
 """The Ethernet link towards the guest: whom to address, and how to fit the MTU.
 
-Owns the neighbour table learnt from the guest's own frames (its MAC per IPv4
-address), the IP identification counter, and fragmentation of datagrams larger than
-the link MTU (RFC 791). Everything slirpy sends to the guest leaves through here.
+Owns the neighbour table learnt from the guest's own frames (its MAC per IPv4 or
+IPv6 address), the identification counters, and fragmentation of datagrams larger
+than the link MTU (RFC 791; for IPv6, RFC 8200 4.5, slirpy being the source of what
+it sends the guest). Everything slirpy sends to the guest leaves through here, and
+`ip` is the one builder for both families: the length of the addresses picks one.
 """
 
 from __future__ import annotations
@@ -13,8 +15,12 @@ from typing import Final
 
 from slirpy.effects import ToGuest
 from slirpy.wire.ethernet import BROADCAST, HEADER_LEN as ETH_LEN, EtherType, build_ethernet
+from slirpy.wire.checksum import pseudo_header_sum
 from slirpy.wire.icmp import build_icmp
 from slirpy.wire.ipv4 import FLAG_DF, HEADER_LEN as IP_LEN, IpProto, build_ipv4, fragment_offsets
+from slirpy.wire.ipv6 import (FRAGMENT, FRAGMENT_LEN, HEADER_LEN as IP6_LEN,
+                              build_fragment_header, build_ipv6, fragment_offsets6,
+                              multicast_mac)
 from slirpy.wire.udp import HEADER_LEN as UDP_LEN, build_udp
 
 log = logging.getLogger(__name__)
@@ -31,9 +37,10 @@ class GuestLink:
         self.our_mac = our_mac
         self.mtu = mtu
         self.offload = offload  # the tap takes partial checksums and TCP super-segments
-        self.neighbours: dict[bytes, bytes] = {}  # guest IPv4 address -> MAC
+        self.neighbours: dict[bytes, bytes] = {}  # guest IPv4 or IPv6 address -> MAC
         self.last_mac: bytes | None = None
         self._ident = 0
+        self._ident6 = 0
         # Frames we start (forwarded connections) to an address not yet heard from: held
         # while an ARP request asks for it (a TCP stack drops frames not sent to its MAC).
         self.held: dict[bytes, list[ToGuest]] = {}
@@ -87,13 +94,15 @@ class GuestLink:
         if mac[0] & 1:  # a multicast source MAC is never a neighbour
             return
         self.last_mac = mac
-        if ip == b"\0\0\0\0" or self.neighbours.get(ip) == mac:
+        if not any(ip) or self.neighbours.get(ip) == mac:  # 0.0.0.0 or ::: not an address
             return
         if ip not in self.neighbours and len(self.neighbours) >= NEIGHBOUR_LIMIT:
             self.neighbours.pop(next(iter(self.neighbours)))
         self.neighbours[ip] = mac
 
     def mac_for(self, ip: bytes) -> bytes:
+        if ip[0] == 0xFF and len(ip) == 16:
+            return multicast_mac(ip)
         return self.neighbours.get(ip) or self.last_mac or BROADCAST
 
     def ethernet(self, dst_mac: bytes, ethertype: int, size: int) -> bytearray:
@@ -102,10 +111,10 @@ class GuestLink:
         build_ethernet(buf, 0, dst=dst_mac, src=self.our_mac, ethertype=ethertype)
         return buf
 
-    def ipv4(self, *, src: bytes, dst: bytes, proto: int, l4: Payload,
-             payload: Payload = b"", dst_mac: bytes | None = None,
-             csum_offset: int = 0, gso_size: int = 0) -> list[ToGuest]:
-        """Frames carrying one IPv4 datagram whose payload is *l4* then *payload*.
+    def ip(self, *, src: bytes, dst: bytes, proto: int, l4: Payload,
+           payload: Payload = b"", dst_mac: bytes | None = None,
+           csum_offset: int = 0, gso_size: int = 0, hop_limit: int = 64) -> list[ToGuest]:
+        """Frames carrying one IPv4 or IPv6 datagram whose payload is *l4* then *payload*.
 
         Fits in one frame: headers and *payload* leave gathered, never joined.
         Too big for the MTU: fragmented, which joins them once (rare, off the hot path).
@@ -114,21 +123,47 @@ class GuestLink:
         """
         mac = dst_mac or self.mac_for(dst)
         size = len(l4) + len(payload)
-        self._ident = (self._ident + 1) & 0xFFFF
-        if IP_LEN + size <= self.mtu or gso_size:
-            buf = self.ethernet(mac, EtherType.IPV4, ETH_LEN + IP_LEN + len(l4))
-            offset = build_ipv4(buf, ETH_LEN, src=src, dst=dst, proto=proto, payload_len=size,
-                                ident=self._ident, frag=FLAG_DF)
-            buf[offset:] = l4
+        v6 = len(src) == 16
+        ip_len = IP6_LEN if v6 else IP_LEN
+        if ip_len + size <= self.mtu or gso_size:
+            if v6:
+                buf = self.ethernet(mac, EtherType.IPV6, ETH_LEN + ip_len + len(l4))
+                build_ipv6(buf, ETH_LEN, src=src, dst=dst, next_header=proto,
+                           payload_len=size, hop_limit=hop_limit)
+            else:
+                self._ident = (self._ident + 1) & 0xFFFF
+                buf = self.ethernet(mac, EtherType.IPV4, ETH_LEN + ip_len + len(l4))
+                build_ipv4(buf, ETH_LEN, src=src, dst=dst, proto=proto, payload_len=size,
+                           ident=self._ident, frag=FLAG_DF, ttl=hop_limit)
+            buf[ETH_LEN + ip_len:] = l4
             if csum_offset:
-                return [ToGuest(buf, payload, ETH_LEN + IP_LEN, csum_offset, gso_size)]
+                return [ToGuest(buf, payload, ETH_LEN + ip_len, csum_offset, gso_size)]
             return [ToGuest(buf, payload)]
         whole = memoryview(bytes(l4) + bytes(payload))
+        return self._fragments6(mac, src, dst, proto, whole, hop_limit) if v6 else \
+            self._fragments4(mac, src, dst, proto, whole, hop_limit)
+
+    def _fragments4(self, mac: bytes, src: bytes, dst: bytes, proto: int,
+                    whole: memoryview, ttl: int) -> list[ToGuest]:
+        self._ident = (self._ident + 1) & 0xFFFF
         frames = []
-        for start, end, more in fragment_offsets(size, self.mtu):
+        for start, end, more in fragment_offsets(len(whole), self.mtu):
             buf = self.ethernet(mac, EtherType.IPV4, ETH_LEN + IP_LEN)
             build_ipv4(buf, ETH_LEN, src=src, dst=dst, proto=proto, payload_len=end - start,
-                       ident=self._ident, frag=(0x2000 if more else 0) | start // 8)
+                       ident=self._ident, frag=(0x2000 if more else 0) | start // 8, ttl=ttl)
+            frames.append(ToGuest(buf, whole[start:end]))
+        return frames
+
+    def _fragments6(self, mac: bytes, src: bytes, dst: bytes, proto: int,
+                    whole: memoryview, hop_limit: int) -> list[ToGuest]:
+        self._ident6 = (self._ident6 + 1) & 0xFFFFFFFF
+        frames = []
+        for start, end, more in fragment_offsets6(len(whole), self.mtu):
+            buf = self.ethernet(mac, EtherType.IPV6, ETH_LEN + IP6_LEN + FRAGMENT_LEN)
+            offset = build_ipv6(buf, ETH_LEN, src=src, dst=dst, next_header=FRAGMENT,
+                                payload_len=FRAGMENT_LEN + end - start, hop_limit=hop_limit)
+            build_fragment_header(buf, offset, next_header=proto, frag_offset=start,
+                                  more=more, ident=self._ident6)
             frames.append(ToGuest(buf, whole[start:end]))
         return frames
 
@@ -137,10 +172,17 @@ class GuestLink:
         header = bytearray(UDP_LEN)
         build_udp(header, 0, src=src, dst=dst, src_port=src_port, dst_port=dst_port,
                   payload=payload)
-        return self.ipv4(src=src, dst=dst, proto=IpProto.UDP, l4=header, payload=payload,
-                         dst_mac=dst_mac)
+        return self.ip(src=src, dst=dst, proto=IpProto.UDP, l4=header, payload=payload,
+                       dst_mac=dst_mac)
 
     def icmp(self, *, src: bytes, dst: bytes, icmp_type: int, code: int, rest: bytes,
-             payload: Payload) -> list[ToGuest]:
-        return self.ipv4(src=src, dst=dst, proto=IpProto.ICMP,
-                         l4=build_icmp(icmp_type, code, rest, payload))
+             payload: Payload, dst_mac: bytes | None = None,
+             hop_limit: int = 64) -> list[ToGuest]:
+        """An ICMP message, or an ICMPv6 one (with its pseudo-header) between IPv6 ends."""
+        if len(src) == 4:
+            return self.ip(src=src, dst=dst, proto=IpProto.ICMP, dst_mac=dst_mac,
+                           l4=build_icmp(icmp_type, code, rest, payload), hop_limit=hop_limit)
+        pseudo = pseudo_header_sum(src, dst, IpProto.ICMPV6, 8 + len(payload))
+        return self.ip(src=src, dst=dst, proto=IpProto.ICMPV6, dst_mac=dst_mac,
+                       l4=build_icmp(icmp_type, code, rest, payload, pseudo),
+                       hop_limit=hop_limit)

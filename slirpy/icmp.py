@@ -1,8 +1,9 @@
-"""ICMP echo from the guest: answered by us for our own addresses, for real otherwise.
+"""ICMP and ICMPv6 echo from the guest: answered by us for our own addresses, for real
+otherwise.
 
 Model: an echo request to the gateway or the DNS address is answered here. Any other
 destination is pinged for real through an unprivileged ping socket (SOCK_DGRAM,
-IPPROTO_ICMP), one per (guest, echo id, destination); the kernel rewrites the echo id
+IPPROTO_ICMP, or IPPROTO_ICMPV6), one per (guest, echo id, destination); the kernel rewrites the echo id
 to the socket's own, so replies get the guest's id back before they go to the guest.
 A reply is never invented for a host that did not answer: no answer, no reply.
 Host-side errors (host unreachable, TTL exceeded) reach the guest as ICMP errors.
@@ -20,7 +21,15 @@ from slirpy.guest import GuestLink
 from slirpy.udp import icmp_error_for
 from slirpy.wire import Malformed
 from slirpy.wire.icmp import IcmpHeader, IcmpType, build_icmp
+from slirpy.wire.icmpv6 import Icmp6Type
 from slirpy.wire.ipv4 import IpProto
+
+
+def _echo_types(addr: bytes) -> tuple[int, int, int]:
+    """(protocol, request type, reply type) of echo in *addr*'s family."""
+    if len(addr) == 4:
+        return IpProto.ICMP, IcmpType.ECHO_REQUEST, IcmpType.ECHO_REPLY
+    return IpProto.ICMPV6, Icmp6Type.ECHO_REQUEST, Icmp6Type.ECHO_REPLY
 
 log = logging.getLogger(__name__)
 
@@ -31,16 +40,18 @@ class EchoFlows:
         self.table: FlowTable[bool] = FlowTable(limit, idle_s)
 
     def answer_ourselves(self, src: bytes, dst: bytes, echo: IcmpHeader) -> list[Effect]:
-        return list(self.link.icmp(src=dst, dst=src, icmp_type=IcmpType.ECHO_REPLY, code=0,
+        return list(self.link.icmp(src=dst, dst=src, icmp_type=_echo_types(src)[2], code=0,
                                    rest=echo.rest, payload=echo.payload))
 
     def from_guest(self, src: bytes, dst: bytes, echo: IcmpHeader, now: float) -> list[Effect]:
-        key = FlowKey(IpProto.ICMP, src, echo.echo_id, dst, 0)
+        proto, request_type, _ = _echo_types(src)
+        key = FlowKey(proto, src, echo.echo_id, dst, 0)
         effects: list[Effect] = []
         if not self.table.get(key, now):
             effects += [Close(old) for old in self.table.add(key, True, now)]
             effects.append(OpenPing(key, dst))
-        request = build_icmp(IcmpType.ECHO_REQUEST, 0, echo.rest, echo.payload)
+        # The kernel sets the id and, for ICMPv6 too, the checksum.
+        request = build_icmp(request_type, 0, echo.rest, echo.payload)
         effects.append(SendDatagram(key, request))
         return effects
 
@@ -48,15 +59,16 @@ class EchoFlows:
                          now: float) -> list[Effect]:
         if not self.table.get(key, now):
             return []
-        try:
-            reply = IcmpHeader.parse(memoryview(data))
+        try:  # the kernel checked it (an ICMPv6 sum needs addresses the socket hides)
+            reply = IcmpHeader.parse(memoryview(data), verify_checksum=False)
         except Malformed:
-            return []  # the kernel checked it; a short read is all that could go wrong
-        if reply.type != IcmpType.ECHO_REPLY:
+            return []  # a short read is all that could go wrong
+        reply_type = _echo_types(key.guest_addr)[2]
+        if reply.type != reply_type:
             return []
         rest = struct.pack("!HH", key.guest_port, reply.echo_seq)
         return list(self.link.icmp(src=key.remote_addr, dst=key.guest_addr,
-                                   icmp_type=IcmpType.ECHO_REPLY, code=0, rest=rest,
+                                   icmp_type=reply_type, code=0, rest=rest,
                                    payload=reply.payload))
 
     def on_host_error(self, key: FlowKey, error: HostError, now: float) -> list[Effect]:

@@ -6,13 +6,22 @@ input ends as a count: any `Malformed` raised below is caught there, counted in
 `on_host_datagram` and `on_host_error`; time passes through `on_timer`, due at
 `next_deadline()`.
 
+IPv4 and IPv6 take one path: the parsed headers of both families have the same
+fields, flows are keyed by packed addresses of either length, and the link builds
+frames of either family. What differs stays at the edges: ARP or neighbour discovery,
+DHCP or router advertisements, ICMP or ICMPv6 numbers.
+
 Where a datagram from the guest goes is decided by its destination:
-- the DNS address: port 53 is the forwarder's, anything else is "port unreachable";
-- the gateway: the DHCP server on port 67, else the host's loopback when host loopback
-  is on (as slirp4netns does), else "net unreachable" (also as slirp4netns does);
+- a DNS address (network+3, prefix::3): port 53 is the forwarder's, anything else is
+  "port unreachable";
+- a gateway (network+2, prefix::2): the DHCP server on port 67 (IPv4), else the host's
+  loopback (127.0.0.1, ::1) when host loopback is on (as slirp4netns does), else "net
+  unreachable" (also as slirp4netns does);
 - our addresses answer pings themselves;
 - broadcast: DHCP only; addresses slirpy will never forward (0/8, loopback, multicast,
-  class E, the guest's own network): dropped and counted;
+  class E, the guest's own networks; for IPv6 also link-local, unspecified and the
+  IPv4-mapped and -compatible ranges, through which a host socket would reach IPv4):
+  dropped and counted;
 - anything else: a flow on a host socket to that very address.
 """
 
@@ -32,16 +41,20 @@ from slirpy.forward.spec import Forward, SrvName
 from slirpy.forward.srv import SrvResolver
 from slirpy.guest import GuestLink
 from slirpy.icmp import EchoFlows
+from slirpy.ndp import NeighborDiscovery
 from slirpy.reassembly import FragKey, Reassembler
 from slirpy.services.dhcp import DhcpServer
 from slirpy.services.dns import DNS_PORT, DnsForwarder
-from slirpy.udp import UdpFlows, icmp_error_for
+from slirpy.udp import UdpFlows, unreachable
 from slirpy.wire import Malformed
 from slirpy.wire.arp import ArpOp, ArpPacket, build_arp, PACKET_LEN as ARP_LEN
 from slirpy.wire.dhcp import CLIENT_PORT, SERVER_PORT, DhcpMessage
 from slirpy.wire.ethernet import BROADCAST, HEADER_LEN as ETH_LEN, EtherType, EthernetHeader
+from slirpy.wire.checksum import pseudo_header_sum
 from slirpy.wire.icmp import IcmpHeader, IcmpType, UnreachCode
+from slirpy.wire.icmpv6 import ERROR_TYPES as ICMP6_ERRORS, Icmp6Type
 from slirpy.wire.ipv4 import IpProto, Ipv4Header
+from slirpy.wire.ipv6 import UNSPECIFIED, Ipv6Header, walk_extensions
 from slirpy.wire.udp import UdpHeader
 from slirpy.effects import ToGuest
 from slirpy.tcp.conn import TcpConn, reset_for
@@ -52,23 +65,37 @@ log = logging.getLogger(__name__)
 
 
 def _endpoint(addr: bytes, port: int) -> str:
-    return f"{ipaddress.ip_address(addr)}:{port}"
+    return f"{ipaddress.ip_address(addr)}:{port}" if len(addr) == 4 else \
+        f"[{ipaddress.ip_address(addr)}]:{port}"
+
 
 HOST_LOOPBACK4: Final = ipaddress.IPv4Address("127.0.0.1").packed
+HOST_LOOPBACK6: Final = ipaddress.IPv6Address("::1").packed
 _LIMITED_BROADCAST: Final = b"\xff\xff\xff\xff"
 _NEVER_FORWARDED: Final = tuple(ipaddress.IPv4Network(n) for n in (
     "0.0.0.0/8", "127.0.0.0/8", "224.0.0.0/4", "240.0.0.0/4"))
+# ::/96 holds :: and ::1 and the deprecated IPv4-compatible addresses; through
+# ::ffff:0:0/96 an IPv6 host socket reaches IPv4 (127.0.0.1 among them).
+_NEVER_FORWARDED6: Final = tuple(ipaddress.IPv6Network(n) for n in (
+    "::/96", "::ffff:0:0/96", "fe80::/10", "ff00::/8"))
 ICMP_FLOW_LIMIT: Final = 256
+Ip = Ipv4Header | Ipv6Header
 
 
 class Stack:
     def __init__(self, config: Config, *, secret: bytes = b"slirpy",
                  offload: bool = False) -> None:
         net = config.network
+        self.remote: dict[tuple[str, bytes, int], Forward] = {}  # (transport, addr, port)
         self.config = config
         self.gateway = net.gateway.packed
         self.dns_addr = net.dns.packed
-        self.our_addrs = frozenset({self.gateway, self.dns_addr})
+        self.ipv6 = config.ipv6
+        self.gateway6 = net.gateway6.packed
+        self.gateways = frozenset({self.gateway, self.gateway6} if self.ipv6 else {self.gateway})
+        self.dns_addrs = frozenset({self.dns_addr, net.dns6.packed} if self.ipv6
+                                   else {self.dns_addr})
+        self.our_addrs = self._our_addrs()
         self.broadcasts = frozenset({_LIMITED_BROADCAST, net.cidr.broadcast_address.packed})
         self.drops: Counter[str] = Counter()
         self.link = GuestLink(net.our_mac, config.mtu, offload=offload)
@@ -76,11 +103,11 @@ class Stack:
         self.udp = UdpFlows(self.link, config.udp_flow_limit, config.udp_idle_s)
         self.echo = EchoFlows(self.link, ICMP_FLOW_LIMIT, config.icmp_idle_s)
         self.dhcp = DhcpServer(config)
-        self.dns = DnsForwarder(self.link, self.dns_addr, config.dns_timeout_s)
+        self.dns = DnsForwarder(self.link, self.dns_addrs, config.dns_timeout_s)
+        self.ndp = NeighborDiscovery(self.link, net, config.mtu, dns=config.dns)
         self.tcp = TcpFlows(self.link, limit=config.tcp_conn_limit, secret=secret,
                             mtu=config.mtu)
         self.inbound = InboundUdpFlows(self.link, net, config.udp_flow_limit, config.udp_idle_s)
-        self.remote: dict[tuple[str, bytes, int], Forward] = {}  # (transport, addr, port)
         self.srv = SrvResolver(config.dns_ttl_s, secret)
         self.tcp_clashes = 0
 
@@ -106,7 +133,7 @@ class Stack:
             return self.dns.on_answer(flow, data, now)
         if self.srv.owns(flow):
             return self.srv.on_answer(flow, data, now)
-        if flow.proto == IpProto.ICMP:
+        if flow.proto in (IpProto.ICMP, IpProto.ICMPV6):
             return self.echo.on_host_datagram(flow, data, now)
         return self.udp.on_host_datagram(flow, data, now)
 
@@ -115,7 +142,7 @@ class Stack:
             return self.dns.on_error(flow, error, now)
         if self.srv.owns(flow):
             return self.srv.on_error(flow, error, now)
-        if flow.proto == IpProto.ICMP:
+        if flow.proto in (IpProto.ICMP, IpProto.ICMPV6):
             return self.echo.on_host_error(flow, error, now)
         return self.udp.on_host_error(flow, error, now)
 
@@ -124,15 +151,18 @@ class Stack:
         self.inbound.expire(now)
         effects = [*self.udp.expire(now), *self.echo.expire(now), *self.dns.on_timer(now),
                    *self.tcp.on_timer(now), *self.srv.on_timer(now)]
-        if self.link.held:  # guest addresses that did not answer ARP yet: ask again
-            effects += [self._arp_request(ip) for ip in self.link.asks_due(now)]
+        if self.ipv6:
+            effects += self.ndp.on_timer(now)
+        if self.link.held:  # guest addresses that did not answer ARP or NS yet: ask again
+            effects += [self._solicit(ip) for ip in self.link.asks_due(now)]
         return effects
 
     def next_deadline(self) -> float | None:
         deadlines = [d for d in (self.udp.next_deadline(), self.echo.next_deadline(),
                                  self.dns.next_deadline(), self.reassembler.next_deadline(),
                                  self.tcp.next_deadline(), self.inbound.next_deadline(),
-                                 self.srv.next_deadline())
+                                 self.srv.next_deadline(),
+                                 self.ndp.next_deadline() if self.ipv6 else None)
                      if d is not None]
         return min(deadlines, default=None)
 
@@ -180,10 +210,11 @@ class Stack:
         the key to adopt the accepted socket under, or None: reset the client."""
         assert isinstance(fwd.target, ipaddress.IPv4Address | ipaddress.IPv6Address)
         port = fwd.target_port or guest_port
-        if not port or fwd.target.version != 4:
+        if not port or (fwd.target.version == 6 and not self.ipv6):
             return None, []
         base = FlowKey(IpProto.TCP, fwd.target.packed, port,
-                       visible_source(client[0], self.config.network), client[1])
+                       visible_source(client[0], self.config.network, fwd.target.version),
+                       client[1])
         key = free_key(base, lambda k: k in self.tcp.conns, self.tcp_clashes)
         if key is None:
             return None, []
@@ -221,18 +252,25 @@ class Stack:
         self.inbound.remove_forward(forward_id)
 
     def _our_addrs(self) -> frozenset[bytes]:
-        """Addresses we answer ARP and ping for: ours, and remote forwards' in the network."""
+        """Addresses we answer ARP, NS and ping for: ours, and remote forwards' in the
+        guest's networks."""
+        net = self.config.network
         extra = {addr for (_, addr, _) in self.remote
-                 if len(addr) == 4 and ipaddress.IPv4Address(addr) in self.config.network.cidr}
-        return frozenset({self.gateway, self.dns_addr, *extra})
+                 if ipaddress.ip_address(addr) in (net.cidr if len(addr) == 4 else net.cidr6)}
+        if self.ipv6:
+            extra.add(net.link_local6.packed)
+        return frozenset({*self.gateways, *self.dns_addrs, *extra})
 
     def _resolved(self, dst: bytes, frames: list[Effect], now: float) -> list[Effect]:
         """Frames we start towards *dst*: held until the guest's MAC is known."""
         to_guest = [f for f in frames if isinstance(f, ToGuest)]
         rest = [f for f in frames if not isinstance(f, ToGuest)]
-        return [*rest, *self.link.when_resolved(dst, to_guest, now, self._arp_request)]
+        return [*rest, *self.link.when_resolved(dst, to_guest, now, self._solicit)]
 
-    def _arp_request(self, target: bytes) -> ToGuest:
+    def _solicit(self, target: bytes) -> ToGuest:
+        """Ask the guest for *target*'s MAC: ARP, or a neighbour solicitation."""
+        if len(target) == 16:
+            return self.ndp.solicit(target)
         buf = self.link.ethernet(BROADCAST, EtherType.ARP, ETH_LEN + ARP_LEN)
         build_arp(buf, ETH_LEN, op=ArpOp.REQUEST, sender_mac=self.link.our_mac,
                   sender_ip=self.gateway, target_mac=b"\0" * 6, target_ip=target)
@@ -282,8 +320,10 @@ class Stack:
                 return self._on_ipv4(eth, Ipv4Header.parse(eth.payload), now, checksum_ok)
             case EtherType.ARP:
                 return self._on_arp(eth, ArpPacket.parse(eth.payload))
+            case EtherType.IPV6 if self.ipv6:
+                return self._on_ipv6(eth, Ipv6Header.parse(eth.payload), now, checksum_ok)
             case EtherType.IPV6:
-                raise Malformed("ipv6-unsupported")
+                raise Malformed("ipv6-disabled")
             case _:
                 raise Malformed("eth-unsupported-type")
 
@@ -304,33 +344,58 @@ class Stack:
                  checksum_ok: bool) -> list[Effect]:
         if ip.src in self.our_addrs or ip.src in self.broadcasts:
             raise Malformed("ipv4-bad-src")
+        return self._on_ip(eth, ip, ip.proto, now, checksum_ok)
+
+    def _on_ipv6(self, eth: EthernetHeader, ip: Ipv6Header, now: float,
+                 checksum_ok: bool) -> list[Effect]:
+        if ip.src in self.our_addrs:
+            raise Malformed("ipv6-bad-src")
+        if ip.dst[0] == 0xFF or ip.src == UNSPECIFIED:
+            # Multicast (neighbour and router solicitations, MLD reports) or DAD: ND only.
+            if ip.proto != IpProto.ICMPV6 or ip.is_fragment:
+                raise Malformed("ipv6-multicast-not-nd")
+            return self._on_icmp6(eth, ip, self._icmp6(ip, ip.payload, checksum_ok), now)
+        return self._on_ip(eth, ip, ip.proto, now, checksum_ok)
+
+    def _on_ip(self, eth: EthernetHeader, ip: Ip, proto: int, now: float,
+               checksum_ok: bool) -> list[Effect]:
+        """A unicast datagram from the guest, either family; its source is checked."""
         self.link.learn(ip.src, eth.src)
         if self.link.held:
             released: list[Effect] = list(self.link.release(ip.src))
             if released:
-                return released + self._on_ipv4(eth, ip, now, checksum_ok)
+                return released + self._on_ip(eth, ip, proto, now, checksum_ok)
         payload = ip.payload
         if ip.is_fragment:
-            key = FragKey(ip.src, ip.dst, ip.proto, ip.ident)
+            key = FragKey(ip.src, ip.dst, proto, ip.ident)
             whole = self.reassembler.on_fragment(key, ip.frag_offset, ip.more_fragments,
                                                  payload, now)
             if whole is None:
                 return []
             payload = memoryview(whole)
+            if len(ip.src) == 16:  # the fragmentable part may start with more headers
+                proto, payload = walk_extensions(proto, payload)
         verify = not checksum_ok
-        match ip.proto:
+        match proto:
             case IpProto.UDP:
                 udp = UdpHeader.parse(payload, ip.src, ip.dst, verify_checksum=verify)
                 return self._on_udp(ip, udp, now)
-            case IpProto.ICMP:
-                return self._on_icmp(ip, IcmpHeader.parse(payload, verify_checksum=verify), now)
             case IpProto.TCP:
                 seg = TcpHeader.parse(payload, ip.src, ip.dst, verify_checksum=verify)
                 return self._on_tcp(ip, seg, now)
+            case IpProto.ICMP if isinstance(ip, Ipv4Header):
+                return self._on_icmp(ip, IcmpHeader.parse(payload, verify_checksum=verify), now)
+            case IpProto.ICMPV6 if isinstance(ip, Ipv6Header):
+                return self._on_icmp6(eth, ip, self._icmp6(ip, payload, checksum_ok), now)
             case _:
-                raise Malformed("ipv4-unsupported-proto")
+                raise Malformed("ip-unsupported-proto")
 
-    def _on_udp(self, ip: Ipv4Header, udp: UdpHeader, now: float) -> list[Effect]:
+    @staticmethod
+    def _icmp6(ip: Ipv6Header, message: memoryview, checksum_ok: bool) -> IcmpHeader:
+        initial = pseudo_header_sum(ip.src, ip.dst, IpProto.ICMPV6, len(message))
+        return IcmpHeader.parse(message, verify_checksum=not checksum_ok, initial=initial)
+
+    def _on_udp(self, ip: Ip, udp: UdpHeader, now: float) -> list[Effect]:
         key = FlowKey(IpProto.UDP, ip.src, udp.src_port, ip.dst, udp.dst_port)
         if udp.dst_port == SERVER_PORT and (ip.dst in self.broadcasts or ip.dst == self.gateway):
             return self._on_dhcp(udp, now)
@@ -339,23 +404,23 @@ class Stack:
         fwd = self.remote.get(("udp", ip.dst, udp.dst_port)) if self.remote else None
         if fwd is not None:
             return self._remote_udp(key, fwd, udp.payload, now)
-        if ip.dst == self.dns_addr:
+        if ip.dst in self.dns_addrs:
             if udp.dst_port == DNS_PORT and self.config.dns:
-                return self.dns.on_query(ip.src, udp.src_port, udp.payload, now)
+                return self.dns.on_query(ip.dst, ip.src, udp.src_port, udp.payload, now)
             return self._unreachable(key, UnreachCode.PORT)
         host = self._host_address(ip.dst)
         if host is None:
             return self._unreachable(key, UnreachCode.NET)
         return self.udp.from_guest(key, host, udp.dst_port, udp.payload, now)
 
-    def _on_tcp(self, ip: Ipv4Header, seg: TcpHeader, now: float) -> list[Effect]:
+    def _on_tcp(self, ip: Ip, seg: TcpHeader, now: float) -> list[Effect]:
         key = FlowKey(IpProto.TCP, ip.src, seg.src_port, ip.dst, seg.dst_port)
         if key in self.tcp.conns:
             return self.tcp.on_segment(key, seg, b"", now)
         fwd = self.remote.get(("tcp", ip.dst, seg.dst_port)) if self.remote else None
         if fwd is not None:
             return self._remote_tcp(key, fwd, seg, now)
-        if ip.dst == self.dns_addr:
+        if ip.dst in self.dns_addrs:
             if seg.dst_port != DNS_PORT or not self.config.dns or not self.dns.upstreams:
                 return reset_for(self.link, key, seg)
             host = self.dns.upstreams[self.dns.preferred % len(self.dns.upstreams)][0]
@@ -364,8 +429,7 @@ class Stack:
             if found is None:
                 if not seg.flags & SYN:
                     return reset_for(self.link, key, seg)
-                return icmp_error_for(self.link, key, IcmpType.DEST_UNREACHABLE,
-                                      UnreachCode.NET, 0, seq=seg.seq)
+                return unreachable(self.link, key, UnreachCode.NET, seq=seg.seq)
             host = found
         return self.tcp.on_segment(key, seg, host, now)
 
@@ -413,10 +477,23 @@ class Stack:
     def _on_icmp(self, ip: Ipv4Header, icmp: IcmpHeader, now: float) -> list[Effect]:
         if icmp.type != IcmpType.ECHO_REQUEST:
             raise Malformed("icmp-unsupported-type")  # errors the guest sends us: nothing to do
+        return self._on_echo(ip, IpProto.ICMP, icmp, now)
+
+    def _on_icmp6(self, eth: EthernetHeader, ip: Ipv6Header, icmp: IcmpHeader,
+                  now: float) -> list[Effect]:
+        if icmp.type == Icmp6Type.ECHO_REQUEST and ip.dst[0] != 0xFF and ip.src != UNSPECIFIED:
+            return self._on_echo(ip, IpProto.ICMPV6, icmp, now)
+        if Icmp6Type.ROUTER_SOLICITATION <= icmp.type <= Icmp6Type.NEIGHBOR_ADVERTISEMENT:
+            return self.ndp.on_message(ip, icmp, eth.src, self.our_addrs, now)
+        if icmp.type in ICMP6_ERRORS:
+            raise Malformed("icmp6-error-from-guest")  # nothing to do with it, as for IPv4
+        raise Malformed("icmp6-unsupported-type")  # MLD reports among them
+
+    def _on_echo(self, ip: Ip, proto: int, icmp: IcmpHeader, now: float) -> list[Effect]:
         if ip.dst in self.our_addrs:
             return self.echo.answer_ourselves(ip.src, ip.dst, icmp)
         if self._host_address(ip.dst) is None:
-            return self._unreachable(FlowKey(IpProto.ICMP, ip.src, icmp.echo_id, ip.dst, 0),
+            return self._unreachable(FlowKey(proto, ip.src, icmp.echo_id, ip.dst, 0),
                                      UnreachCode.NET)
         return self.echo.from_guest(ip.src, ip.dst, icmp, now)
 
@@ -425,8 +502,17 @@ class Stack:
 
         Raises Malformed for destinations that are never forwarded.
         """
-        if dst == self.gateway:
-            return HOST_LOOPBACK4 if self.config.host_loopback else None
+        if dst in self.gateways:
+            if not self.config.host_loopback:
+                return None
+            return HOST_LOOPBACK4 if len(dst) == 4 else HOST_LOOPBACK6
+        if len(dst) == 16:
+            address6 = ipaddress.IPv6Address(dst)
+            if any(address6 in net for net in _NEVER_FORWARDED6):
+                raise Malformed("ipv6-dst-not-forwarded")
+            if address6 in self.config.network.cidr6:
+                raise Malformed("ipv6-dst-in-network")
+            return dst
         address = ipaddress.IPv4Address(dst)
         if dst in self.broadcasts or any(address in net for net in _NEVER_FORWARDED):
             raise Malformed("ipv4-dst-not-forwarded")
@@ -435,4 +521,4 @@ class Stack:
         return dst
 
     def _unreachable(self, key: FlowKey, code: UnreachCode) -> list[Effect]:
-        return icmp_error_for(self.link, key, IcmpType.DEST_UNREACHABLE, code, 0)
+        return unreachable(self.link, key, code)

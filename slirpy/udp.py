@@ -22,7 +22,9 @@ from slirpy.flows.key import FlowKey
 from slirpy.flows.table import FlowTable
 from slirpy.guest import GuestLink
 from slirpy.wire.icmp import IcmpType, UnreachCode
+from slirpy.wire.icmpv6 import Icmp6Type, Unreach6Code
 from slirpy.wire.ipv4 import HEADER_LEN as IP_LEN, IpProto, build_ipv4
+from slirpy.wire.ipv6 import HEADER_LEN as IP6_LEN, build_ipv6
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +66,7 @@ class UdpFlows:
         if error.icmp_type is None:
             # The socket could not be made or used at all: the guest learns "unreachable".
             self.table.remove(key)
-            return [Close(key), *icmp_error_for(self.link, key, IcmpType.DEST_UNREACHABLE,
-                                                UnreachCode.HOST, 0)]
+            return [Close(key), *unreachable(self.link, key, UnreachCode.HOST)]
         return icmp_error_for(self.link, key, error.icmp_type, error.icmp_code or 0, error.info)
 
     def expire(self, now: float) -> list[Effect]:
@@ -80,25 +81,57 @@ def quoted_header(key: FlowKey, seq: int = 0) -> bytes:
 
     For TCP, *seq* is the sequence number the guest's kernel checks the error against.
     """
-    quote = bytearray(IP_LEN + 8)
-    build_ipv4(quote, 0, src=key.guest_addr, dst=key.remote_addr, proto=key.proto,
-               payload_len=8)
-    if key.proto == IpProto.ICMP:
-        struct.pack_into("!BBHHH", quote, IP_LEN, IcmpType.ECHO_REQUEST, 0, 0,
-                         key.guest_port, 0)
-    elif key.proto == IpProto.TCP:
-        struct.pack_into("!HHI", quote, IP_LEN, key.guest_port, key.remote_port, seq)
+    v6 = len(key.guest_addr) == 16
+    ip_len = IP6_LEN if v6 else IP_LEN
+    quote = bytearray(ip_len + 8)
+    if v6:
+        build_ipv6(quote, 0, src=key.guest_addr, dst=key.remote_addr, next_header=key.proto,
+                   payload_len=8)
     else:
-        _UDP_QUOTE.pack_into(quote, IP_LEN, key.guest_port, key.remote_port, 8, 0)
+        build_ipv4(quote, 0, src=key.guest_addr, dst=key.remote_addr, proto=key.proto,
+                   payload_len=8)
+    if key.proto in (IpProto.ICMP, IpProto.ICMPV6):
+        echo = IcmpType.ECHO_REQUEST if key.proto == IpProto.ICMP else Icmp6Type.ECHO_REQUEST
+        struct.pack_into("!BBHHH", quote, ip_len, echo, 0, 0, key.guest_port, 0)
+    elif key.proto == IpProto.TCP:
+        struct.pack_into("!HHI", quote, ip_len, key.guest_port, key.remote_port, seq)
+    else:
+        _UDP_QUOTE.pack_into(quote, ip_len, key.guest_port, key.remote_port, 8, 0)
     return bytes(quote)
 
 
 def icmp_error_for(link: GuestLink, key: FlowKey, icmp_type: int, code: int,
                    info: int, seq: int = 0) -> list[Effect]:
-    """An ICMP error about *key*, from the address the guest was talking to."""
-    if icmp_type not in (IcmpType.DEST_UNREACHABLE, IcmpType.TIME_EXCEEDED):
-        return []
-    # "Fragmentation needed" carries the next-hop MTU in the low 16 bits (RFC 1191).
-    rest = struct.pack("!HH", 0, info & 0xFFFF if code == UnreachCode.FRAG_NEEDED else 0)
+    """An ICMP error about *key*, from the address the guest was talking to.
+
+    *icmp_type* and *code* are of the key's family (ICMPv6's for an IPv6 flow), as the
+    host's error queue reports them; `unreachable` speaks for both families.
+    """
+    if len(key.guest_addr) == 16:
+        if icmp_type not in (Icmp6Type.DEST_UNREACHABLE, Icmp6Type.PACKET_TOO_BIG,
+                             Icmp6Type.TIME_EXCEEDED):
+            return []
+        # "Packet too big" carries the MTU (RFC 4443 3.2).
+        rest = struct.pack("!I", info if icmp_type == Icmp6Type.PACKET_TOO_BIG else 0)
+    else:
+        if icmp_type not in (IcmpType.DEST_UNREACHABLE, IcmpType.TIME_EXCEEDED):
+            return []
+        # "Fragmentation needed" carries the next-hop MTU in the low 16 bits (RFC 1191).
+        rest = struct.pack("!HH", 0, info & 0xFFFF if code == UnreachCode.FRAG_NEEDED else 0)
     return list(link.icmp(src=key.remote_addr, dst=key.guest_addr, icmp_type=icmp_type,
                           code=code, rest=rest, payload=quoted_header(key, seq)))
+
+
+_UNREACH6: Final = {UnreachCode.NET: Unreach6Code.NO_ROUTE, UnreachCode.HOST: Unreach6Code.ADDRESS,
+                    UnreachCode.PORT: Unreach6Code.PORT,
+                    UnreachCode.NET_PROHIBITED: Unreach6Code.ADMIN_PROHIBITED,
+                    UnreachCode.HOST_PROHIBITED: Unreach6Code.ADMIN_PROHIBITED,
+                    UnreachCode.ADMIN_PROHIBITED: Unreach6Code.ADMIN_PROHIBITED}
+
+
+def unreachable(link: GuestLink, key: FlowKey, code: UnreachCode, seq: int = 0) -> list[Effect]:
+    """"Destination unreachable" about *key*, in its family: *code* is named as ICMPv4's
+    and becomes its ICMPv6 counterpart (RFC 4443 3.1) for an IPv6 flow."""
+    if len(key.guest_addr) == 16:
+        return icmp_error_for(link, key, Icmp6Type.DEST_UNREACHABLE, _UNREACH6[code], 0, seq)
+    return icmp_error_for(link, key, IcmpType.DEST_UNREACHABLE, code, 0, seq)

@@ -37,14 +37,28 @@ EPHEMERAL_FIRST: Final = 49152  # RFC 6335's dynamic ports: where a clash moves 
 EPHEMERAL_COUNT: Final = 65536 - EPHEMERAL_FIRST
 
 
-def visible_source(client: bytes, network: Network) -> bytes:
-    """The address the guest sees for a forwarded client at *client* (packed)."""
-    if len(client) != 4:
-        return network.gateway.packed
-    addr = ipaddress.IPv4Address(client)
-    if (addr.is_loopback or addr.is_unspecified or addr.is_multicast
-            or addr in network.cidr or addr == ipaddress.IPv4Address("255.255.255.255")):
-        return network.gateway.packed
+_MAPPED_PREFIX: Final = bytes(10) + b"\xff\xff"  # ::ffff:0:0/96
+
+
+def visible_source(client: bytes, network: Network, version: int = 4) -> bytes:
+    """The address a guest reached over IPv*version* sees for a client at *client*.
+
+    A client of the other family appears as the gateway of the guest's family; an
+    IPv4 client accepted on a dual-stack IPv6 socket (::ffff:a.b.c.d) counts as IPv4.
+    """
+    if len(client) == 16 and client[:12] == _MAPPED_PREFIX:
+        client = client[12:]
+    gateway = (network.gateway if version == 4 else network.gateway6).packed
+    if len(client) != (4 if version == 4 else 16):
+        return gateway
+    addr = ipaddress.ip_address(client)
+    if addr.is_loopback or addr.is_unspecified or addr.is_multicast:
+        return gateway
+    if isinstance(addr, ipaddress.IPv4Address):
+        if addr in network.cidr or addr == ipaddress.IPv4Address("255.255.255.255"):
+            return gateway
+    elif addr in network.cidr6 or addr.is_link_local:
+        return gateway
     return client
 
 
@@ -99,7 +113,8 @@ class InboundUdpFlows:
         if key is None or flow is None:
             assert isinstance(fwd.target, (ipaddress.IPv4Address, ipaddress.IPv6Address))
             base = FlowKey(IpProto.UDP, fwd.target.packed, fwd.target_port,
-                           visible_source(client[0], self.network), client[1])
+                           visible_source(client[0], self.network, fwd.target.version),
+                           client[1])
             key = free_key(base, lambda k: k in self.table or taken(k), self.clashes)
             if key is None:
                 return []

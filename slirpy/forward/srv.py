@@ -20,7 +20,7 @@ from slirpy.effects import Close, Effect, HostError, OpenUdp, SendDatagram
 from slirpy.flows.key import FlowKey
 from slirpy.forward.spec import SrvName
 from slirpy.wire import Malformed
-from slirpy.wire.dns import TYPE_A, TYPE_SRV, addresses_for, build_query, parse_response, pick_srv
+from slirpy.wire.dns import TYPE_A, TYPE_AAAA, TYPE_SRV, addresses_for, build_query, parse_response, pick_srv
 from slirpy.wire.ipv4 import IpProto
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ class _Lookup:
         self.waiters: list[Waiter] = []
         self.port = 0  # from the SRV record, once known
         self.target_name = ""  # asked for its address in a second query
-        self.asked_address = False
+        self.address_queries: list[int] = []  # A, then AAAA, asked after the SRV query
 
 
 class SrvResolver:
@@ -106,19 +106,21 @@ class SrvResolver:
                 return self._fail(lookup, "no usable SRV record", now)
             lookup.port = record.port
             lookup.target_name = record.target.rstrip(".").lower()
-        addresses = [a for a in addresses_for(lookup.target_name, records) if len(a) == 4]
+        # Either family will do (a host socket reaches both); IPv4 first, as getaddrinfo.
+        addresses = sorted(addresses_for(lookup.target_name, records), key=len)
         if addresses:
             return self._done(lookup, (addresses[0], lookup.port), now)
-        if lookup.asked_address:
-            return self._fail(lookup, f"no IPv4 address for {lookup.target_name}", now)
+        qtype = next((t for t in (TYPE_A, TYPE_AAAA) if t not in lookup.address_queries), None)
+        if qtype is None:
+            return self._fail(lookup, f"no address for {lookup.target_name}", now)
         # Ask the same server for the target's address, on a new socket with a new id.
         self.by_key.pop(key)
         lookup.key = self._key(lookup.srv)
-        lookup.asked_address = True
+        lookup.address_queries.append(qtype)
         self.by_key[lookup.key] = lookup
         return [Close(key), OpenUdp(lookup.key, lookup.srv.server.packed, lookup.srv.port),
                 SendDatagram(lookup.key, build_query(lookup.key.guest_port,
-                                                     lookup.target_name, TYPE_A))]
+                                                     lookup.target_name, qtype))]
 
     def on_error(self, key: FlowKey, error: HostError, now: float) -> list[Effect]:
         lookup = self.by_key.get(key)

@@ -138,17 +138,16 @@ class Driver:
         self.api = ApiServer(path, self.loop, Api(self, self.config.network).handle)
 
     def add_forward(self, fwd: Forward, origin: str) -> tuple[int, Forward]:
+        guest = fwd.target if fwd.kind is Kind.LOCAL else fwd.bind
+        if isinstance(guest, ipaddress.IPv6Address) and not self.config.ipv6:
+            raise ForwardError("an IPv6 guest address needs IPv6 on (-6, --enable-ipv6)")
         if fwd.kind is Kind.LOCAL:
-            if isinstance(fwd.target, ipaddress.IPv6Address):
-                raise ForwardError("IPv6 guest addresses are not supported yet")
             forward_id = self.next_forward_id
             port = self.forward_sockets.open(forward_id, fwd)
             if port != fwd.bind_port:
                 fwd = dataclasses.replace(fwd, bind_port=port)
                 self.forward_sockets.forwards[forward_id] = fwd
         else:
-            if fwd.bind.version != 4:
-                raise ForwardError("IPv6 guest addresses are not supported yet")
             if any(f.kind is Kind.REMOTE and (f.transport, f.bind, f.bind_port)
                    == (fwd.transport, fwd.bind, fwd.bind_port)
                    for f, _ in self.forwards.values()):

@@ -9,8 +9,12 @@ at once rather than waiting out its own timeouts. The upstream that last answere
 tried first next time, so one dead resolver costs one timeout, not one per query.
 The host sockets live in the host's namespaces, so a resolver on the host's loopback
 (systemd-resolved, dnsmasq) works though the guest could never reach it itself.
-Keys: each attempt is a FlowKey whose guest end is (DNS address, a port of ours), so the
-runtime handles it like any UDP flow and answers cannot be confused with the guest's.
+The forwarder answers on the IPv4 DNS address and, with IPv6, on the IPv6 one; any
+query goes to any upstream, whatever the families (an IPv6-only host serves IPv4
+guests' queries, and the other way round).
+Keys: each attempt is a FlowKey whose guest end is (the DNS address asked, a port of
+ours), so the runtime handles it like any UDP flow and answers cannot be confused with
+the guest's.
 Not done here: reading resolv.conf (the runtime does, and passes the list in), caching.
 """
 
@@ -50,6 +54,7 @@ def parse_resolv_conf(text: str) -> list[tuple[bytes, int]]:
 
 @dataclasses.dataclass(slots=True)
 class _Pending:
+    our_addr: bytes  # the DNS address the guest asked: the answer comes from it
     guest_addr: bytes
     guest_port: int
     query: bytes
@@ -60,9 +65,9 @@ class _Pending:
 
 
 class DnsForwarder:
-    def __init__(self, link: GuestLink, our_addr: bytes, timeout_s: float) -> None:
+    def __init__(self, link: GuestLink, our_addrs: frozenset[bytes], timeout_s: float) -> None:
         self.link = link
-        self.our_addr = our_addr
+        self.our_addrs = our_addrs
         self.timeout_s = timeout_s
         self.upstreams: list[tuple[bytes, int]] = []
         self.preferred = 0
@@ -76,25 +81,27 @@ class DnsForwarder:
             self.upstreams = servers
             self.preferred = 0
 
-    def on_query(self, guest_addr: bytes, guest_port: int, payload: memoryview,
-                 now: float) -> list[Effect]:
+    def on_query(self, our_addr: bytes, guest_addr: bytes, guest_port: int,
+                 payload: memoryview, now: float) -> list[Effect]:
+        """A query the guest sent from *guest_addr*:*guest_port* to *our_addr*:53."""
         query = DnsQuery.parse(payload)  # Malformed goes to the stack's drop counter
         if len(self.pending) >= MAX_PENDING:
             raise Malformed("dns-too-many-pending")
         if not self.upstreams:
-            return self._servfail(guest_addr, guest_port, query)
-        pending = _Pending(guest_addr, guest_port, bytes(payload), query.ident,
+            return self._servfail(our_addr, guest_addr, guest_port, query)
+        pending = _Pending(our_addr, guest_addr, guest_port, bytes(payload), query.ident,
                            self.preferred % len(self.upstreams), 0, now)
         return self._attempt(pending, now)
 
     def _attempt(self, pending: _Pending, now: float) -> list[Effect]:
         if pending.tried >= len(self.upstreams):
             query = DnsQuery.parse(memoryview(pending.query))
-            return self._servfail(pending.guest_addr, pending.guest_port, query)
+            return self._servfail(pending.our_addr, pending.guest_addr, pending.guest_port,
+                                  query)
         addr, port = self.upstreams[(pending.first + pending.tried) % len(self.upstreams)]
         pending.tried += 1
         pending.deadline = now + self.timeout_s
-        key = FlowKey(IpProto.UDP, self.our_addr, self._port(), addr, port)
+        key = FlowKey(IpProto.UDP, pending.our_addr, self._port(), addr, port)
         self.pending[key] = pending
         return [OpenUdp(key, addr, port), SendDatagram(key, pending.query)]
 
@@ -106,7 +113,7 @@ class DnsForwarder:
                 return self._next_port
 
     def owns(self, key: FlowKey) -> bool:
-        return key.guest_addr == self.our_addr and key.proto == IpProto.UDP
+        return key.guest_addr in self.our_addrs and key.proto == IpProto.UDP
 
     def on_answer(self, key: FlowKey, data: bytes | memoryview, now: float) -> list[Effect]:
         pending = self.pending.get(key)
@@ -114,7 +121,7 @@ class DnsForwarder:
             return []  # stale, or not an answer to what we asked: keep waiting
         del self.pending[key]
         self.preferred = (pending.first + pending.tried - 1) % max(len(self.upstreams), 1)
-        return [Close(key), *self.link.udp(src=self.our_addr, src_port=DNS_PORT,
+        return [Close(key), *self.link.udp(src=pending.our_addr, src_port=DNS_PORT,
                                           dst=pending.guest_addr, dst_port=pending.guest_port,
                                           payload=data)]
 
@@ -140,7 +147,8 @@ class DnsForwarder:
     def next_deadline(self) -> float | None:
         return next(iter(self.pending.values())).deadline if self.pending else None
 
-    def _servfail(self, guest_addr: bytes, guest_port: int, query: DnsQuery) -> list[Effect]:
-        return list(self.link.udp(src=self.our_addr, src_port=DNS_PORT, dst=guest_addr,
+    def _servfail(self, our_addr: bytes, guest_addr: bytes, guest_port: int,
+                  query: DnsQuery) -> list[Effect]:
+        return list(self.link.udp(src=our_addr, src_port=DNS_PORT, dst=guest_addr,
                                   dst_port=guest_port,
                                   payload=build_error_reply(query, RCODE_SERVFAIL)))

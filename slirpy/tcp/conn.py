@@ -39,8 +39,8 @@ from slirpy.flows.key import FlowKey
 from slirpy.guest import GuestLink
 from slirpy.tcp.seq import seq_add, seq_diff, seq_le, seq_lt
 from slirpy.tcp.timers import RtoEstimator
-from slirpy.udp import icmp_error_for
-from slirpy.wire.icmp import IcmpType, UnreachCode
+from slirpy.udp import unreachable as icmp_unreachable
+from slirpy.wire.icmp import UnreachCode
 from slirpy.wire.tcp import (ACK, FIN, HEADER_LEN as TCP_LEN, PSH, RST, SYN, TcpHeader,
                              build_tcp, syn_options)
 
@@ -214,9 +214,8 @@ class TcpConn:
                        errno.EACCES: UnreachCode.ADMIN_PROHIBITED,
                        errno.EPERM: UnreachCode.ADMIN_PROHIBITED}.get(error)
         if unreachable is not None:
-            return [Close(self.key), *icmp_error_for(self.link, self.key,
-                                                     IcmpType.DEST_UNREACHABLE, unreachable,
-                                                     0, seq=self.irs)]
+            return [Close(self.key), *icmp_unreachable(self.link, self.key, unreachable,
+                                                       seq=self.irs)]
         # Refused, timed out, anything else: the guest's connect() fails with a reset.
         return [Close(self.key), self._segment(RST | ACK, seq=0)]
 
@@ -569,9 +568,9 @@ class TcpConn:
                   ack=ack, flags=flags, window=window, options=options, payload=payload,
                   checksum=not offload)
         gso_size = self.send_mss if offload and len(payload) > self.send_mss else 0
-        (frame,) = self.link.ipv4(src=self.key.remote_addr, dst=self.key.guest_addr, proto=6,
-                                  l4=header, payload=payload, csum_offset=16 if offload else 0,
-                                  gso_size=gso_size)
+        (frame,) = self.link.ip(src=self.key.remote_addr, dst=self.key.guest_addr, proto=6,
+                                l4=header, payload=payload, csum_offset=16 if offload else 0,
+                                gso_size=gso_size)
         return frame
 
 
@@ -588,6 +587,6 @@ def reset_for(link: GuestLink, key: FlowKey, seg: TcpHeader) -> list[Effect]:
         seq, ack, flags = 0, seq_add(seg.seq, length), RST | ACK
     build_tcp(header, 0, src=key.remote_addr, dst=key.guest_addr, src_port=key.remote_port,
               dst_port=key.guest_port, seq=seq, ack=ack, flags=flags, window=0)
-    return list(link.ipv4(src=key.remote_addr, dst=key.guest_addr, proto=6, l4=header))
+    return list(link.ip(src=key.remote_addr, dst=key.guest_addr, proto=6, l4=header))
 
 

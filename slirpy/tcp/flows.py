@@ -23,6 +23,7 @@ from slirpy.wire.tcp import ACK, RST, SYN, TcpHeader
 log = logging.getLogger(__name__)
 
 IP_TCP_HEADERS: Final = 40
+IPV6_EXTRA: Final = 20  # an IPv6 header is 40 bytes, IPv4's 20
 CONNECT_TIMEOUT_S: Final = 30.0  # then RST: the guest's connect() fails, as on a network
 REORDER_TOTAL_BYTES: Final = 32 * 1024 * 1024  # all connections' out-of-order data together
 
@@ -55,7 +56,7 @@ class TcpFlows:
             if self._full():
                 return reset_for(self.link, key, seg)
             conn = TcpConn(key, self.link, seg, initial_sequence(self.secret, key, now),
-                           self.our_mss, now, self.reorder_budget)
+                           self._mss(key), now, self.reorder_budget)
             self.conns[key] = conn
             conn.deadline = now + CONNECT_TIMEOUT_S
             self._schedule(conn)
@@ -80,10 +81,13 @@ class TcpFlows:
         if key in self.conns or self._full():
             return None
         conn, syn = TcpConn.active(key, self.link, initial_sequence(self.secret, key, now),
-                                   self.our_mss, space, now, self.reorder_budget)
+                                   self._mss(key), space, now, self.reorder_budget)
         self.conns[key] = conn
         self._schedule(conn)
         return [syn]
+
+    def _mss(self, key: FlowKey) -> int:
+        return self.our_mss - (IPV6_EXTRA if len(key.guest_addr) == 16 else 0)
 
     def _full(self) -> bool:
         """At the cap: count the refusal, and say so once until some connections close."""

@@ -1,4 +1,8 @@
-"""ICMPv4 messages (RFC 792): echo, and the errors we send to the guest."""
+"""ICMP messages (RFC 792), and ICMPv6's (RFC 4443) which share their layout.
+
+ICMPv6's checksum also covers a pseudo-header (RFC 4443 2.3): pass its sum as
+*initial* to `parse` and `build_icmp`; for ICMPv4 it is 0.
+"""
 
 from __future__ import annotations
 
@@ -48,10 +52,11 @@ class IcmpHeader(NamedTuple):
         return int(_ECHO.unpack(self.rest)[1])
 
     @classmethod
-    def parse(cls, message: memoryview, *, verify_checksum: bool = True) -> IcmpHeader:
+    def parse(cls, message: memoryview, *, verify_checksum: bool = True,
+              initial: int = 0) -> IcmpHeader:
         if len(message) < HEADER_LEN:
             raise Malformed("icmp-short")
-        if verify_checksum and checksum(message) != 0:
+        if verify_checksum and checksum(message, initial) != 0:
             raise Malformed("icmp-checksum")
         icmp_type, code, _, rest = _HEADER.unpack_from(message)
         return cls(icmp_type, code, rest, message[HEADER_LEN:])
@@ -62,10 +67,10 @@ def echo_rest(echo_id: int, seq: int) -> bytes:
 
 
 def build_icmp(icmp_type: int, code: int, rest: bytes,
-               payload: bytes | bytearray | memoryview) -> bytearray:
+               payload: bytes | bytearray | memoryview, initial: int = 0) -> bytearray:
     """A whole ICMP message with its checksum (messages are small: built as one piece)."""
     message = bytearray(HEADER_LEN + len(payload))
     _HEADER.pack_into(message, 0, icmp_type, code, 0, rest)
     message[HEADER_LEN:] = payload
-    struct.pack_into("!H", message, 2, checksum(message))
+    struct.pack_into("!H", message, 2, checksum(message, initial))
     return message

@@ -1,0 +1,177 @@
+"""IPv6 headers (RFC 8200): the fixed header, extension headers walked safely, fragments.
+
+`Ipv6Header` has the fields of `Ipv4Header` the stack uses (src, dst, proto, ttl,
+ident, more_fragments, frag_offset, payload), so one code path serves both families.
+`proto` is the upper-layer protocol found after the extension headers, and `payload`
+starts there.
+
+The walk, bounded and strict: at most MAX_EXTENSIONS headers, each checked against
+the bytes there are; hop-by-hop only first (RFC 8200 4.1); options with an "unknown:
+discard" action that we do not know drop the packet (4.2); a routing header of type 0
+is always dropped (RFC 5095), any other one with segments left too, since slirpy is
+never the next hop of a source route (RFC 8200 4.4 would have us answer with a
+parameter problem; we drop); a second fragment header drops the packet. The walk stops
+at a fragment header of a real fragment: what follows is the fragmentable part, walked
+again by `walk_extensions` once reassembled. An atomic fragment (offset 0, M clear,
+RFC 6946) is no fragment at all.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Final, NamedTuple
+
+from slirpy.wire import Malformed
+
+_HEADER: Final = struct.Struct("!IHBB16s16s")
+HEADER_LEN: Final = _HEADER.size  # 40
+_FRAGMENT: Final = struct.Struct("!BxHI")
+FRAGMENT_LEN: Final = _FRAGMENT.size  # 8
+MAX_EXTENSIONS: Final = 8  # Linux has no limit; 8 is more than any real packet carries
+
+HOP_BY_HOP: Final = 0
+ROUTING: Final = 43
+FRAGMENT: Final = 44
+DEST_OPTIONS: Final = 60
+NO_NEXT_HEADER: Final = 59
+_OPTION_PAD1: Final = 0
+_OPTION_PADN: Final = 1
+_OPTION_ROUTER_ALERT: Final = 5
+_KNOWN_OPTIONS: Final = frozenset({_OPTION_PAD1, _OPTION_PADN, _OPTION_ROUTER_ALERT})
+
+UNSPECIFIED: Final = bytes(16)
+ALL_NODES: Final = bytes.fromhex("ff020000000000000000000000000001")
+
+
+class Ipv6Header(NamedTuple):
+    src: bytes  # 16 bytes, packed
+    dst: bytes
+    proto: int  # the upper-layer protocol (or, for a fragment, what the fragment holds)
+    ttl: int  # the hop limit
+    ident: int  # the fragment header's identification, 0 without one
+    more_fragments: bool
+    frag_offset: int  # bytes
+    header: memoryview  # fixed header and the extension headers walked
+    payload: memoryview
+
+    @property
+    def is_fragment(self) -> bool:
+        return self.more_fragments or self.frag_offset != 0
+
+    @classmethod
+    def parse(cls, packet: memoryview) -> Ipv6Header:
+        if len(packet) < HEADER_LEN:
+            raise Malformed("ipv6-short")
+        vtf, payload_len, next_header, hop_limit, src, dst = _HEADER.unpack_from(packet)
+        if vtf >> 28 != 6:
+            raise Malformed("ipv6-bad-version")
+        if payload_len == 0 and next_header == HOP_BY_HOP:
+            raise Malformed("ipv6-jumbogram")  # RFC 2675: never on a link of ours
+        if HEADER_LEN + payload_len > len(packet):  # shorter than the frame: padding
+            raise Malformed("ipv6-bad-length")
+        if src[0] == 0xFF:
+            raise Malformed("ipv6-multicast-src")
+        body = packet[HEADER_LEN:HEADER_LEN + payload_len]
+        proto, offset, fragment = _walk(next_header, body, first=True)
+        ident, more, frag_offset = fragment if fragment is not None else (0, False, 0)
+        return cls(src, dst, proto, hop_limit, ident, more, frag_offset,
+                   packet[:HEADER_LEN + offset], body[offset:])
+
+
+def walk_extensions(next_header: int, data: memoryview) -> tuple[int, memoryview]:
+    """The upper-layer protocol and its bytes in a reassembled fragmentable part."""
+    proto, offset, fragment = _walk(next_header, data, first=False)
+    if fragment is not None:
+        raise Malformed("ipv6-nested-fragment")
+    return proto, data[offset:]
+
+
+def _walk(next_header: int, data: memoryview, *, first: bool
+          ) -> tuple[int, int, tuple[int, bool, int] | None]:
+    """(upper protocol, its offset in *data*, (ident, more, offset) of a fragment header)."""
+    offset = 0
+    fragment: tuple[int, bool, int] | None = None
+    for count in range(MAX_EXTENSIONS + 1):
+        if next_header not in (HOP_BY_HOP, ROUTING, FRAGMENT, DEST_OPTIONS):
+            return next_header, offset, fragment
+        if count == MAX_EXTENSIONS:
+            break
+        if next_header == HOP_BY_HOP and not (first and count == 0):
+            raise Malformed("ipv6-misplaced-hop-by-hop")
+        if len(data) - offset < 8:
+            raise Malformed("ipv6-ext-short")
+        if next_header == FRAGMENT:
+            if fragment is not None or not first:
+                raise Malformed("ipv6-nested-fragment")
+            following, frag, ident = _FRAGMENT.unpack_from(data, offset)
+            offset += FRAGMENT_LEN
+            more, frag_offset = bool(frag & 1), frag & 0xFFF8
+            fragment = (ident, more, frag_offset)
+            next_header = following
+            if more or frag_offset:
+                return next_header, offset, fragment  # the rest is the fragmentable part
+            continue  # an atomic fragment: the headers go on
+        following, units = data[offset], data[offset + 1]
+        length = (units + 1) * 8
+        if length > len(data) - offset:
+            raise Malformed("ipv6-ext-short")
+        if next_header == ROUTING:
+            if data[offset + 2] == 0:
+                raise Malformed("ipv6-routing-type-0")
+            if data[offset + 3] != 0:
+                raise Malformed("ipv6-routing-segments-left")
+        else:
+            _check_options(data[offset + 2:offset + length])
+        offset += length
+        next_header = following
+    raise Malformed("ipv6-too-many-ext")
+
+
+def _check_options(options: memoryview) -> None:
+    """Hop-by-hop or destination options: known ones and "skip if unknown" pass."""
+    i = 0
+    while i < len(options):
+        kind = options[i]
+        if kind == _OPTION_PAD1:
+            i += 1
+            continue
+        if i + 2 > len(options) or i + 2 + options[i + 1] > len(options):
+            raise Malformed("ipv6-option-short")
+        if kind not in _KNOWN_OPTIONS and kind >> 6 != 0:
+            raise Malformed("ipv6-unknown-option")
+        i += 2 + options[i + 1]
+
+
+def build_ipv6(buf: bytearray, offset: int, *, src: bytes, dst: bytes, next_header: int,
+               payload_len: int, hop_limit: int = 64) -> int:
+    """Write a 40-byte IPv6 header at *offset*; return the offset after it."""
+    _HEADER.pack_into(buf, offset, 6 << 28, payload_len, next_header, hop_limit, src, dst)
+    return offset + HEADER_LEN
+
+
+def build_fragment_header(buf: bytearray, offset: int, *, next_header: int, frag_offset: int,
+                          more: bool, ident: int) -> int:
+    """Write an 8-byte fragment header (*frag_offset* in bytes, a multiple of 8)."""
+    _FRAGMENT.pack_into(buf, offset, next_header, frag_offset | int(more), ident)
+    return offset + FRAGMENT_LEN
+
+
+def fragment_offsets6(payload_len: int, mtu: int) -> list[tuple[int, int, bool]]:
+    """(start, end, more) for each fragment of a fragmentable part too big for *mtu*."""
+    step = (mtu - HEADER_LEN - FRAGMENT_LEN) & ~7
+    return [(start, min(start + step, payload_len), start + step < payload_len)
+            for start in range(0, payload_len, step)]
+
+
+def is_multicast(addr: bytes) -> bool:
+    return addr[0] == 0xFF
+
+
+def solicited_node(addr: bytes) -> bytes:
+    """The solicited-node multicast address of *addr* (RFC 4291 2.7.1)."""
+    return bytes.fromhex("ff0200000000000000000001ff") + addr[13:]
+
+
+def multicast_mac(addr: bytes) -> bytes:
+    """The Ethernet address of IPv6 multicast group *addr* (RFC 2464 7)."""
+    return b"\x33\x33" + addr[12:]
