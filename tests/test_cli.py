@@ -24,8 +24,6 @@ from slirpy.cli.main import main, summary
     (["-c", "--macaddress", "+2:00:00:00:00:01", "1"], "valid unicast MAC address"),
     (["1", "averyveryverylongtapname0"], "1 to 15 bytes"),
     (["1", "tap/0"], "invalid tap name"),
-    (["--enable-ipv6", "1"], "--enable-ipv6 is not supported yet"),
-    (["-6", "1"], "--enable-ipv6 is not supported yet"),
     (["-L", "x:80:10.0.2.100:80", "1"], "-L x:80:10.0.2.100:80: bind address is not an IP "
                                         "address: 'x'"),
     (["-L", "sctp://80", "1"], "-L sctp://80: unknown protocol 'sctp' (tcp, udp, tcppp, "
@@ -57,7 +55,6 @@ from slirpy.cli.main import main, summary
     (["999999999"], "no such process: 999999999"),
     (["run"], "run needs a command"),
     (["run", "--cidr", "bad", "--", "true"], "invalid CIDR: bad"),
-    (["run", "--enable-ipv6", "--", "true"], "--enable-ipv6 is not supported yet"),
     (["run", "-c", "--", "true"], "unrecognized arguments: -c"),
 ])
 def test_bad_command_line_gives_one_line_and_non_zero_exit(

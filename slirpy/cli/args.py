@@ -18,14 +18,14 @@ from collections.abc import Callable
 from typing import Final, NoReturn, TypeVar
 
 from slirpy import __version__
-from slirpy.config import DEFAULT_CIDR, DEFAULT_MTU, MAX_MTU, Config, Network, parse_cidr, parse_mtu
+from slirpy.config import (DEFAULT_CIDR, DEFAULT_CIDR6, DEFAULT_MTU, MAX_MTU, Config, Network,
+                           parse_cidr, parse_cidr6, parse_mtu)
 from slirpy.errors import UsageError
 from slirpy.forward.spec import Forward, ForwardError, Kind, parse_forward
 from slirpy.netns.attach import check_tap_name
 from slirpy.netns.link import interface_address
 
 UNSUPPORTED: Final = {
-    "-6": "--enable-ipv6", "--enable-ipv6": "--enable-ipv6",
     "--enable-sandbox": "--enable-sandbox", "--enable-seccomp": "--enable-seccomp",
 }
 
@@ -40,7 +40,10 @@ User-mode networking for unprivileged network namespaces.
 -e, --exit-fd=FD         specify the FD for terminating slirpy
 -r, --ready-fd=FD        specify the FD to write to when the network is configured
 -m, --mtu=MTU            specify MTU (default={DEFAULT_MTU}, max={MAX_MTU})
+-6, --enable-ipv6        enable IPv6 (default off here, on in `slirpy run`)
+--disable-ipv6           IPv4 only (default here)
 --cidr=CIDR              specify network address CIDR (default={DEFAULT_CIDR})
+--cidr6=CIDR             specify IPv6 network prefix, a /64 (default={DEFAULT_CIDR6}; needs -6)
 --disable-host-loopback  prohibit connecting to 127.0.0.1:* on the host namespace
 --enable-host-loopback   allow connecting to 127.0.0.1:* on the host as the gateway (default here)
 --netns-type=TYPE        specify network namespace type ([path|pid], default=pid)
@@ -73,7 +76,10 @@ Run COMMAND in new user and network namespaces, online through slirpy.
 COMMAND's exit status is slirpy's; nothing it started outlives it.
 
 -m, --mtu=MTU            specify MTU (default={DEFAULT_MTU}, max={MAX_MTU})
+--disable-ipv6           IPv4 only: no IPv6 in the guest
+-6, --enable-ipv6        enable IPv6 (the default of this form)
 --cidr=CIDR              specify network address CIDR (default={DEFAULT_CIDR})
+--cidr6=CIDR             specify IPv6 network prefix, a /64 (default={DEFAULT_CIDR6})
 --enable-host-loopback   allow connecting to 127.0.0.1:* on the host as the gateway
 --disable-host-loopback  prohibit it (the default of this form)
 --outbound-addr=IPv4     sets outbound ipv4 address (or interface) to bind to
@@ -141,6 +147,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-h", "--help", action="store_true")
     parser.add_argument("-m", "--mtu", default=str(DEFAULT_MTU))
     parser.add_argument("--cidr", default=DEFAULT_CIDR)
+    parser.add_argument("-6", "--enable-ipv6", action="store_true")
+    parser.add_argument("--disable-ipv6", action="store_true")
+    parser.add_argument("--cidr6")
     parser.add_argument("--disable-host-loopback", action="store_true")
     parser.add_argument("--enable-host-loopback", action="store_true")
     parser.add_argument("--outbound-addr")
@@ -153,6 +162,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config")
     parser.add_argument("--debug", action="store_true")
     parser.add_argument("--quiet", action="store_true")
+    # An option named like a negative number ("-6") makes argparse take every "-1" for an
+    # option; getopt, as slirp4netns, takes `-r -1` as the value -1 (and refuses it).
+    parser._has_negative_number_optionals.clear()
 
 
 def _attach_parser() -> argparse.ArgumentParser:
@@ -232,7 +244,9 @@ def _check_tokens(tokens: list[str], run: bool) -> None:
         _parse_run([*tokens, "--", "true"])
     else:
         needs_c = any(token.startswith("--macaddress") for token in tokens)
-        _parse_attach([*tokens, *(["-c"] if needs_c else []), "1"])
+        needs_6 = any(token.startswith("--cidr6") for token in tokens)
+        _parse_attach([*tokens, *(["-c"] if needs_c else []), *(["-6"] if needs_6 else []),
+                       "1"])
 
 
 def _parse_attach(argv: list[str]) -> Attach:
@@ -256,7 +270,7 @@ def _parse_attach(argv: list[str]) -> Attach:
     if ns.userns_path is not None and not os.path.exists(ns.userns_path):
         raise UsageError(f"userns path doesn't exist: {ns.userns_path}")
     return Attach(
-        config=_config(ns, host_loopback_default=True),
+        config=_config(ns, host_loopback_default=True, ipv6_default=False),
         target=ns.positional[0], netns_type=ns.netns_type, userns_path=ns.userns_path,
         tap_name=check_tap_name(ns.positional[1] if len(ns.positional) > 1 else "tap0"),
         configure=ns.configure,
@@ -271,35 +285,53 @@ def _parse_run(argv: list[str]) -> Run:
     command = ns.command[1:] if ns.command[:1] == ["--"] else ns.command
     if not command:
         raise UsageError("run needs a command: slirpy run [OPTION]... -- COMMAND [ARG]...")
-    return Run(_config(ns, host_loopback_default=False), command, _log_level(ns))
+    return Run(_config(ns, host_loopback_default=False, ipv6_default=True), command,
+               _log_level(ns))
 
 
-def _config(ns: argparse.Namespace, *, host_loopback_default: bool) -> Config:
+def _config(ns: argparse.Namespace, *, host_loopback_default: bool,
+            ipv6_default: bool) -> Config:
     if ns.disable_host_loopback and ns.enable_host_loopback:
         raise UsageError("--disable-host-loopback and --enable-host-loopback contradict")
     host_loopback = (ns.enable_host_loopback or host_loopback_default
                      and not ns.disable_host_loopback)
-    network = Network(parse_cidr(ns.cidr))
+    ipv6 = _ipv6(ns, ipv6_default)
+    network = Network(parse_cidr(ns.cidr), parse_cidr6(ns.cidr6 or DEFAULT_CIDR6))
+    if ns.cidr6 is not None and not ipv6:
+        raise UsageError("--cidr6 is for IPv6, which --disable-ipv6 turns off"
+                         if ns.disable_ipv6 else "--cidr6 is for IPv6, which is off: add -6")
     return Config(
         network=network, mtu=parse_mtu(ns.mtu),
-        forwards=_forwards(ns, network), api_socket=ns.api_socket or None,
+        forwards=_forwards(ns, network, ipv6), api_socket=ns.api_socket or None,
         dns_ttl_s=_dns_ttl(ns.dns_ttl),
-        host_loopback=host_loopback, dns=not ns.disable_dns,
+        host_loopback=host_loopback, ipv6=ipv6, dns=not ns.disable_dns,
         outbound_addr=_outbound(ns.outbound_addr, ipaddress.IPv4Address)
         if ns.outbound_addr else None,
         outbound_addr6=_outbound(ns.outbound_addr6, ipaddress.IPv6Address)
         if ns.outbound_addr6 else None)
 
 
-def _forwards(ns: argparse.Namespace, network: Network) -> tuple[Forward, ...]:
+def _ipv6(ns: argparse.Namespace, default: bool) -> bool:
+    if ns.enable_ipv6 and ns.disable_ipv6:
+        raise UsageError("--disable-ipv6 and --enable-ipv6 contradict")
+    return bool(ns.enable_ipv6 or default and not ns.disable_ipv6)
+
+
+def _forwards(ns: argparse.Namespace, network: Network, ipv6: bool) -> tuple[Forward, ...]:
     found: list[Forward] = []
     for option, kind, specs in (("-L", Kind.LOCAL, ns.local_forward),
                                 ("-R", Kind.REMOTE, ns.remote_forward)):
         for spec in specs:
             try:
-                found += parse_forward(kind, spec, guest=network.guest, gateway=network.gateway)
+                forwards = parse_forward(kind, spec, guest=network.guest,
+                                         gateway=network.gateway)
             except ForwardError as exc:
                 raise UsageError(f"{option} {spec}: {exc}") from None
+            guest_side = forwards[0].target if kind is Kind.LOCAL else forwards[0].bind
+            if not ipv6 and isinstance(guest_side, ipaddress.IPv6Address):
+                raise UsageError(f"{option} {spec}: the guest address {guest_side} is IPv6, "
+                                 "and IPv6 is off (-6 turns it on)")
+            found += forwards
     return tuple(found)
 
 

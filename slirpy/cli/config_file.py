@@ -4,12 +4,15 @@ Keys are the long option names (`mtu`, `disable-host-loopback`, `local-forward`.
 `_` works for `-`). Switches take true/false, repeatable options a list (or one
 string), the rest a scalar. The file's settings become option tokens placed before
 the command line's, so a flag given on the command line wins (repeatable options add
-up; the host-loopback pair is taken from the command line when it names either).
+up; the host-loopback and the IPv6 pairs are taken from the command line when it names
+either).
 An unknown key, a value of the wrong type or a value the option refuses is an error
 naming the file and the key.
 
     # slirpy.yaml
     mtu: 65520
+    enable-ipv6: true
+    cidr6: fd00:1::/64
     disable-host-loopback: true
     api-socket: /run/user/1000/slirpy.sock
     local-forward:
@@ -28,16 +31,18 @@ import yaml
 from slirpy.errors import UsageError
 
 SWITCHES: Final = frozenset({"disable-host-loopback", "enable-host-loopback", "disable-dns",
-                             "debug", "quiet", "configure"})
+                             "debug", "quiet", "configure", "enable-ipv6", "disable-ipv6"})
 REPEATABLE: Final = frozenset({"local-forward", "remote-forward"})
-VALUES: Final = frozenset({"mtu", "cidr", "outbound-addr", "outbound-addr6", "api-socket",
-                           "dns-ttl", "exit-fd", "ready-fd", "netns-type", "userns-path",
-                           "macaddress", "target-type"})
+VALUES: Final = frozenset({"mtu", "cidr", "cidr6", "outbound-addr", "outbound-addr6",
+                           "api-socket", "dns-ttl", "exit-fd", "ready-fd", "netns-type",
+                           "userns-path", "macaddress", "target-type"})
 ATTACH_ONLY: Final = frozenset({"configure", "exit-fd", "ready-fd", "netns-type",
                                 "userns-path", "macaddress", "target-type"})
-_EXCLUSIVE: Final = (frozenset({"disable-host-loopback", "enable-host-loopback"}),)
-_SHORT: Final = {"-m": "mtu", "-a": "api-socket", "-c": "configure", "-e": "exit-fd",
-                 "-r": "ready-fd", "-L": "local-forward", "-R": "remote-forward"}
+_EXCLUSIVE: Final = (frozenset({"disable-host-loopback", "enable-host-loopback"}),
+                     frozenset({"disable-ipv6", "enable-ipv6"}))
+_SHORT_FLAGS: Final = {"6": "enable-ipv6", "c": "configure"}
+_SHORT_VALUES: Final = {"m": "mtu", "a": "api-socket", "e": "exit-fd", "r": "ready-fd",
+                        "L": "local-forward", "R": "remote-forward"}
 
 
 class _Loader(yaml.SafeLoader):
@@ -113,9 +118,14 @@ def _named_on_command_line(cli: list[str]) -> set[str]:
     for arg in cli:
         if arg == "--":
             break
-        name = arg.split("=", 1)[0]
-        if name.startswith("--"):
-            named.add(name[2:])
-        elif name in _SHORT:
-            named.add(_SHORT[name])
+        if arg.startswith("--"):
+            named.add(arg.split("=", 1)[0][2:])
+        elif arg.startswith("-"):  # short options, clustered as getopt allows: -c6, -6m1400
+            for char in arg[1:]:
+                if char in _SHORT_FLAGS:
+                    named.add(_SHORT_FLAGS[char])
+                    continue
+                if char in _SHORT_VALUES:
+                    named.add(_SHORT_VALUES[char])
+                break  # the rest of the token is this option's value (or unknown)
     return named
