@@ -1,5 +1,5 @@
 """IPv6 on the command line: -6/--enable-ipv6, --disable-ipv6, --cidr6, the config file
-keys.
+keys, the start-up summary, and -c's IPv6 address and route.
 
 add_hostfwd with IPv6 is tested in test_api_commands.py."""
 
@@ -7,13 +7,17 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import shutil
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 
 from slirpy.cli.args import ATTACH_HELP, RUN_HELP, Attach, Run, parse
-from slirpy.cli.main import main
+from slirpy.cli.main import main, summary
+from slirpy.config import Network
 from slirpy.errors import UsageError
 
 DEFAULT6 = ipaddress.IPv6Network("fd00::/64")
@@ -136,6 +140,29 @@ def test_help_texts_name_the_ipv6_options() -> None:
     assert "enable-ipv6 is not supported" not in ATTACH_HELP + RUN_HELP
 
 
+# --- the start-up summary ---
+
+def test_summary_adds_ipv6_lines_only_with_ipv6() -> None:
+    plain = summary(attach()).splitlines()
+    assert not any("IPv6" in line or "IP6" in line for line in plain)
+    net = Network()
+    lines = summary(attach("-6", "--outbound-addr6=::1")).splitlines()
+    assert lines[:9] == plain[:9]  # the IPv4 lines, unchanged
+    assert lines[9:] == [
+        "* IPv6 network:    fd00::/64",
+        "* IPv6 gateway:    fd00::2",
+        "* IPv6 DNS:        fd00::3",
+        "* IPv6 router:     fe80::2",
+        f"* Recommended IP6: {net.guest6}",
+        "* Outbound IPv6:   ::1"]
+
+
+def test_summary_marks_the_ipv6_dns_disabled() -> None:
+    lines = summary(attach("-6", "--disable-dns", "--cidr6=fd01::/64")).splitlines()
+    assert "* IPv6 DNS:        fd01::3 (disabled)" in lines
+    assert "* DNS:             10.0.2.3 (disabled)" in lines
+
+
 # --- the config file ---
 
 def write(tmp_path: Path, text: str) -> str:
@@ -202,3 +229,52 @@ def test_bad_ipv6_settings_name_the_key(tmp_path: Path, text: str, key: str | No
     assert message in str(caught.value)
     if key is not None:
         assert str(caught.value).startswith(f"--config {path}: key '{key}': ")
+
+
+# --- -c in a namespace of our own: the IPv6 address is usable at once ---
+
+LINK_PROBE = """\
+import json, sys
+from pyroute2 import IPRoute
+from slirpy.config import Config
+from slirpy.netns.attach import LinkSetup, Target, open_tap
+ipv6 = sys.argv[1] == "1"
+open_tap(Target("/proc/self/ns/net", None), "tap0", LinkSetup(Config(ipv6=ipv6)))
+with IPRoute() as ipr:
+    (tap,) = ipr.link_lookup(ifname="tap0")
+    addrs = [(m.get_attr("IFA_ADDRESS"), m["prefixlen"], m.get_attr("IFA_FLAGS") or m["flags"])
+             for m in ipr.get_addr(index=tap)]
+    routes = [(m["family"], m.get_attr("RTA_DST"), m["dst_len"], m.get_attr("RTA_GATEWAY"))
+              for m in ipr.get_routes(oif=tap) if m.get_attr("RTA_GATEWAY")]
+print(json.dumps({"addrs": addrs, "routes": routes}))
+"""
+
+
+def _probe_link(ipv6: bool) -> dict[str, list[list[object]]]:
+    if shutil.which("unshare") is None:
+        pytest.skip("no unshare")
+    done = subprocess.run(["unshare", "-Urn", sys.executable, "-c", LINK_PROBE,
+                           "1" if ipv6 else "0"], capture_output=True, text=True,
+                          cwd=Path(__file__).parent.parent)
+    if done.returncode != 0 and "unshare" in done.stderr:
+        pytest.skip(f"cannot make namespaces here: {done.stderr.strip()}")
+    assert done.returncode == 0, done.stderr
+    result: dict[str, list[list[object]]] = json.loads(done.stdout)
+    return result
+
+
+def test_configure_adds_the_ipv6_address_without_dad_and_a_default_route() -> None:
+    net = Network()
+    found = _probe_link(ipv6=True)
+    (flags,) = [f for a, p, f in found["addrs"] if a == str(net.guest6) and p == 64]
+    assert isinstance(flags, int)
+    assert flags & 0x02 and not flags & 0x40  # IFA_F_NODAD, and not IFA_F_TENTATIVE
+    assert [10, None, 0, "fd00::2"] in found["routes"]
+    assert [2, None, 0, "10.0.2.2"] in found["routes"]
+
+
+def test_configure_without_ipv6_adds_no_ipv6() -> None:
+    found = _probe_link(ipv6=False)
+    assert [[a, p] for a, p, _ in found["addrs"] if not str(a).startswith("fe80:")] \
+        == [["10.0.2.100", 24]]
+    assert found["routes"] == [[2, None, 0, "10.0.2.2"]]

@@ -60,6 +60,9 @@ def attach(args: Attach) -> int:
     if args.config.host_loopback:
         log.info("127.0.0.1:* on the host is reachable as %s (--disable-host-loopback "
                  "prohibits it)", args.config.network.gateway)
+        if args.config.ipv6:
+            log.info("[::1]:* on the host is reachable as %s (--disable-host-loopback "
+                     "prohibits it)", args.config.network.gateway6)
     ready_fd = args.ready_fd
     serve(args.config, tap_fd, stop_fds=[args.exit_fd] if args.exit_fd is not None else [],
           on_ready=None if ready_fd is None else lambda: write_ready(ready_fd))
@@ -74,9 +77,15 @@ def summary(args: Attach) -> str:
         ("Netmask", net.cidr.netmask), ("Gateway", net.gateway),
         ("DNS", net.dns if config.dns else f"{net.dns} (disabled)"),
         ("DHCP begin", net.dhcp_start), ("DHCP end", net.dhcp_end),
-        ("Recommended IP", net.guest), ("Outbound IPv4", config.outbound_addr),
-        ("Outbound IPv6", config.outbound_addr6), ("MAC address", args.mac),
-        ("API socket", config.api_socket)]
+        ("Recommended IP", net.guest)]
+    if config.ipv6:  # slirp4netns -6 prints none: these follow its format
+        fields += [
+            ("IPv6 network", net.cidr6), ("IPv6 gateway", net.gateway6),
+            ("IPv6 DNS", net.dns6 if config.dns else f"{net.dns6} (disabled)"),
+            ("IPv6 router", net.link_local6), ("Recommended IP6", net.guest6)]
+    fields += [
+        ("Outbound IPv4", config.outbound_addr), ("Outbound IPv6", config.outbound_addr6),
+        ("MAC address", args.mac), ("API socket", config.api_socket)]
     return "\n".join(["Starting slirpy", *(f"* {label + ':':<17}{value}"
                                            for label, value in fields if value is not None)])
 
@@ -87,8 +96,9 @@ def run(args: Run) -> int:
 
     if args.log_level == logging.INFO:
         logging.getLogger().setLevel(logging.WARNING)  # CMD's stderr is the user's
-    dns = args.config.network.dns
-    guest = spawn(args.command, nameserver=str(dns) if args.config.dns else None)
+    net = args.config.network
+    nameservers = [str(net.dns), *([str(net.dns6)] if args.config.ipv6 else [])]
+    guest = spawn(args.command, nameservers=nameservers if args.config.dns else [])
     try:
         tap_fd = open_tap(target_for_pid(guest.pid), "tap0", LinkSetup(args.config))
     except SlirpyError:

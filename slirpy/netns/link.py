@@ -18,24 +18,33 @@ import ipaddress
 import os
 import socket
 from collections.abc import Iterator
+from typing import Final
 
 from slirpy.config import Config
 from slirpy.errors import SetupError
 
+IFA_F_NODAD: Final = 0x02  # <linux/if_addr.h>: the address is usable at once, no DAD wait
+_IPV6_HINT: Final = " (is IPv6 disabled on this host? --disable-ipv6 runs without it)"
+
 
 @contextlib.contextmanager
-def _step(what: str) -> Iterator[None]:
+def _step(what: str, hint: str = "") -> Iterator[None]:
     """Turn a netlink refusal during *what* into one line for the user."""
     from pyroute2 import NetlinkError
 
     try:
         yield
     except NetlinkError as exc:
-        raise SetupError(f"cannot {what}: {os.strerror(exc.code)}") from None
+        raise SetupError(f"cannot {what}: {os.strerror(exc.code)}{hint}") from None
 
 
 def configure_link(tap_name: str, config: Config, mac: str | None) -> None:
     """lo up; the tap's MTU and MAC, tap up, address network+100, default route via +2.
+
+    With IPv6 on, also the IPv6 network's ::100/64 (flagged "no DAD": the guest is
+    alone on the link with slirpy, and the address must work before CMD starts, not
+    a second later) and a default route via its ::2. The kernel still takes a SLAAC
+    address from slirpy's router advertisements beside it, as on any link.
 
     Runs inside the guest's network namespace (the tap helper has joined it).
     """
@@ -55,6 +64,13 @@ def configure_link(tap_name: str, config: Config, mac: str | None) -> None:
             ipr.addr("add", index=tap, address=str(net.guest), prefixlen=net.cidr.prefixlen)
         with _step(f"add a default route via {net.gateway}"):
             ipr.route("add", dst="0.0.0.0/0", gateway=str(net.gateway), oif=tap)
+        if not config.ipv6:
+            return
+        with _step(f"add {net.guest6}/{net.cidr6.prefixlen} to {tap_name}", _IPV6_HINT):
+            ipr.addr("add", index=tap, address=str(net.guest6), prefixlen=net.cidr6.prefixlen,
+                     flags=IFA_F_NODAD)
+        with _step(f"add an IPv6 default route via {net.gateway6}", _IPV6_HINT):
+            ipr.route("add", dst="::/0", gateway=str(net.gateway6), oif=tap)
 
 
 def interface_address(name: str, version: int

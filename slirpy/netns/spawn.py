@@ -82,10 +82,10 @@ def exit_status(raw: int) -> int:
     return 128 - code if code < 0 else code
 
 
-def spawn(cmd: list[str], nameserver: str | None) -> Guest:
+def spawn(cmd: list[str], nameservers: list[str]) -> Guest:
     """Make the namespaces and start CMD's init, which waits for Guest.go().
 
-    *nameserver* goes into the guest's resolv.conf (None: keep the host's file).
+    *nameservers* go into the guest's resolv.conf, in order (none: keep the host's file).
     Raises SetupError, with the reason, if the namespaces cannot be made.
     """
     uid, gid = os.getuid(), os.getgid()
@@ -95,7 +95,7 @@ def spawn(cmd: list[str], nameserver: str | None) -> Guest:
     def start_keeper() -> NoReturn:
         os.close(ready_r)
         os.close(go_w)
-        _keeper(cmd, nameserver, uid, gid, ready_w, go_r)
+        _keeper(cmd, nameservers, uid, gid, ready_w, go_r)
 
     pid = _fork(start_keeper)
     os.close(ready_w)
@@ -110,7 +110,7 @@ def spawn(cmd: list[str], nameserver: str | None) -> Guest:
     return Guest(pid, go_w)
 
 
-def _keeper(cmd: list[str], nameserver: str | None, uid: int, gid: int, ready_w: int,
+def _keeper(cmd: list[str], nameservers: list[str], uid: int, gid: int, ready_w: int,
             go_r: int) -> NoReturn:
     try:
         set_parent_death_signal(signal.SIGKILL)
@@ -122,18 +122,18 @@ def _keeper(cmd: list[str], nameserver: str | None, uid: int, gid: int, ready_w:
         _fail(ready_w, f"cannot make namespaces: {exc.strerror or exc}")
 
     def start_init() -> NoReturn:
-        _init(cmd, nameserver, ready_w, go_r)
+        _init(cmd, nameservers, ready_w, go_r)
 
     os._exit(_supervise(start_init, theirs=(ready_w, go_r)))
 
 
-def _init(cmd: list[str], nameserver: str | None, ready_w: int, go_r: int) -> NoReturn:
+def _init(cmd: list[str], nameservers: list[str], ready_w: int, go_r: int) -> NoReturn:
     try:
         set_parent_death_signal(signal.SIGKILL)
         mount(None, "/", None, MS_REC | MS_PRIVATE)
         mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
-        if nameserver is not None and os.path.exists(RESOLV_CONF):
-            _bind_resolv_conf(nameserver)
+        if nameservers and os.path.exists(RESOLV_CONF):
+            _bind_resolv_conf(nameservers)
     except OSError as exc:
         _fail(ready_w, f"cannot set up the guest's mounts: {exc.strerror or exc}")
     os.write(ready_w, _READY)
@@ -203,8 +203,8 @@ def _exec(cmd: list[str]) -> NoReturn:
         os._exit(126)
 
 
-def _bind_resolv_conf(nameserver: str) -> None:
-    """Bind a file naming *nameserver* over /etc/resolv.conf (or what it links to).
+def _bind_resolv_conf(nameservers: list[str]) -> None:
+    """Bind a file naming *nameservers* over /etc/resolv.conf (or what it links to).
 
     mount(2) follows a symlinked /etc/resolv.conf to its target. The file is removed
     at once: the mount keeps it alive, and nothing is left in /tmp afterwards.
@@ -212,7 +212,8 @@ def _bind_resolv_conf(nameserver: str) -> None:
     fd, path = tempfile.mkstemp(prefix="slirpy-resolv-", suffix=".conf")
     try:
         with os.fdopen(fd, "w", encoding="ascii") as file:
-            file.write(f"# written by slirpy run\nnameserver {nameserver}\n")
+            file.write("# written by slirpy run\n"
+                       + "".join(f"nameserver {server}\n" for server in nameservers))
         os.chmod(path, 0o644)
         mount(path, RESOLV_CONF, None, MS_BIND)
     finally:
