@@ -3,9 +3,10 @@
 A test calls `in_world(scenario)`: the scenario function runs in a new user, network,
 mount and PID namespace (the world) and returns a JSON-able result. In the world:
 - lo is up and carries the "internet": documentation addresses (192.0.2.1,
-  198.51.100.1) on which test servers listen, beside the world's own 127.0.0.1;
-- the default route goes into a tun device nobody reads, so an address nobody
-  holds stays silent, as on a real network, and nothing leaves the world;
+  198.51.100.1, 2001:db8::1, 2001:db8::2) on which test servers listen, beside the
+  world's own 127.0.0.1 and ::1;
+- the default routes (IPv4 and IPv6) go into a tun device nobody reads, so an address
+  nobody holds stays silent, as on a real network, and nothing leaves the world;
 - /tmp is a private tmpfs (unless the checkout or the Python in use lives under /tmp:
   then it stays visible), WORK (a new directory, a tmpfs inside the world) holds its
   files, and /etc/resolv.conf is a file of the world's own naming a DNS server the
@@ -39,8 +40,12 @@ REPO = Path(__file__).resolve().parent.parent
 SLIRPY = [sys.executable, "-m", "slirpy"]
 INTERNET = "192.0.2.1"
 INTERNET2 = "198.51.100.1"
+INTERNET6 = "2001:db8::1"
+INTERNET6_2 = "2001:db8::2"
 NOBODY = "203.0.113.99"  # routed into the blackhole: never answers
+NOBODY6 = "2001:db8:dead::99"
 NAMES = {"example.test.": INTERNET, "other.test.": INTERNET2}
+NAMES6 = {"example.test.": INTERNET6, "other.test.": INTERNET6_2}
 WORLD_UNSHARE = ["unshare", "--user", "--map-root-user", "--net", "--mount", "--pid", "--fork",
                  "--mount-proc", "--kill-child=SIGTERM"]
 _RESULT = "@@world-result@@"
@@ -110,8 +115,9 @@ def sh(cmd: str) -> str:
 def build_world(nameservers: tuple[str, ...] = ("127.0.0.1",)) -> None:
     sh("ip link set lo up")
     sh(f"ip addr add {INTERNET}/32 dev lo && ip addr add {INTERNET2}/32 dev lo")
+    sh(f"ip -6 addr add {INTERNET6}/128 dev lo && ip -6 addr add {INTERNET6_2}/128 dev lo")
     sh("ip tuntap add mode tun name blackhole0 && ip link set blackhole0 up "
-       "&& ip route add default dev blackhole0")
+       "&& ip route add default dev blackhole0 && ip -6 route add default dev blackhole0")
     if not any(Path(p).resolve().is_relative_to("/tmp")
                for p in (str(REPO), sys.prefix, sys.base_prefix, sys.executable, *sys.path)
                if p):
@@ -245,7 +251,7 @@ def greeter(addr: str, port: int, text: bytes) -> list[str]:
     """A TCP server that sends *text* to each client and closes; the list returned fills
     with the address of each client seen."""
     seen: list[str] = []
-    srv = socket.create_server((addr, port))
+    srv = socket.create_server((addr, port), family=_family(addr))
 
     def loop() -> None:
         while True:
@@ -260,7 +266,7 @@ def greeter(addr: str, port: int, text: bytes) -> list[str]:
 def udp_echo(addr: str, port: int) -> list[tuple[int, str]]:
     """Echo every datagram; the list returned fills with (size, sha256) of each one
     received, so a test can check what arrived at this end as well as what came back."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock = socket.socket(_family(addr), socket.SOCK_DGRAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
     sock.bind((addr, port))
     received: list[tuple[int, str]] = []
@@ -275,19 +281,22 @@ def udp_echo(addr: str, port: int) -> list[tuple[int, str]]:
 
 
 def dns_server(addr: str = "127.0.0.1", port: int = 53) -> None:
-    """Answers A queries for NAMES over UDP and TCP; NXDOMAIN for anything else."""
+    """Answers A queries for NAMES and AAAA queries for NAMES6 over UDP and TCP;
+    NXDOMAIN for anything else. *addr* may be of either family."""
     from scapy.layers.dns import DNS, DNSRR  # type: ignore[import-untyped]
 
     def answer(query: bytes) -> bytes:
         q = DNS(query)
         name = q.qd[0].qname.decode().lower()
-        if name in NAMES and q.qd[0].qtype == 1:
+        qtype = q.qd[0].qtype
+        if name in NAMES and qtype in (1, 28):
+            rtype, rdata = ("A", NAMES[name]) if qtype == 1 else ("AAAA", NAMES6[name])
             return bytes(DNS(id=q.id, qr=1, aa=1, rd=q.rd, ra=1, qd=q.qd,
-                             an=DNSRR(rrname=name, type="A", ttl=60, rdata=NAMES[name])))
+                             an=DNSRR(rrname=name, type=rtype, ttl=60, rdata=rdata)))
         return bytes(DNS(id=q.id, qr=1, aa=1, rd=q.rd, ra=1, qd=q.qd,
                          rcode=0 if name in NAMES else 3))
 
-    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp = socket.socket(_family(addr), socket.SOCK_DGRAM)
     udp.bind((addr, port))
 
     def udp_loop() -> None:
@@ -295,7 +304,7 @@ def dns_server(addr: str = "127.0.0.1", port: int = 53) -> None:
             data, peer = udp.recvfrom(4096)
             udp.sendto(answer(data), peer)
 
-    tcp = socket.create_server((addr, port))
+    tcp = socket.create_server((addr, port), family=_family(addr))
 
     def tcp_loop() -> None:
         while True:
@@ -309,6 +318,10 @@ def dns_server(addr: str = "127.0.0.1", port: int = 53) -> None:
                 conn.sendall(len(reply).to_bytes(2, "big") + reply)
     serve_forever(udp_loop)
     serve_forever(tcp_loop)
+
+
+def _family(addr: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in addr else socket.AF_INET
 
 
 def sha256(data: bytes) -> str:

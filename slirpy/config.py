@@ -73,8 +73,8 @@ def parse_mtu(text: str | int) -> int:
 class Network:
     """The guest's networks, IPv4 and IPv6, and the addresses slirpy gives out or owns.
 
-    The same host numbers in both: gateway 2, DNS 3, guest 100 (fd00::2, fd00::3,
-    fd00::100 by default). On the link slirpy also owns fe80::2, the router's
+    The same host numbers in both, as written: gateway 2, DNS 3, guest 100 (fd00::2,
+    fd00::3, fd00::100 by default; IPv6's ::100 is hexadecimal). On the link slirpy also owns fe80::2, the router's
     link-local address its router advertisements come from (as libslirp's).
     """
 
@@ -114,7 +114,7 @@ class Network:
 
     @property
     def guest6(self) -> ipaddress.IPv6Address:
-        return self.cidr6.network_address + 100
+        return self.cidr6.network_address + 0x100  # written ::100, as slirp4netns's docs
 
     @property
     def link_local6(self) -> ipaddress.IPv6Address:
