@@ -161,7 +161,8 @@ def test_add_hostfwd_guest_default_follows_the_network() -> None:
     ({"proto": "tcppp"}, "proto"),
     ({"proto": 6}, "proto"),
     ({"host_addr": "localhost"}, "host_addr"),
-    ({"host_addr": "::1"}, "host_addr"),
+    ({"host_addr": "::g"}, "host_addr"),
+    ({"host_addr": "[::1]"}, "host_addr"),
     ({"host_addr": 0}, "host_addr"),
     ({"host_port": None}, "host_port"),
     ({"host_port": 0}, "host_port"),
@@ -321,3 +322,98 @@ def test_list_flows_and_counters_pass_through() -> None:
         b'"age_s":1.5,"state":"ESTABLISHED"}]}}')
     assert api.handle(request("counters")) \
         == b'{"return":{"ipv4-bad-src":2,"flows":{"tcp":1}}}'
+
+
+# --- add_hostfwd with IPv6 (slirp4netns 1.2 refuses every IPv6 address) ---
+
+def make6(*, ipv6: bool) -> tuple[Api, FakeController]:
+    ctl = FakeController()
+    return Api(ctl, Network(), ipv6=ipv6), ctl
+
+
+def test_api_is_ipv4_only_unless_told() -> None:
+    api = Api(FakeController(), Network())
+    assert api.handle(request("add_hostfwd", **{**HOSTFWD, "guest_addr": "fd00::100"})) \
+        == bad("add_hostfwd: bad arguments.guest_addr: IPv6 is off (slirpy -6 turns it on)")
+
+
+@pytest.mark.parametrize("host_addr, guest_addr", [
+    ("::1", "fd00::100"),        # IPv6 both ends
+    ("::", "10.0.2.100"),        # IPv6 host, IPv4 guest
+    ("127.0.0.1", "fd00::100"),  # IPv4 host, IPv6 guest
+    ("::1", ""),                 # IPv6 host, the default (IPv4) guest
+])
+def test_add_hostfwd_takes_either_family_at_either_end(host_addr: str, guest_addr: str) -> None:
+    api, ctl = make6(ipv6=True)
+    body = {**HOSTFWD, "host_addr": host_addr, "guest_addr": guest_addr}
+    assert api.handle(request("add_hostfwd", **body)) == b'{"return":{"id":1}}'
+    fwd, origin = ctl.forwards[1]
+    assert origin == "hostfwd"
+    assert fwd == Forward(Kind.LOCAL, Proto.TCP, ipaddress.ip_address(host_addr), 8080,
+                          ipaddress.ip_address(guest_addr or "10.0.2.100"), 80)
+
+
+def test_ipv6_host_addr_needs_no_ipv6_in_the_guest() -> None:
+    api, ctl = make6(ipv6=False)
+    body = {**HOSTFWD, "host_addr": "::1"}
+    assert api.handle(request("add_hostfwd", **body)) == b'{"return":{"id":1}}'
+    assert str(ctl.forwards[1][0].bind) == "::1"
+
+
+def test_list_hostfwd_shows_ipv6_compressed() -> None:
+    api, _ = make6(ipv6=True)
+    api.handle(request("add_hostfwd", **{**HOSTFWD, "proto": "udp", "host_addr": "0:0::0:1",
+                                         "guest_addr": "FD00:0:0:0::100"}))
+    api.handle(request("add_hostfwd", **{**HOSTFWD, "host_port": 8081}))
+    assert api.handle(request("list_hostfwd")) == (
+        b'{"entries":[{"id":1,"proto":"udp","host_addr":"::1","host_port":8080,'
+        b'"guest_addr":"fd00::100","guest_port":80},'
+        b'{"id":2,"proto":"tcp","host_addr":"0.0.0.0","host_port":8081,'
+        b'"guest_addr":"10.0.2.100","guest_port":80}]}')
+
+
+@pytest.mark.parametrize("ipv6", [False, True])
+@pytest.mark.parametrize("change, desc", [
+    ({"host_addr": "::g"}, "add_hostfwd: bad arguments.host_addr"),
+    ({"host_addr": "[::1]"}, "add_hostfwd: bad arguments.host_addr"),
+    ({"host_addr": "::1/128"}, "add_hostfwd: bad arguments.host_addr"),
+    ({"guest_addr": "fd00::100::1"}, "add_hostfwd: bad arguments.guest_addr"),
+    ({"guest_addr": "fe80::1%tap0"}, "add_hostfwd: bad arguments.guest_addr"),
+    ({"guest_addr": "::ffff:10.0.2.100"}, "add_hostfwd: bad arguments.guest_addr"),
+    ({"host_addr": "::1", "host_port": 0}, "add_hostfwd: bad arguments.host_port"),
+])
+def test_add_hostfwd_ipv6_errors(ipv6: bool, change: dict[str, object], desc: str) -> None:
+    api, ctl = make6(ipv6=ipv6)
+    assert api.handle(request("add_hostfwd", **{**HOSTFWD, **change})) == bad(desc)
+    assert ctl.forwards == {}
+
+
+def test_ipv6_off_guest_error_keeps_slirp4netns_field_order() -> None:
+    api, ctl = make6(ipv6=False)
+    body = {**HOSTFWD, "guest_addr": "fd00::100", "guest_port": 0}
+    reply = api.handle(request("add_hostfwd", **body))
+    assert json.loads(reply) == {"error": {"desc": "bad request: add_hostfwd: bad "
+                                           "arguments.guest_addr: IPv6 is off (slirpy -6 "
+                                           "turns it on)"}}
+    body = {**HOSTFWD, "host_addr": "nope", "guest_addr": "fd00::100"}
+    assert api.handle(request("add_hostfwd", **body)) == bad("add_hostfwd: bad arguments.host_addr")
+    assert ctl.forwards == {}
+
+
+def test_add_forward_with_ipv6_guest_addresses() -> None:
+    api, ctl = make6(ipv6=True)
+    assert api.handle(request("add_forward", kind="local", spec="[::1]:8080:[fd00::100]:80")) \
+        == b'{"return":{"ids":[1]}}'
+    assert api.handle(request("add_forward", kind="remote", spec="[fd00::2]:53:[::1]:53")) \
+        == b'{"return":{"ids":[2]}}'
+    assert [fwd.spec() for fwd, _ in ctl.forwards.values()] == [
+        "tcp://[::1]:8080:[fd00::100]:80", "tcp://[fd00::2]:53:[::1]:53"]
+
+
+def test_add_forward_ipv6_guest_address_with_ipv6_off() -> None:
+    api, ctl = make6(ipv6=False)
+    assert api.handle(request("add_forward", kind="local", spec="8080:[fd00::100]:80")) == bad(
+        "add_forward: the guest address fd00::100 is IPv6: IPv6 is off (slirpy -6 turns it on)")
+    assert api.handle(request("add_forward", kind="local", spec="[::1]:8080")) \
+        == b'{"return":{"ids":[1]}}'  # an IPv6 host address is fine
+    assert list(ctl.forwards) == [1]

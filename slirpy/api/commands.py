@@ -8,6 +8,12 @@ error texts): `add_hostfwd` -> `{"return":{"id":N}}`, `list_hostfwd` ->
 crashes (no "proto" at all) or misreads (a port of 70000 truncated), slirpy answers
 with the error slirp4netns gives for that field.
 
+Beyond slirp4netns 1.2 (which refuses any IPv6 address there): `add_hostfwd`'s
+host_addr and guest_addr may each be IPv6 (`::1`, `fd00::100`), in either mix of
+families; an IPv6 guest_addr needs IPv6 on, or the reply says `bad
+arguments.guest_addr: IPv6 is off (...)`. list_hostfwd shows IPv6 addresses in their
+compressed form. Every IPv4 request is answered as before, byte for byte.
+
 slirpy's own commands use the same envelope:
     add_forward     {"kind": "local"|"remote", "spec": SPEC}   -> {"return":{"ids":[...]}}
     list_forwards                                              -> {"return":{"forwards":[...]}}
@@ -23,9 +29,10 @@ import json
 from typing import Any, Final, Protocol
 
 from slirpy.config import Network
-from slirpy.forward.spec import Forward, ForwardError, Kind, Proto, parse_forward
+from slirpy.forward.spec import Forward, ForwardError, IPAddress, Kind, Proto, parse_forward
 
 MAX_REQUEST: Final = 4096  # slirp4netns's buffer: a request this long is "too large"
+IPV6_OFF: Final = "IPv6 is off (slirpy -6 turns it on)"
 
 
 class Controller(Protocol):
@@ -59,9 +66,13 @@ TOO_LARGE: Final = error("too large message")
 
 
 class Api:
-    def __init__(self, controller: Controller, network: Network) -> None:
+    """*ipv6*: whether the guest has IPv6 (Config.ipv6); forwards to an IPv6 guest
+    address are refused without it."""
+
+    def __init__(self, controller: Controller, network: Network, *, ipv6: bool = False) -> None:
         self.ctl = controller
         self.network = network
+        self.ipv6 = ipv6
 
     def handle(self, request: bytes) -> bytes:
         """The reply to one request (the bytes read before EOF, under MAX_REQUEST)."""
@@ -102,15 +113,18 @@ class Api:
         proto = args.get("proto")
         if proto not in ("tcp", "udp"):
             return error("add_hostfwd: bad arguments.proto")
-        host_addr = _ipv4(args.get("host_addr"), "0.0.0.0")
+        host_addr = _address(args.get("host_addr"), "0.0.0.0")
         if host_addr is None:
             return error("add_hostfwd: bad arguments.host_addr")
         host_port = _port(args.get("host_port"))
         if host_port is None:
             return error("add_hostfwd: bad arguments.host_port")
-        guest_addr = _ipv4(args.get("guest_addr"), str(self.network.guest))
-        if guest_addr is None:
-            return error("add_hostfwd: bad arguments.guest_addr")
+        guest_addr = _address(args.get("guest_addr"), str(self.network.guest))
+        if guest_addr is None or isinstance(guest_addr, ipaddress.IPv6Address) and (
+                guest_addr.scope_id is not None or guest_addr.ipv4_mapped is not None):
+            return error("add_hostfwd: bad arguments.guest_addr")  # no guest has those
+        if isinstance(guest_addr, ipaddress.IPv6Address) and not self.ipv6:
+            return error(f"add_hostfwd: bad arguments.guest_addr: {IPV6_OFF}")
         guest_port = _port(args.get("guest_port"))
         if guest_port is None:
             return error("add_hostfwd: bad arguments.guest_port")
@@ -150,6 +164,9 @@ class Api:
                                      gateway=self.network.gateway)
         except ForwardError as exc:
             return error(f"add_forward: {exc}")
+        guest_side = forwards[0].target if forwards[0].kind is Kind.LOCAL else forwards[0].bind
+        if isinstance(guest_side, ipaddress.IPv6Address) and not self.ipv6:
+            return error(f"add_forward: the guest address {guest_side} is IPv6: {IPV6_OFF}")
         added: list[int] = []
         for fwd in forwards:
             try:
@@ -174,13 +191,18 @@ class Api:
         return _dump({"return": {}})
 
 
-def _ipv4(value: object, default: str) -> ipaddress.IPv4Address | None:
+def _address(value: object, default: str) -> IPAddress | None:
+    """An IPv4 address as slirp4netns reads it (inet_pton), or else an IPv6 address."""
     if value is None or value == "":
         value = default
     if not isinstance(value, str):
         return None
     try:
         return ipaddress.IPv4Address(value)
+    except ValueError:
+        pass
+    try:
+        return ipaddress.IPv6Address(value)
     except ValueError:
         return None
 
