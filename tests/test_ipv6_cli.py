@@ -17,7 +17,6 @@ import pytest
 
 from slirpy.cli.args import ATTACH_HELP, RUN_HELP, Attach, Run, parse
 from slirpy.cli.main import main, summary
-from slirpy.config import Network
 from slirpy.errors import UsageError
 
 DEFAULT6 = ipaddress.IPv6Network("fd00::/64")
@@ -145,7 +144,6 @@ def test_help_texts_name_the_ipv6_options() -> None:
 def test_summary_adds_ipv6_lines_only_with_ipv6() -> None:
     plain = summary(attach()).splitlines()
     assert not any("IPv6" in line or "IP6" in line for line in plain)
-    net = Network()
     lines = summary(attach("-6", "--outbound-addr6=::1")).splitlines()
     assert lines[:9] == plain[:9]  # the IPv4 lines, unchanged
     assert lines[9:] == [
@@ -153,7 +151,7 @@ def test_summary_adds_ipv6_lines_only_with_ipv6() -> None:
         "* IPv6 gateway:    fd00::2",
         "* IPv6 DNS:        fd00::3",
         "* IPv6 router:     fe80::2",
-        f"* Recommended IP6: {net.guest6}",
+        "* Recommended IP6: fd00::100",
         "* Outbound IPv6:   ::1"]
 
 
@@ -264,9 +262,8 @@ def _probe_link(ipv6: bool) -> dict[str, list[list[object]]]:
 
 
 def test_configure_adds_the_ipv6_address_without_dad_and_a_default_route() -> None:
-    net = Network()
     found = _probe_link(ipv6=True)
-    (flags,) = [f for a, p, f in found["addrs"] if a == str(net.guest6) and p == 64]
+    (flags,) = [f for a, p, f in found["addrs"] if a == "fd00::100" and p == 64]
     assert isinstance(flags, int)
     assert flags & 0x02 and not flags & 0x40  # IFA_F_NODAD, and not IFA_F_TENTATIVE
     assert [10, None, 0, "fd00::2"] in found["routes"]
