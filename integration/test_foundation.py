@@ -89,7 +89,7 @@ def test_run_gives_command_an_address_and_default_route_and_returns_its_status()
 
 def scenario_run_resolves_through_world_dns_on_loopback() -> dict[str, Any]:
     dns_server("127.0.0.1")  # the world's resolv.conf names 127.0.0.1: unreachable to a guest
-    done = subprocess.run([*SLIRPY, "run", "--", "getent", "hosts", "example.test"],
+    done = subprocess.run([*SLIRPY, "run", "--", "getent", "ahostsv4", "example.test"],
                           capture_output=True, text=True, timeout=60)
     return {"status": done.returncode, "out": done.stdout, "err": done.stderr}
 
@@ -169,7 +169,7 @@ def scenario_dns_failover(first: str) -> dict[str, Any]:
     set_nameservers([first, "127.0.0.1"])
     with attached("-c") as (guest, _):
         start = time.monotonic()
-        getent = guest.run("getent hosts example.test", check=False)
+        getent = guest.run("getent ahostsv4 example.test", check=False)
         elapsed = time.monotonic() - start
         dig = guest.run("dig +short +tries=1 +time=5 @10.0.2.3 other.test", check=False)
         dig_tcp = guest.run("dig +short +tcp +tries=1 +time=5 @10.0.2.3 example.test", check=False)

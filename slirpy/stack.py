@@ -79,6 +79,7 @@ _NEVER_FORWARDED: Final = tuple(ipaddress.IPv4Network(n) for n in (
 _NEVER_FORWARDED6: Final = tuple(ipaddress.IPv6Network(n) for n in (
     "::/96", "::ffff:0:0/96", "fe80::/10", "ff00::/8"))
 ICMP_FLOW_LIMIT: Final = 256
+_MLD_TYPES: Final = frozenset({130, 131, 132, 143})  # MLD query, reports, done (RFC 3810)
 Ip = Ipv4Header | Ipv6Header
 
 
@@ -485,9 +486,11 @@ class Stack:
             return self._on_echo(ip, IpProto.ICMPV6, icmp, now)
         if Icmp6Type.ROUTER_SOLICITATION <= icmp.type <= Icmp6Type.NEIGHBOR_ADVERTISEMENT:
             return self.ndp.on_message(ip, icmp, eth.src, self.our_addrs, now)
+        if icmp.type in _MLD_TYPES:
+            return []  # the guest joining its groups: nothing for a router of one host to do
         if icmp.type in ICMP6_ERRORS:
             raise Malformed("icmp6-error-from-guest")  # nothing to do with it, as for IPv4
-        raise Malformed("icmp6-unsupported-type")  # MLD reports among them
+        raise Malformed("icmp6-unsupported-type")
 
     def _on_echo(self, ip: Ip, proto: int, icmp: IcmpHeader, now: float) -> list[Effect]:
         if ip.dst in self.our_addrs:

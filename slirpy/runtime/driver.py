@@ -135,7 +135,8 @@ class Driver:
                 raise SetupError(f"cannot forward {fwd.spec()}: {exc}") from None
 
     def start_api(self, path: str) -> None:
-        self.api = ApiServer(path, self.loop, Api(self, self.config.network).handle)
+        self.api = ApiServer(path, self.loop,
+                             Api(self, self.config.network, ipv6=self.config.ipv6).handle)
 
     def add_forward(self, fwd: Forward, origin: str) -> tuple[int, Forward]:
         guest = fwd.target if fwd.kind is Kind.LOCAL else fwd.bind
