@@ -11,7 +11,8 @@ the default route, which pasta needs to find an "external" interface. For each
 connector a guest namespace is made (`unshare -Urn`), the connector attached to it,
 and real clients run in the guest:
 - throughput: iperf3 guest -> host (and host -> guest with -R) at MTU 1500 and 65520,
-  with the connector's CPU seconds per GB moved;
+  with the connector's CPU seconds per GB moved; the same over IPv6 to 2001:db8::1
+  (slirpy and slirp4netns with -6, pasta copying the uplink's IPv6 address);
 - through a local forward (-L, add_hostfwd, pasta -t) on 192.0.2.1: a world client on
   198.51.100.1 (not loopback) sends to an iperf3 server in the guest;
 - connections per second: short connections to a server on the world's loopback,
@@ -43,6 +44,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 HOST_ADDR = "192.0.2.1"  # the "internet" server's address, on the world's lo
+HOST_ADDR6 = "2001:db8::1"
+UPLINK_ADDR6 = "2001:db8:1::1/64"
+UPLINK_GW6 = "2001:db8:1::fe"
 UPLINK_ADDR = "203.0.113.1/24"
 UPLINK_GW = "203.0.113.254"
 IPERF_PORT = 5201
@@ -72,6 +76,9 @@ def build_world() -> None:
     # pasta copies the addresses of an Ethernet-like interface with the default route.
     sh("ip tuntap add mode tap name uplink0 && ip link set uplink0 up")
     sh(f"ip addr add {UPLINK_ADDR} dev uplink0 && ip route add default via {UPLINK_GW}")
+    sh(f"ip -6 addr add {HOST_ADDR6}/128 dev lo")
+    sh(f"ip -6 addr add {UPLINK_ADDR6} dev uplink0 nodad"
+       f" && ip -6 route add default via {UPLINK_GW6} dev uplink0")
     sh("mount -t tmpfs tmpfs /tmp")
     Path("/tmp/resolv.conf").write_text(f"nameserver {HOST_ADDR}\n")
     sh("mount --bind /tmp/resolv.conf /etc/resolv.conf")
@@ -89,11 +96,12 @@ class Connector:
     def command(self, pid: int, mtu: int, ready_fd: int) -> list[str]:
         match self.name:
             case "slirpy":
-                return [sys.executable, "-m", "slirpy", "-c", "-m", str(mtu), "-r", str(ready_fd),
+                return [sys.executable, "-m", "slirpy", "-c", "-6", "-m", str(mtu),
+                        "-r", str(ready_fd),
                         "-L", f"{HOST_ADDR}:{FORWARD_PORT}:10.0.2.100:{IPERF_PORT}",
                         str(pid), "tap0"]
             case "slirp4netns":  # its forward is added through the API once it is ready
-                return ["slirp4netns", "-c", "-m", str(mtu), "-r", str(ready_fd),
+                return ["slirp4netns", "-c", "-6", "-m", str(mtu), "-r", str(ready_fd),
                         "--api-socket", S4N_API, str(pid), "tap0"]
             case "pasta":
                 return ["pasta", "-f", "-q", "--config-net", "--runas", "0", "-m", str(mtu),
@@ -266,12 +274,20 @@ def timed_iperf(conn: Connector, server_cmd: list[str],
     return bps / 1e9, cpu / (moved / 1e9) if moved else float("nan")
 
 
-def iperf(conn: Connector, seconds: int, reverse: bool) -> tuple[float, float]:
-    """iperf3 from the guest to the world's HOST_ADDR (with -R: the other way)."""
+def iperf(conn: Connector, seconds: int, reverse: bool,
+          host: str = HOST_ADDR) -> tuple[float, float]:
+    """iperf3 from the guest to the world's *host* (with -R: the other way)."""
     return timed_iperf(
-        conn, ["iperf3", "-s", "-1", "-B", HOST_ADDR, "-p", str(IPERF_PORT)],
-        lambda: guest_run(conn, f"iperf3 -c {HOST_ADDR} -p {IPERF_PORT} -t {seconds} -J"
+        conn, ["iperf3", "-s", "-1", "-B", host, "-p", str(IPERF_PORT)],
+        lambda: guest_run(conn, f"iperf3 -c {host} -p {IPERF_PORT} -t {seconds} -J"
                           + (" -R" if reverse else ""), capture=True, timeout=seconds + 60))
+
+
+def has_ipv6_route(conn: Connector) -> bool:
+    """The guest has a usable global IPv6 address (DAD done) and a default route."""
+    addrs = guest_run(conn, "ip -6 -o addr show scope global", capture=True)
+    return "default" in guest_run(conn, "ip -6 route show default", capture=True) and any(
+        "tentative" not in line for line in addrs.splitlines())
 
 
 def add_hostfwd(path: str, host_addr: str, host_port: int, guest_port: int) -> None:
@@ -315,6 +331,17 @@ def measure(name: str, args: argparse.Namespace) -> Result:
             gbps, cpu_gb = iperf_forward(conn, seconds)
             result.values[f"fwd host->guest Gbit/s mtu {mtu}"] = gbps
             result.values[f"CPU s/GB fwd host->guest mtu {mtu}"] = cpu_gb
+            # pasta copies no IPv6 from an uplink without carrier (our world's): n/a.
+            try:
+                wait_for(lambda: has_ipv6_route(conn), "IPv6 in the guest", 5.0)
+                v6 = iperf(conn, seconds, reverse=False, host=HOST_ADDR6)
+                v6_back = iperf(conn, seconds, reverse=True, host=HOST_ADDR6)
+            except RuntimeError as exc:
+                print(f"bench: {name}: no IPv6 ({exc})", file=sys.stderr)
+                v6 = v6_back = (float("nan"), float("nan"))
+            result.values[f"IPv6 guest->host Gbit/s mtu {mtu}"] = v6[0]
+            result.values[f"CPU s/GB IPv6 guest->host mtu {mtu}"] = v6[1]
+            result.values[f"IPv6 host->guest Gbit/s mtu {mtu}"] = v6_back[0]
             if mtu == 1500:
                 count = 300 if args.quick else 1000
                 out = guest_run(conn, f"{sys.executable} -c '{CPS_CLIENT}' {loopback} "
