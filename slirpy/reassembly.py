@@ -57,7 +57,9 @@ class Reassembler:
         """Add one fragment; return the whole payload once it is complete."""
         self.expire(now)
         end = offset + len(data)
-        if end + HEADER_LEN > MAX_DATAGRAM:
+        # The whole must fit a datagram: IPv4's total length counts its header, IPv6's
+        # payload length only what follows the fixed header.
+        if end + (HEADER_LEN if len(key.src) == 4 else 0) > MAX_DATAGRAM:
             return self._drop(key, "frag-too-big")
         if more and (len(data) % 8 or not data):
             return self._drop(key, "frag-bad-length")

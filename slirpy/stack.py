@@ -485,6 +485,8 @@ class Stack:
         if icmp.type == Icmp6Type.ECHO_REQUEST and ip.dst[0] != 0xFF and ip.src != UNSPECIFIED:
             return self._on_echo(ip, IpProto.ICMPV6, icmp, now)
         if Icmp6Type.ROUTER_SOLICITATION <= icmp.type <= Icmp6Type.NEIGHBOR_ADVERTISEMENT:
+            if ip.is_fragment:
+                raise Malformed("nd-fragmented")  # RFC 6980: never believed
             return self.ndp.on_message(ip, icmp, eth.src, self.our_addrs, now)
         if icmp.type in _MLD_TYPES:
             return []  # the guest joining its groups: nothing for a router of one host to do

@@ -28,8 +28,10 @@ class UdpHeader(NamedTuple):
             raise Malformed("udp-bad-length")
         datagram = datagram[:length]
         # A zero checksum means "none" over IPv4 (RFC 768); IPv6 forbids it (RFC 8200 8.1).
-        needs_check = verify_checksum and (check or len(src) == 16)
-        if needs_check and finish(ones_sum(datagram, pseudo_header_sum(src, dst, 17, length))):
+        if verify_checksum and len(src) == 16 and not check:
+            raise Malformed("udp-checksum")  # a sum of 0 is sent as 0xFFFF: 0 is "none"
+        if verify_checksum and check and finish(
+                ones_sum(datagram, pseudo_header_sum(src, dst, 17, length))):
             raise Malformed("udp-checksum")
         if dst_port == 0:
             raise Malformed("udp-port-zero")
