@@ -20,37 +20,38 @@ OUR_MAC_PREFIX: Final = b"\x52\x55"
 ROUTER_LINK_LOCAL: Final = ipaddress.IPv6Address("fe80::2")
 
 
-def parse_cidr(text: str) -> ipaddress.IPv4Network:
-    """Validate --cidr the way slirp4netns does, with its error texts."""
+def _network_address(text: str, kind: type[ipaddress.IPv4Interface | ipaddress.IPv6Interface],
+                     label: str, example: str) -> ipaddress.IPv4Interface | ipaddress.IPv6Interface:
+    """*text* as an interface whose address is its network's, or a UsageError."""
     try:
-        iface = ipaddress.IPv4Interface(text)
+        iface = kind(text)
     except ValueError:
-        raise UsageError(f"invalid CIDR: {text}") from None
+        raise UsageError(f"invalid {label}: {text}") from None
     if "/" not in text:
-        raise UsageError(f"invalid CIDR: {text}")
+        raise UsageError(f"invalid {label}: {text}{example}")
     if iface.ip != iface.network.network_address:
         raise UsageError(
-            f"CIDR needs to be a network address like {iface.network}, not like {text}")
-    if not 1 <= iface.network.prefixlen <= 25:
+            f"{label} needs to be a network address like {iface.network}, not like {text}")
+    return iface
+
+
+def parse_cidr(text: str) -> ipaddress.IPv4Network:
+    """Validate --cidr the way slirp4netns does, with its error texts."""
+    network = _network_address(text, ipaddress.IPv4Interface, "CIDR", "").network
+    assert isinstance(network, ipaddress.IPv4Network)
+    if not 1 <= network.prefixlen <= 25:
         raise UsageError("prefix length needs to be 1-25")
-    return iface.network
+    return network
 
 
 def parse_cidr6(text: str) -> ipaddress.IPv6Network:
     """Validate --cidr6: a unicast network address with a /64 prefix, the length SLAAC
     needs (RFC 4862 with RFC 4291's 64-bit interface identifiers)."""
-    try:
-        iface = ipaddress.IPv6Interface(text)
-    except ValueError:
-        raise UsageError(f"invalid IPv6 CIDR: {text}") from None
-    if "/" not in text:
-        raise UsageError(f"invalid IPv6 CIDR: {text} (a prefix like fd00::/64)")
-    if iface.ip != iface.network.network_address:
-        raise UsageError(
-            f"IPv6 CIDR needs to be a network address like {iface.network}, not like {text}")
-    if iface.network.prefixlen != 64:
+    net = _network_address(text, ipaddress.IPv6Interface, "IPv6 CIDR",
+                           " (a prefix like fd00::/64)").network
+    assert isinstance(net, ipaddress.IPv6Network)
+    if net.prefixlen != 64:
         raise UsageError("IPv6 prefix length needs to be 64 (SLAAC takes a /64)")
-    net = iface.network
     if net.is_multicast or net.is_loopback or net.is_link_local or net.is_unspecified or (
             net.subnet_of(ipaddress.IPv6Network("::ffff:0:0/96"))):
         raise UsageError(f"IPv6 CIDR {text} is not a unicast prefix a guest can use")
