@@ -1,0 +1,1 @@
+"""Egress policy: the --allow/--deny rule grammar and matching."""
