@@ -8,6 +8,7 @@ from typing import Final
 
 from slirpy.errors import UsageError
 from slirpy.forward.spec import Forward
+from slirpy.policy.rules import Rule
 
 DEFAULT_CIDR: Final = "10.0.2.0/24"
 DEFAULT_CIDR6: Final = "fd00::/64"
@@ -133,6 +134,12 @@ class Config:
     network: Network = Network()
     mtu: int = DEFAULT_MTU
     host_loopback: bool = True  # slirp4netns form default; `slirpy run` passes False
+    # Egress (slirpy.policy.decide): may new flows go beyond the host, to the host's own
+    # addresses and networks, and by which --allow/--deny rules. slirp4netns's reach by
+    # default; --restrict and `slirpy run` narrow it.
+    routing: bool = True
+    host: bool = True
+    rules: tuple[Rule, ...] = ()
     ipv6: bool = False  # -6; `slirpy run` turns it on
     dns: bool = True  # --disable-dns turns the forwarder at network+3 off
     outbound_addr: ipaddress.IPv4Address | None = None

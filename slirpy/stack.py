@@ -23,6 +23,12 @@ Where a datagram from the guest goes is decided by its destination:
   IPv4-mapped and -compatible ranges, through which a host socket would reach IPv4):
   dropped and counted;
 - anything else: a flow on a host socket to that very address.
+
+Before a new flow makes any host system call (the SYN, the first datagram, the first
+echo), the egress policy decides (slirpy.policy.decide): a blocked TCP connection gets
+an RST, a blocked datagram or echo "administratively prohibited"; each block is
+counted by what decided it and logged at debug. Remote forwards, replies on local
+forwards and the DNS forwarder are not subject to it: they are explicit.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ from slirpy.forward.srv import SrvResolver
 from slirpy.guest import GuestLink
 from slirpy.icmp import EchoFlows
 from slirpy.ndp import NeighborDiscovery
+from slirpy.policy.decide import Outcome, Policy
 from slirpy.reassembly import FragKey, Reassembler
 from slirpy.services.dhcp import DhcpServer
 from slirpy.services.dns import DNS_PORT, DnsForwarder
@@ -111,6 +118,9 @@ class Stack:
         self.inbound = InboundUdpFlows(self.link, net, config.udp_flow_limit, config.udp_idle_s)
         self.srv = SrvResolver(config.dns_ttl_s, secret)
         self.tcp_clashes = 0
+        self.policy = Policy(routing=config.routing, host=config.host,
+                             host_loopback=config.host_loopback, rules=config.rules)
+        self.blocked: Counter[str] = Counter()  # new flows refused, by what refused them
 
     # --- events in --------------------------------------------------------------------
 
@@ -313,6 +323,10 @@ class Stack:
         """Drops by reason, the stack's own and those of reassembly."""
         return dict(self.drops + self.reassembler.drops)
 
+    def blocked_counts(self) -> dict[str, int]:
+        """New flows the egress policy refused, by the rule or setting that did."""
+        return dict(self.blocked)
+
     # --- frames from the guest ------------------------------------------------------------
 
     def _dispatch(self, eth: EthernetHeader, now: float, checksum_ok: bool) -> list[Effect]:
@@ -410,8 +424,10 @@ class Stack:
                 return self.dns.on_query(ip.dst, ip.src, udp.src_port, udp.payload, now)
             return self._unreachable(key, UnreachCode.PORT)
         host = self._host_address(ip.dst)
-        if host is None:
-            return self._unreachable(key, UnreachCode.NET)
+        if key not in self.udp.table:
+            refused = self._egress(key)
+            if refused is not None:
+                return self._unreachable(key, refused)
         return self.udp.from_guest(key, host, udp.dst_port, udp.payload, now)
 
     def _on_tcp(self, ip: Ip, seg: TcpHeader, now: float) -> list[Effect]:
@@ -426,12 +442,13 @@ class Stack:
                 return reset_for(self.link, key, seg)
             host = self.dns.upstreams[self.dns.preferred % len(self.dns.upstreams)][0]
         else:
-            found = self._host_address(ip.dst)
-            if found is None:
-                if not seg.flags & SYN:
+            host = self._host_address(ip.dst)
+            if seg.flags & SYN:  # a new connection, if the policy lets it be
+                refused = self._egress(key)
+                if refused is UnreachCode.NET:
+                    return unreachable(self.link, key, UnreachCode.NET, seq=seg.seq)
+                if refused is not None:
                     return reset_for(self.link, key, seg)
-                return unreachable(self.link, key, UnreachCode.NET, seq=seg.seq)
-            host = found
         return self.tcp.on_segment(key, seg, host, now)
 
     def _remote_tcp(self, key: FlowKey, fwd: Forward, seg: TcpHeader,
@@ -497,19 +514,33 @@ class Stack:
     def _on_echo(self, ip: Ip, proto: int, icmp: IcmpHeader, now: float) -> list[Effect]:
         if ip.dst in self.our_addrs:
             return self.echo.answer_ourselves(ip.src, ip.dst, icmp)
-        if self._host_address(ip.dst) is None:
-            return self._unreachable(FlowKey(proto, ip.src, icmp.echo_id, ip.dst, 0),
-                                     UnreachCode.NET)
+        self._host_address(ip.dst)  # raises for destinations never forwarded
+        key = FlowKey(proto, ip.src, icmp.echo_id, ip.dst, 0)
+        if key not in self.echo.table:
+            refused = self._egress(key)
+            if refused is not None:
+                return self._unreachable(key, refused)
         return self.echo.from_guest(ip.src, ip.dst, icmp, now)
 
-    def _host_address(self, dst: bytes) -> bytes | None:
-        """The host address a guest destination maps to; None for "unreachable".
+    def _egress(self, key: FlowKey) -> UnreachCode | None:
+        """None if a new flow on *key* may go; else what to tell the guest (TCP: any
+        code means RST, but "net unreachable" for the gateway without host loopback)."""
+        verdict = self.policy.decide(key.proto, key.remote_addr, key.remote_port,
+                                     gateway=key.remote_addr in self.gateways)
+        if verdict.outcome is Outcome.PASS:
+            return None
+        if verdict.outcome is Outcome.UNREACHABLE:
+            return UnreachCode.NET  # as slirp4netns answers for the gateway
+        self.blocked[verdict.why] += 1
+        log.debug("%s: blocked by %s", key, verdict.why)
+        return UnreachCode.ADMIN_PROHIBITED
+
+    def _host_address(self, dst: bytes) -> bytes:
+        """The host address a guest destination maps to (the gateway's: host loopback).
 
         Raises Malformed for destinations that are never forwarded.
         """
         if dst in self.gateways:
-            if not self.config.host_loopback:
-                return None
             return HOST_LOOPBACK4 if len(dst) == 4 else HOST_LOOPBACK6
         if len(dst) == 16:
             address6 = ipaddress.IPv6Address(dst)

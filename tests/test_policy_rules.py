@@ -156,8 +156,8 @@ def rule(text: str) -> Rule:
     ("icmp://[::1]", ICMP6, "::2", 0, False),
     ("icmp://[::1]", TCP, "::1", 0, False),
     ("icmp://1.2.3.4", TCP, "1.2.3.4", 0, False),
-    ("1.2.3.4:53", ICMP4, "1.2.3.4", 0, True),  # a port on a every-protocol rule: not for ICMP
-    ("[::1]:53", ICMP6, "::1", 7, True),
+    ("1.2.3.4:53", ICMP4, "1.2.3.4", 0, False),  # a rule with a port: never ICMP
+    ("[::1]:53", ICMP6, "::1", 7, False),
     ("[::1]:53", UDP, "::1", 7, False),
 ])
 def test_matches(spec: str, proto: int, addr: str, port: int, expected: bool) -> None:

@@ -20,6 +20,12 @@ slirpy's own commands use the same envelope:
     remove_forward  {"id": N}                                  -> {"return":{}}
     list_flows                                                 -> {"return":{"flows":[...]}}
     counters                                                   -> {"return":{...}}
+    add_rule        {"action": "allow"|"deny", "spec": RULES}  -> {"return":{"ids":[...]}}
+    list_rules                 -> {"return":{"rules":[{"id","action","rule"}...], "routing",
+                                             "host", "host_loopback"}}
+    remove_rule     {"id": N}                                  -> {"return":{}}
+Rules take effect for flows started from then on; host names are resolved at start only
+(a request with one is refused: the loop never waits on a resolver).
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from typing import Any, Final, Protocol
 
 from slirpy.config import Network
 from slirpy.forward.spec import Forward, ForwardError, IPAddress, Kind, Proto, parse_forward
+from slirpy.policy.rules import Action, Rule, RuleError, format_rule, parse_rules
 
 MAX_REQUEST: Final = 4096  # slirp4netns's buffer: a request this long is "too large"
 IPV6_OFF: Final = "IPv6 is off (slirpy -6 turns it on)"
@@ -52,6 +59,20 @@ class Controller(Protocol):
     def list_flows(self) -> list[dict[str, Any]]: ...
 
     def counters(self) -> dict[str, Any]: ...
+
+    def add_rule(self, rule: Rule) -> int: ...
+
+    def remove_rule(self, rule_id: int) -> Rule | None: ...
+
+    def list_rules(self) -> list[tuple[int, Rule]]: ...
+
+    def posture(self) -> dict[str, bool]:
+        """routing, host, host_loopback: what passes when no rule matches."""
+        ...
+
+
+def _no_names(name: str) -> list[IPAddress]:
+    raise RuleError(f"host name {name!r}: names are resolved at start only; give addresses")
 
 
 def _dump(value: object) -> bytes:
@@ -104,6 +125,17 @@ class Api:
                 return _dump({"return": {"flows": self.ctl.list_flows()}})
             case "counters":
                 return _dump({"return": self.ctl.counters()})
+            case "add_rule":
+                return self._add_rule(args)
+            case "list_rules":
+                return _dump({"return": {"rules": [
+                    {"id": rule_id, "action": rule.action.value, "rule": format_rule(rule)}
+                    for rule_id, rule in self.ctl.list_rules()], **self.ctl.posture()}})
+            case "remove_rule":
+                rule_id = _number(args.get("id"))
+                if rule_id is None or self.ctl.remove_rule(rule_id) is None:
+                    return error("remove_rule: bad arguments.id")
+                return _dump({"return": {}})
             case _:
                 return error("unknown execute")
 
@@ -178,6 +210,18 @@ class Api:
                 return _dump({"error": {"desc": f"add_forward: {fwd.spec()}: {reason}"}})
             added.append(forward_id)
         return _dump({"return": {"ids": added}})
+
+    def _add_rule(self, args: dict[str, Any]) -> bytes:
+        action, spec = args.get("action"), args.get("spec")
+        if action not in ("allow", "deny"):
+            return error("add_rule: arguments.action must be \"allow\" or \"deny\"")
+        if not isinstance(spec, str):
+            return error("add_rule: arguments.spec must be a rule string")
+        try:
+            rules = parse_rules(Action(action), spec, _no_names)
+        except RuleError as exc:
+            return error(f"add_rule: {exc}")
+        return _dump({"return": {"ids": [self.ctl.add_rule(rule) for rule in rules]}})
 
     def _list_forwards(self) -> bytes:
         return _dump({"return": {"forwards": [

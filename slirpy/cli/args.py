@@ -14,6 +14,7 @@ import ipaddress
 import logging
 import os
 import re
+import socket
 from collections.abc import Callable
 from typing import Final, NoReturn, TypeVar
 
@@ -24,6 +25,7 @@ from slirpy.errors import UsageError
 from slirpy.forward.spec import Forward, ForwardError, Kind, parse_forward
 from slirpy.netns.attach import check_tap_name
 from slirpy.netns.link import interface_address
+from slirpy.policy.rules import Action, Rule, RuleError, parse_rules
 
 UNSUPPORTED: Final = {
     "--enable-sandbox": "--enable-sandbox", "--enable-seccomp": "--enable-seccomp",
@@ -59,6 +61,12 @@ User-mode networking for unprivileged network namespaces.
                          [proto://][guest_ip:]port[:host:host_port], proto tcp or udp;
                          host may be [NAME@srv-DNSSERVER:PORT] (an SRV lookup)
 --dns-ttl=SECONDS        cache SRV answers of remote forwards this long (default 60)
+--allow=RULES            let new flows reach these, repeatable; a comma list of
+                         [tcp|udp|icmp://]HOST[/PREFIX][:PORT[-PORT]] (IPv6 in [])
+--deny=RULES             block these, repeatable (deny wins over allow)
+--restrict               only --allow rules and forwards pass: no routing, no host
+--enable-routing         with --restrict: reach beyond the host again
+--enable-host            with --restrict: reach the host's own addresses again
 --config=FILE.yaml       read settings from a YAML file; flags override it
 --macaddress=MAC         specify the MAC address of the TAP (only valid with -c)
 --target-type=TYPE       specify the target type ([netns], default=netns)
@@ -89,6 +97,12 @@ COMMAND's exit status is slirpy's; nothing it started outlives it.
 -L, --local-forward=SPEC forward a host port to the guest (see `slirpy --help`)
 -R, --remote-forward=SPEC forward a guest address to a host service
 --dns-ttl=SECONDS        cache SRV answers of remote forwards this long (default 60)
+--allow=RULES            let new flows reach these, repeatable; a comma list of
+                         [tcp|udp|icmp://]HOST[/PREFIX][:PORT[-PORT]] (IPv6 in [])
+--deny=RULES             block these, repeatable (deny wins over allow)
+--restrict               only --allow rules and forwards pass: no routing, no host
+--enable-routing         with --restrict: reach beyond the host again
+--enable-host            reach the host's own addresses and networks (off here)
 --config=FILE.yaml       read settings from a YAML file; flags override it
 --debug                  log every decision at debug level
 --quiet                  log only errors
@@ -159,6 +173,11 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-L", "--local-forward", action="append", default=[])
     parser.add_argument("-R", "--remote-forward", action="append", default=[])
     parser.add_argument("--dns-ttl", default="60")
+    parser.add_argument("--allow", action="append", default=[])
+    parser.add_argument("--deny", action="append", default=[])
+    parser.add_argument("--restrict", action="store_true")
+    parser.add_argument("--enable-routing", action="store_true")
+    parser.add_argument("--enable-host", action="store_true")
     parser.add_argument("--config")
     parser.add_argument("--debug", action="store_true")
     parser.add_argument("--quiet", action="store_true")
@@ -270,7 +289,7 @@ def _parse_attach(argv: list[str]) -> Attach:
     if ns.userns_path is not None and not os.path.exists(ns.userns_path):
         raise UsageError(f"userns path doesn't exist: {ns.userns_path}")
     return Attach(
-        config=_config(ns, host_loopback_default=True, ipv6_default=False),
+        config=_config(ns, host_loopback_default=True, ipv6_default=False, host_default=True),
         target=ns.positional[0], netns_type=ns.netns_type, userns_path=ns.userns_path,
         tap_name=check_tap_name(ns.positional[1] if len(ns.positional) > 1 else "tap0"),
         configure=ns.configure,
@@ -285,14 +304,19 @@ def _parse_run(argv: list[str]) -> Run:
     command = ns.command[1:] if ns.command[:1] == ["--"] else ns.command
     if not command:
         raise UsageError("run needs a command: slirpy run [OPTION]... -- COMMAND [ARG]...")
-    return Run(_config(ns, host_loopback_default=False, ipv6_default=True), command,
-               _log_level(ns))
+    return Run(_config(ns, host_loopback_default=False, ipv6_default=True, host_default=False),
+               command, _log_level(ns))
 
 
 def _config(ns: argparse.Namespace, *, host_loopback_default: bool,
-            ipv6_default: bool) -> Config:
+            ipv6_default: bool, host_default: bool) -> Config:
+    """The settings of either form. Postures: the slirp4netns form reaches what
+    slirp4netns reaches; `run` keeps the host's addresses and loopback closed; --restrict
+    closes routing, host and host loopback, and each --enable-* opens one again."""
     if ns.disable_host_loopback and ns.enable_host_loopback:
         raise UsageError("--disable-host-loopback and --enable-host-loopback contradict")
+    if ns.restrict:
+        host_loopback_default = host_default = False
     host_loopback = (ns.enable_host_loopback or host_loopback_default
                      and not ns.disable_host_loopback)
     ipv6 = _ipv6(ns, ipv6_default)
@@ -305,6 +329,8 @@ def _config(ns: argparse.Namespace, *, host_loopback_default: bool,
         forwards=_forwards(ns, network, ipv6), api_socket=ns.api_socket or None,
         dns_ttl_s=_dns_ttl(ns.dns_ttl),
         host_loopback=host_loopback, ipv6=ipv6, dns=not ns.disable_dns,
+        routing=ns.enable_routing or not ns.restrict, host=ns.enable_host or host_default,
+        rules=_rules(ns),
         outbound_addr=_outbound(ns.outbound_addr, ipaddress.IPv4Address)
         if ns.outbound_addr else None,
         outbound_addr6=_outbound(ns.outbound_addr6, ipaddress.IPv6Address)
@@ -333,6 +359,28 @@ def _forwards(ns: argparse.Namespace, network: Network, ipv6: bool) -> tuple[For
                                  "and IPv6 is off (-6 turns it on)")
             found += forwards
     return tuple(found)
+
+
+def _rules(ns: argparse.Namespace) -> tuple[Rule, ...]:
+    """--deny and --allow rules; host names are resolved here, once, at start."""
+    found: list[Rule] = []
+    for action, specs in ((Action.DENY, ns.deny), (Action.ALLOW, ns.allow)):
+        for spec in specs:
+            try:
+                found += parse_rules(action, spec, resolve_name)
+            except RuleError as exc:
+                raise UsageError(f"--{action.value} {spec}: {exc}") from None
+    return tuple(found)
+
+
+def resolve_name(name: str) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    """A rule's host name, as the host's resolver knows it now."""
+    try:
+        infos = socket.getaddrinfo(name, None, proto=socket.IPPROTO_TCP)
+    except OSError:
+        return []
+    return list(dict.fromkeys(ipaddress.ip_address(str(info[4][0]).split("%")[0])
+                              for info in infos))
 
 
 def _dns_ttl(text: str) -> float:

@@ -31,8 +31,9 @@ import yaml
 from slirpy.errors import UsageError
 
 SWITCHES: Final = frozenset({"disable-host-loopback", "enable-host-loopback", "disable-dns",
-                             "debug", "quiet", "configure", "enable-ipv6", "disable-ipv6"})
-REPEATABLE: Final = frozenset({"local-forward", "remote-forward"})
+                             "debug", "quiet", "configure", "enable-ipv6", "disable-ipv6",
+                             "restrict", "enable-routing", "enable-host"})
+REPEATABLE: Final = frozenset({"local-forward", "remote-forward", "allow", "deny"})
 VALUES: Final = frozenset({"mtu", "cidr", "cidr6", "outbound-addr", "outbound-addr6",
                            "api-socket", "dns-ttl", "exit-fd", "ready-fd", "netns-type",
                            "userns-path", "macaddress", "target-type"})

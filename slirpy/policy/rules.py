@@ -10,8 +10,8 @@ or icmp (ICMP and ICMPv6), any case; without one the rule covers every protocol.
 an IPv4 address, an IPv6 address in brackets (the /PREFIX inside or after them), or a
 host name made of letters, digits, '-' and '.': the injected resolver turns it into one
 rule per address (/32 or /128); a name takes no prefix. A prefix must not leave host bits
-set. PORT is 1-65535 or an inclusive range LO-HI; icmp takes no port, and a port on a
-rule for every protocol does not stop it matching ICMP. `0.0.0.0/0` and `[::/0]` match a
+set. PORT is 1-65535 or an inclusive range LO-HI; icmp takes no port, and a rule with a
+port matches only protocols with ports (never ICMP). `0.0.0.0/0` and `[::/0]` match a
 whole family (never the other); there is no bare `*`.
 """
 
@@ -71,7 +71,8 @@ class Rule:
         if int.from_bytes(addr, "big") & self._mask != self._net:
             return False
         ports = self.ports
-        return ports is None or proto in ICMP or ports[0] <= port <= ports[1]
+        # A port range narrows a rule to protocols with ports: never ICMP.
+        return ports is None or (proto not in ICMP and ports[0] <= port <= ports[1])
 
 
 def format_rule(rule: Rule) -> str:

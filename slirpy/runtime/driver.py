@@ -27,7 +27,9 @@ from slirpy.effects import (Close, Connect, Consume, Effect, HostError, KickRead
 from slirpy.errors import SetupError
 from slirpy.flows.key import FlowKey
 from slirpy.forward.spec import Forward, ForwardError, Kind
+from slirpy.policy.rules import Rule
 from slirpy.runtime.forwards import ForwardSockets
+from slirpy.runtime.hostaddrs import HostAddresses
 from slirpy.runtime.loop import EventLoop
 from slirpy.runtime.sockets import HostSockets
 from slirpy.runtime.streams import HostStreams
@@ -57,6 +59,9 @@ class Driver:
         self.forwards: dict[int, tuple[Forward, str]] = {}  # id -> (forward, origin)
         self.next_forward_id = 1
         self.api: ApiServer | None = None
+        # The host's addresses matter only when routing and host reach differ.
+        self.host_addresses = HostAddresses(self.loop, self.stack.policy) \
+            if config.routing != config.host else None
         self.frames_in = 0
         self.frames_out = 0
         self.started = self.loop.now()
@@ -186,7 +191,27 @@ class Driver:
                 "tap_errors": dict(getattr(self.device, "errors", {})),
                 "flows": self.stack.flow_counts(),
                 "forwards": len(self.forwards),
+                "blocked": self.stack.blocked_counts(),
                 "uptime_s": round(self.loop.now() - self.started, 3)}
+
+    def add_rule(self, rule: Rule) -> int:
+        rule_id = self.stack.policy.add(rule)
+        log.info("rule %d: --%s %s", rule_id, rule.action.value, rule.text)
+        return rule_id
+
+    def remove_rule(self, rule_id: int) -> Rule | None:
+        rule = self.stack.policy.remove(rule_id)
+        if rule is not None:
+            log.info("rule %d removed: --%s %s", rule_id, rule.action.value, rule.text)
+        return rule
+
+    def list_rules(self) -> list[tuple[int, Rule]]:
+        return list(self.stack.policy.rules.items())
+
+    def posture(self) -> dict[str, bool]:
+        policy = self.stack.policy
+        return {"routing": policy.routing, "host": policy.host,
+                "host_loopback": policy.host_loopback}
 
     # --- the loop ------------------------------------------------------------------------------
 
@@ -289,6 +314,8 @@ class Driver:
                   dict(getattr(self.device, "errors", {})) or "none")
         if self.api is not None:
             self.api.close()
+        if self.host_addresses is not None:
+            self.host_addresses.close()
         self.forward_sockets.close_all()
         self.streams.close_all()
         self.sockets.close_all()

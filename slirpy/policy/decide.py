@@ -1,0 +1,115 @@
+"""The egress decision for a new guest flow: pass, block, or "unreachable".
+
+Sans-IO: the stack asks once per new flow (a SYN, the first datagram of a UDP flow, the
+first echo of an ICMP one), before any host system call, and a blocked flow never
+makes one. The order (first match wins):
+1. a --deny rule blocks;
+2. an --allow rule passes (the gateway then maps to host loopback, whatever the
+   host-loopback setting);
+3. the gateway: host loopback when it is on, else "unreachable" (slirp4netns's answer);
+4. the static deny list blocks: link-local 169.254.0.0/16 with the cloud-metadata
+   address 169.254.169.254, the IPv6 metadata address fd00:ec2::254, NAT64's
+   64:ff9b::/96 (through which a host with NAT64 reaches IPv4, its loopback included);
+5. one of the host's own addresses or directly connected networks passes only with
+   --enable-host (the host list is kept current by the runtime);
+6. anything else passes only with --enable-routing.
+Destinations a guest can reach only with crafted frames and that slirpy never forwards
+whatever the rules (loopback, unspecified, IPv4-mapped and -compatible IPv6, multicast,
+broadcast, the guest's own networks) are dropped before this, in the stack.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+from collections.abc import Iterable
+from typing import Final, NamedTuple
+
+from slirpy.policy.rules import Action, Rule
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+STATIC_DENY: Final[tuple[Network, ...]] = tuple(ipaddress.ip_network(n) for n in (
+    "169.254.0.0/16", "fd00:ec2::254/128", "64:ff9b::/96"))
+
+
+class Outcome(enum.Enum):
+    PASS = "pass"
+    BLOCK = "block"
+    UNREACHABLE = "unreachable"
+
+
+class Verdict(NamedTuple):
+    outcome: Outcome
+    why: str  # the rule or the setting that decided, for the log and the counters
+
+
+class _Nets:
+    """Networks as (length, address int, mask int): matched with integer arithmetic."""
+
+    def __init__(self, networks: Iterable[Network] = ()) -> None:
+        self.entries = [(4 if n.version == 4 else 16, int(n.network_address), int(n.netmask))
+                        for n in networks]
+
+    def __contains__(self, addr: bytes) -> bool:
+        value = int.from_bytes(addr, "big")
+        return any(size == len(addr) and value & mask == net
+                   for size, net, mask in self.entries)
+
+
+_STATIC: Final = _Nets(STATIC_DENY)
+
+
+class Policy:
+    def __init__(self, *, routing: bool, host: bool, host_loopback: bool,
+                 rules: Iterable[Rule] = ()) -> None:
+        self.routing = routing
+        self.host = host
+        self.host_loopback = host_loopback
+        self.rules: dict[int, Rule] = {}  # id -> rule, in the order given
+        self.next_id = 1
+        self._host = _Nets()
+        self._deny: list[Rule] = []
+        self._allow: list[Rule] = []
+        for rule in rules:
+            self.add(rule)
+
+    def add(self, rule: Rule) -> int:
+        rule_id = self.next_id
+        self.next_id += 1
+        self.rules[rule_id] = rule
+        self._split()
+        return rule_id
+
+    def remove(self, rule_id: int) -> Rule | None:
+        rule = self.rules.pop(rule_id, None)
+        self._split()
+        return rule
+
+    def _split(self) -> None:
+        self._deny = [r for r in self.rules.values() if r.action is Action.DENY]
+        self._allow = [r for r in self.rules.values() if r.action is Action.ALLOW]
+
+    def set_host_networks(self, networks: Iterable[Network]) -> None:
+        """The host's own addresses (as /32 and /128) and its connected networks."""
+        self._host = _Nets(networks)
+
+    def decide(self, proto: int, addr: bytes, port: int, *, gateway: bool) -> Verdict:
+        """May a new flow of *proto* go to *addr*:*port* (as the guest named it)?"""
+        for rule in self._deny:
+            if rule.matches(proto, addr, port):
+                return Verdict(Outcome.BLOCK, f"--deny {rule.text}")
+        for rule in self._allow:
+            if rule.matches(proto, addr, port):
+                return Verdict(Outcome.PASS, f"--allow {rule.text}")
+        if gateway:
+            if self.host_loopback:
+                return Verdict(Outcome.PASS, "host loopback")
+            return Verdict(Outcome.UNREACHABLE, "host loopback is off")
+        if addr in _STATIC:
+            return Verdict(Outcome.BLOCK, "static deny list")
+        if addr in self._host:
+            return Verdict(Outcome.PASS if self.host else Outcome.BLOCK,
+                           "host address" if self.host else "host address (--enable-host)")
+        return Verdict(Outcome.PASS if self.routing else Outcome.BLOCK,
+                       "routing" if self.routing else "routing is off (--enable-routing)")
