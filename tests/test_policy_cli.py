@@ -161,10 +161,6 @@ def test_unknown_host_name_is_a_usage_error(monkeypatch: pytest.MonkeyPatch) -> 
         parse(["--deny", "nowhere.test", "1"])
 
 
-@pytest.mark.xfail(strict=True, raises=UnicodeError,
-                   reason="a host name with a label over 63 characters makes "
-                   "getaddrinfo raise UnicodeError (idna), which resolve_name does not "
-                   "catch: a traceback, not a one-line usage error")
 def test_overlong_label_is_a_usage_error(monkeypatch: pytest.MonkeyPatch,
                                          capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setattr(socket, "getaddrinfo", fake_getaddrinfo(NAMES))
@@ -223,10 +219,6 @@ def test_file_host_name_resolved(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert listed(config) == [("allow", "192.0.2.10"), ("allow", "[2001:db8::10]")]
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="a name in the file's allow/deny is resolved twice: once when "
-                   "_check_tokens parses the setting alone, again in the real parse "
-                   "(the man page says once, at start)")
 @pytest.mark.parametrize("form", FORMS)
 def test_file_host_name_resolved_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                       form: Any) -> None:
@@ -253,9 +245,6 @@ def test_file_errors_name_the_key(tmp_path: Path, text: str, key: str, part: str
     assert part in message and "\n" not in message
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="config_file._tokens says 'must be a forward spec or "
-                   "a list of them' for allow/deny too (REPEATABLE shares one message)")
 def test_file_error_for_a_rule_key_speaks_of_rules(tmp_path: Path) -> None:
     with pytest.raises(UsageError) as info:
         parse(["--config", write(tmp_path, "allow: [true]\n"), "1"])

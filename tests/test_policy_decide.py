@@ -263,3 +263,19 @@ def test_a_name_rule_matches_each_address() -> None:
     for addr in ("192.0.2.10", "2001:db8::10"):
         assert decide(pol, TCP, addr, 443) == Verdict(PASS, "--allow tcp://svc.test:443")
     assert decide(pol, TCP, "192.0.2.11", 443).outcome is BLOCK
+
+
+@pytest.mark.parametrize("allow, addr, outcome", [
+    ("0.0.0.0/0", "169.254.169.254", BLOCK),  # a wide rule does not open the static list
+    ("169.254.0.0/16", "169.254.169.254", PASS),  # as narrow as the range: it does
+    ("169.254.169.254", "169.254.169.254", PASS),
+    ("[::/0]", "64:ff9b::7f00:1", BLOCK),
+    ("[64:ff9b::/64]", "64:ff9b::7f00:1", BLOCK),  # wider than the /96
+    ("[::/0]", "64:ff9b:1::7f00:1", BLOCK),  # RFC 8215's local-use NAT64 prefix
+    ("[64:ff9b:1::/48]", "64:ff9b:1::7f00:1", PASS),
+    ("[::/0]", "fd00:ec2::254", BLOCK),
+    ("0.0.0.0/0", "198.51.100.1", PASS),  # elsewhere a wide rule is a rule like any
+])
+def test_only_a_rule_as_narrow_as_a_static_range_opens_it(allow: str, addr: str,
+                                                          outcome: Outcome) -> None:
+    assert decide(policy(OFF, allow=(allow,)), TCP, addr).outcome is outcome

@@ -223,6 +223,7 @@ def parse(argv: list[str]) -> Attach | Run:
     """Parse either form; raises UsageError (one line) or Exit (help, version)."""
     run = argv[:1] == ["run"]
     options = argv[1:] if run else argv
+    _resolved.clear()
     _refuse_unsupported(options)
     config_path = _config_path(options)
     if config_path is not None:
@@ -373,14 +374,20 @@ def _rules(ns: argparse.Namespace) -> tuple[Rule, ...]:
     return tuple(found)
 
 
+_resolved: dict[str, list[ipaddress.IPv4Address | ipaddress.IPv6Address]] = {}
+
+
 def resolve_name(name: str) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
-    """A rule's host name, as the host's resolver knows it now."""
-    try:
-        infos = socket.getaddrinfo(name, None, proto=socket.IPPROTO_TCP)
-    except OSError:
-        return []
-    return list(dict.fromkeys(ipaddress.ip_address(str(info[4][0]).split("%")[0])
-                              for info in infos))
+    """A rule's host name, as the host's resolver knows it now: asked once per parse
+    (a config file's setting is parsed alone first, to name its key in errors)."""
+    if name not in _resolved:
+        try:
+            infos = socket.getaddrinfo(name, None, proto=socket.IPPROTO_TCP)
+        except (OSError, UnicodeError):  # UnicodeError: idna refuses the name (a long label)
+            infos = []
+        _resolved[name] = list(dict.fromkeys(
+            ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos))
+    return _resolved[name]
 
 
 def _dns_ttl(text: str) -> float:

@@ -107,7 +107,8 @@ def _tokens(path: str, raw_key: str, key: str, value: object) -> list[str]:
         items = value if isinstance(value, list) else [value]
         if not all(isinstance(item, str | int) and not isinstance(item, bool)
                    for item in items):
-            raise UsageError(f"{bad} must be a forward spec or a list of them")
+            kind = "rule" if key in ("allow", "deny") else "forward spec"
+            raise UsageError(f"{bad} must be a {kind} or a list of them")
         return [token for item in items for token in (option, str(item))]
     if isinstance(value, bool) or not isinstance(value, str | int | float):
         raise UsageError(f"{bad} must be a single value")

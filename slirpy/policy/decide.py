@@ -9,7 +9,9 @@ makes one. The order (first match wins):
 3. the gateway: host loopback when it is on, else "unreachable" (slirp4netns's answer);
 4. the static deny list blocks: link-local 169.254.0.0/16 with the cloud-metadata
    address 169.254.169.254, the IPv6 metadata address fd00:ec2::254, NAT64's
-   64:ff9b::/96 (through which a host with NAT64 reaches IPv4, its loopback included);
+   64:ff9b::/96 and 64:ff9b:1::/48 (through which a host with NAT64 reaches IPv4, its
+   loopback included). An --allow rule opens these only when it is as narrow as the
+   range it opens: `--allow 169.254.169.254` does, `--allow 0.0.0.0/0` does not;
 5. one of the host's own addresses or directly connected networks passes only with
    --enable-host (the host list is kept current by the runtime);
 6. anything else passes only with --enable-routing.
@@ -30,7 +32,7 @@ from slirpy.policy.rules import Action, Rule
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 STATIC_DENY: Final[tuple[Network, ...]] = tuple(ipaddress.ip_network(n) for n in (
-    "169.254.0.0/16", "fd00:ec2::254/128", "64:ff9b::/96"))
+    "169.254.0.0/16", "fd00:ec2::254/128", "64:ff9b::/96", "64:ff9b:1::/48"))
 
 
 class Outcome(enum.Enum):
@@ -57,7 +59,17 @@ class _Nets:
                    for size, net, mask in self.entries)
 
 
-_STATIC: Final = _Nets(STATIC_DENY)
+_STATIC: Final = [(4 if n.version == 4 else 16, int(n.network_address), int(n.netmask),
+                   n.prefixlen) for n in STATIC_DENY]
+
+
+def _static_prefix(addr: bytes) -> int:
+    """The prefix length of the static-deny range holding *addr*, 0 if none does."""
+    value = int.from_bytes(addr, "big")
+    for size, net, mask, prefixlen in _STATIC:
+        if size == len(addr) and value & mask == net:
+            return prefixlen
+    return 0
 
 
 class Policy:
@@ -99,14 +111,15 @@ class Policy:
         for rule in self._deny:
             if rule.matches(proto, addr, port):
                 return Verdict(Outcome.BLOCK, f"--deny {rule.text}")
+        static = _static_prefix(addr)
         for rule in self._allow:
-            if rule.matches(proto, addr, port):
+            if rule.matches(proto, addr, port) and rule.network.prefixlen >= static:
                 return Verdict(Outcome.PASS, f"--allow {rule.text}")
         if gateway:
             if self.host_loopback:
                 return Verdict(Outcome.PASS, "host loopback")
             return Verdict(Outcome.UNREACHABLE, "host loopback is off")
-        if addr in _STATIC:
+        if static:
             return Verdict(Outcome.BLOCK, "static deny list")
         if addr in self._host:
             return Verdict(Outcome.PASS if self.host else Outcome.BLOCK,

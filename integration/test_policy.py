@@ -1,0 +1,296 @@
+"""Issue 6: the egress policy, posture by posture, and the known bypasses, end to end.
+
+The world here has three kinds of destination, each with a listener on ports 7000-7010
+(TCP greeting and UDP echo, both families) that logs every contact it gets:
+- the host's loopback (127.0.0.1, ::1), which the guest reaches through the gateway;
+- a host address: 203.0.113.1 and 2001:db8:1::1, the world's side of a veth pair, so
+  also a directly connected network;
+- the internet: 198.51.100.77 and 2001:db8:77::1 in a namespace of their own behind
+  that veth, routed, so not an address of the host slirpy runs on.
+A guest probe tries TCP, UDP and ping to each and says how each went; the listeners'
+logs say what really arrived. Crafted frames, written onto the guest's tap with an
+AF_PACKET socket, try the addresses a guest kernel would keep to itself.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from integration.world import SLIRPY, WORK, Guest, Slirpy, in_world, sh
+
+HOST4, HOST6 = "203.0.113.1", "2001:db8:1::1"
+NET4, NET6 = "198.51.100.77", "2001:db8:77::1"
+PORTS = range(7000, 7011)
+
+LISTENER = """
+import socket, sys, threading
+log = open(sys.argv[1], "a", buffering=1)
+def tcp(family, port):
+    s = socket.socket(family, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if family == socket.AF_INET6:
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    s.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", port))
+    s.listen(64)
+    while True:
+        conn, peer = s.accept()
+        log.write(f"tcp {conn.getsockname()[0]} {port} from {peer[0]}\\n")
+        conn.sendall(b"hello")
+        conn.close()
+def udp(family, port):
+    s = socket.socket(family, socket.SOCK_DGRAM)
+    if family == socket.AF_INET6:
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        s.setsockopt(socket.IPPROTO_IPV6, 49, 1)  # IPV6_RECVPKTINFO: which address
+    else:
+        s.setsockopt(socket.IPPROTO_IP, 8, 1)  # IP_PKTINFO
+    s.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", port))
+    while True:
+        data, anc, _, peer = s.recvmsg(2048, 256)
+        local, reply = "?", []
+        for level, kind, value in anc:  # answer from the address asked, as a server must
+            if level == socket.IPPROTO_IP:
+                local = socket.inet_ntop(socket.AF_INET, value[8:12])
+                reply = [(level, 8, bytes(4) + value[8:12] + bytes(4))]  # IP_PKTINFO
+            elif level == socket.IPPROTO_IPV6:
+                local = socket.inet_ntop(socket.AF_INET6, value[:16])
+                reply = [(level, 50, value[:16] + bytes(4))]  # IPV6_PKTINFO
+        log.write(f"udp {local} {port} from {peer[0]}\\n")
+        s.sendmsg([data], reply, 0, peer)
+for port in list(range(7000, 7011)) + [80]:
+    for family in (socket.AF_INET, socket.AF_INET6):
+        threading.Thread(target=tcp, args=(family, port), daemon=True).start()
+        threading.Thread(target=udp, args=(family, port), daemon=True).start()
+print("up", flush=True)
+threading.Event().wait()
+"""
+
+PROBE = """
+import errno, json, socket, subprocess, sys
+out = {}
+for target in sys.argv[1:]:
+    proto, addr, port = target.split(" ")
+    family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+    if proto == "ping":
+        done = subprocess.run(["ping", "-c", "1", "-W", "2", addr], capture_output=True)
+        out[target] = "ok" if done.returncode == 0 else "no reply"
+        continue
+    kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
+    s = socket.socket(family, kind)
+    if proto == "udp":  # IP_RECVERR / IPV6_RECVERR: ICMP errors surface as errnos
+        s.setsockopt(*((socket.IPPROTO_IP, 11) if family == socket.AF_INET
+                       else (socket.IPPROTO_IPV6, 25)), 1)
+    s.settimeout(3)
+    try:
+        s.connect((addr, int(port)))
+        if proto == "udp":
+            s.send(b"hi")
+        got = s.recv(100)
+        out[target] = "ok" if got in (b"hello", b"hi") else f"got {got!r}"
+    except socket.timeout:
+        out[target] = "timeout"
+    except OSError as exc:
+        out[target] = errno.errorcode.get(exc.errno, str(exc))
+    finally:
+        s.close()
+print(json.dumps(out))
+"""
+
+
+def build_internet() -> subprocess.Popen[bytes]:
+    """A namespace of its own holding the internet addresses, behind a veth pair whose
+    world end is the host address; returns its keeper process."""
+    keeper = subprocess.Popen(["unshare", "--net", "sleep", "infinity"])
+    netns = f"/proc/{keeper.pid}/ns/net"
+    deadline = time.monotonic() + 5
+    while os.readlink(netns) == os.readlink("/proc/self/ns/net"):
+        if time.monotonic() > deadline:
+            raise AssertionError("internet namespace did not appear")
+        time.sleep(0.01)  # unshare has no readiness signal
+    inside = f"nsenter --net={netns}"
+    sh(f"ip link add veth-h type veth peer name veth-i netns {keeper.pid}")
+    sh(f"ip addr add {HOST4}/24 dev veth-h && ip -6 addr add {HOST6}/64 dev veth-h nodad"
+       " && ip link set veth-h up")
+    sh(f"ip route add {NET4}/32 via 203.0.113.2 && ip -6 route add {NET6}/128 via "
+       "2001:db8:1::2")
+    sh(f"{inside} sh -c 'ip link set lo up && ip link set veth-i up"
+       f" && ip addr add 203.0.113.2/24 dev veth-i && ip addr add {NET4}/32 dev lo"
+       f" && ip -6 addr add 2001:db8:1::2/64 dev veth-i nodad"
+       f" && ip -6 addr add {NET6}/128 dev lo"
+       f" && ip route add default via {HOST4} && ip -6 route add default via {HOST6}'")
+    sh("ip addr add 169.254.169.254/32 dev lo")  # a "metadata service" on the host
+    return keeper
+
+
+def start_listener(log: Path, netns: str | None = None) -> subprocess.Popen[str]:
+    prefix = ["nsenter", f"--net={netns}"] if netns else []
+    proc = subprocess.Popen([*prefix, sys.executable, "-c", LISTENER, str(log)],
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline() == "up\n"
+    return proc
+
+
+TARGETS = {
+    "loopback": "10.0.2.2", "loopback6": "fd00::2", "host": HOST4, "host6": HOST6,
+    "net": NET4, "net6": NET6, "metadata": "169.254.169.254",
+}
+
+
+def probes(*names: str, port: int = 7000, protos: tuple[str, ...] = ("tcp", "udp")
+           ) -> list[str]:
+    return [f"{proto} {TARGETS[name]} {port}" for name in names for proto in protos]
+
+
+ALL = [*probes("loopback", "loopback6", "host", "host6", "net", "net6"),
+       "tcp 169.254.169.254 80", "ping 198.51.100.77 0", "ping 2001:db8:77::1 0",
+       "ping 203.0.113.1 0"]
+RANGES = [f"tcp {NET4} {port}" for port in (7000, 7001, 7003, 7005, 7006)] + [
+    f"udp {NET4} 7001", f"ping {NET4} 0", f"tcp {NET6} 7002", f"tcp {HOST4} 7002"]
+
+
+def scenario_posture(form: str, flags: list[str], targets: list[str]) -> dict[str, Any]:
+    keeper = build_internet()
+    host_log, net_log = WORK / "host.log", WORK / "net.log"
+    listeners = [start_listener(host_log), start_listener(net_log, f"/proc/{keeper.pid}/ns/net")]
+    try:
+        if form == "run":
+            done = subprocess.run([*SLIRPY, "run", *flags, "--", sys.executable, "-c", PROBE,
+                                   *targets], capture_output=True, text=True, timeout=120)
+            assert done.returncode == 0, done.stderr
+            got = json.loads(done.stdout)
+        else:
+            guest = Guest()
+            slirpy = Slirpy(guest, "-c", "-6", *flags)
+            try:
+                got = json.loads(guest.python(PROBE, *targets))
+            finally:
+                slirpy.stop()
+                guest.stop()
+    finally:
+        for proc in listeners:
+            proc.kill()
+            proc.wait()
+        keeper.kill()
+        keeper.wait()
+    seen = [line.split()[:3] for log in (host_log, net_log) if log.exists()
+            for line in log.read_text().splitlines()]
+    return {"got": got, "seen": seen}
+
+
+def _arrived(result: dict[str, Any], target: str) -> bool:
+    """Whether a listener logged the probe *target* ("tcp ADDR PORT")."""
+    proto, addr, port = target.split(" ")
+    local = {"10.0.2.2": "127.0.0.1", "fd00::2": "::1"}.get(addr, addr)
+    return [proto, local, port] in result["seen"]
+
+
+OK, REFUSED = "ok", "ECONNREFUSED"
+PROHIBITED4 = "EHOSTUNREACH"  # Linux's errno for ICMP "administratively prohibited"
+PROHIBITED6 = "EACCES"  # and for ICMPv6's
+NETUNREACH = "ENETUNREACH"
+
+# posture -> {probe: expected outcome}; every probe not listed must match `default`.
+POSTURES: dict[str, tuple[str, list[str], dict[str, str]]] = {
+    "slirp4netns form": ("attach", [], {
+        "tcp 10.0.2.2 7000": OK, "udp 10.0.2.2 7000": OK, "tcp fd00::2 7000": OK,
+        "udp fd00::2 7000": OK, "tcp 203.0.113.1 7000": OK, "udp 203.0.113.1 7000": OK,
+        "tcp 2001:db8:1::1 7000": OK, "udp 2001:db8:1::1 7000": OK,
+        "tcp 198.51.100.77 7000": OK, "udp 198.51.100.77 7000": OK,
+        "tcp 2001:db8:77::1 7000": OK, "udp 2001:db8:77::1 7000": OK,
+        "tcp 169.254.169.254 80": REFUSED, "ping 198.51.100.77 0": OK,
+        "ping 2001:db8:77::1 0": OK, "ping 203.0.113.1 0": OK}),
+    "--restrict": ("attach", ["--restrict"], {
+        "tcp 10.0.2.2 7000": NETUNREACH, "udp 10.0.2.2 7000": NETUNREACH,
+        "tcp fd00::2 7000": NETUNREACH, "udp fd00::2 7000": NETUNREACH,
+        "tcp 203.0.113.1 7000": REFUSED, "udp 203.0.113.1 7000": PROHIBITED4,
+        "tcp 2001:db8:1::1 7000": REFUSED, "udp 2001:db8:1::1 7000": PROHIBITED6,
+        "tcp 198.51.100.77 7000": REFUSED, "udp 198.51.100.77 7000": PROHIBITED4,
+        "tcp 2001:db8:77::1 7000": REFUSED, "udp 2001:db8:77::1 7000": PROHIBITED6,
+        "tcp 169.254.169.254 80": REFUSED, "ping 198.51.100.77 0": "no reply",
+        "ping 2001:db8:77::1 0": "no reply", "ping 203.0.113.1 0": "no reply"}),
+    "--restrict --enable-host": ("attach", ["--restrict", "--enable-host"], {
+        "tcp 10.0.2.2 7000": NETUNREACH, "udp 10.0.2.2 7000": NETUNREACH,
+        "tcp fd00::2 7000": NETUNREACH, "udp fd00::2 7000": NETUNREACH,
+        "tcp 203.0.113.1 7000": OK, "udp 203.0.113.1 7000": OK,
+        "tcp 2001:db8:1::1 7000": OK, "udp 2001:db8:1::1 7000": OK,
+        "tcp 198.51.100.77 7000": REFUSED, "udp 198.51.100.77 7000": PROHIBITED4,
+        "tcp 2001:db8:77::1 7000": REFUSED, "udp 2001:db8:77::1 7000": PROHIBITED6,
+        "tcp 169.254.169.254 80": REFUSED, "ping 198.51.100.77 0": "no reply",
+        "ping 2001:db8:77::1 0": "no reply", "ping 203.0.113.1 0": OK}),
+    "--restrict --enable-routing": ("attach", ["--restrict", "--enable-routing"], {
+        "tcp 10.0.2.2 7000": NETUNREACH, "udp 10.0.2.2 7000": NETUNREACH,
+        "tcp fd00::2 7000": NETUNREACH, "udp fd00::2 7000": NETUNREACH,
+        "tcp 203.0.113.1 7000": REFUSED, "udp 203.0.113.1 7000": PROHIBITED4,
+        "tcp 2001:db8:1::1 7000": REFUSED, "udp 2001:db8:1::1 7000": PROHIBITED6,
+        "tcp 198.51.100.77 7000": OK, "udp 198.51.100.77 7000": OK,
+        "tcp 2001:db8:77::1 7000": OK, "udp 2001:db8:77::1 7000": OK,
+        "tcp 169.254.169.254 80": REFUSED, "ping 198.51.100.77 0": OK,
+        "ping 2001:db8:77::1 0": OK, "ping 203.0.113.1 0": "no reply"}),
+    "slirpy run": ("run", [], {
+        "tcp 10.0.2.2 7000": NETUNREACH, "udp 10.0.2.2 7000": NETUNREACH,
+        "tcp fd00::2 7000": NETUNREACH, "udp fd00::2 7000": NETUNREACH,
+        "tcp 203.0.113.1 7000": REFUSED, "udp 203.0.113.1 7000": PROHIBITED4,
+        "tcp 2001:db8:1::1 7000": REFUSED, "udp 2001:db8:1::1 7000": PROHIBITED6,
+        "tcp 198.51.100.77 7000": OK, "udp 198.51.100.77 7000": OK,
+        "tcp 2001:db8:77::1 7000": OK, "udp 2001:db8:77::1 7000": OK,
+        "tcp 169.254.169.254 80": REFUSED, "ping 198.51.100.77 0": OK,
+        "ping 2001:db8:77::1 0": OK, "ping 203.0.113.1 0": "no reply"}),
+}
+
+COMBOS: dict[str, tuple[str, list[str], dict[str, str]]] = {
+    # allow a TCP port range, deny one port inside it: deny wins; UDP and ping are not
+    # in the rule; the host stays closed although the range's port matches.
+    "restrict, allow range, deny inside": ("attach", [
+        "--restrict", "--allow", f"tcp://{NET4}:7001-7005,tcp://[{NET6}]:7002",
+        "--deny", f"tcp://{NET4}:7003"], {
+        f"tcp {NET4} 7000": REFUSED, f"tcp {NET4} 7001": OK, f"tcp {NET4} 7003": REFUSED,
+        f"tcp {NET4} 7005": OK, f"tcp {NET4} 7006": REFUSED, f"udp {NET4} 7001": PROHIBITED4,
+        f"ping {NET4} 0": "no reply", f"tcp {NET6} 7002": OK, f"tcp {HOST4} 7002": REFUSED}),
+    # the slirp4netns form with a deny on a prefix and an allow for ping inside it
+    "deny prefix, allow icmp": ("attach", [
+        "--deny", "198.51.100.0/24:1-65535", "--allow", f"icmp://{NET4}",
+        "--deny", f"tcp://{HOST4}:7002"], {
+        f"tcp {NET4} 7000": REFUSED, f"tcp {NET4} 7001": REFUSED, f"tcp {NET4} 7003": REFUSED,
+        f"tcp {NET4} 7005": REFUSED, f"tcp {NET4} 7006": REFUSED,
+        f"udp {NET4} 7001": PROHIBITED4, f"ping {NET4} 0": OK, f"tcp {NET6} 7002": OK,
+        f"tcp {HOST4} 7002": REFUSED}),
+    # slirpy run: the host opened by a rule for one port only
+    "run, allow one host port": ("run", ["--allow", f"tcp://{HOST4}:7005"], {
+        f"tcp {NET4} 7000": OK, f"tcp {NET4} 7001": OK, f"tcp {NET4} 7003": OK,
+        f"tcp {NET4} 7005": OK, f"tcp {NET4} 7006": OK, f"udp {NET4} 7001": OK,
+        f"ping {NET4} 0": OK, f"tcp {NET6} 7002": OK, f"tcp {HOST4} 7002": REFUSED}),
+}
+
+
+def _check(result: dict[str, Any], expected: dict[str, str]) -> None:
+    got = result["got"]
+    wrong = {t: (got.get(t), want) for t, want in expected.items() if got.get(t) != want}
+    assert not wrong, f"probe: (got, expected): {wrong}"
+    for target, outcome in expected.items():
+        if target.startswith("ping"):
+            continue
+        # What was let through reached its listener; what was refused reached nothing.
+        assert _arrived(result, target) == (outcome == OK), (target, outcome, result["seen"])
+
+
+@pytest.mark.parametrize("posture", list(POSTURES))
+def test_posture_decides_what_the_guest_reaches_and_how_it_fails(posture: str) -> None:
+    form, flags, expected = POSTURES[posture]
+    result = in_world(scenario_posture, form, flags, list(expected))
+    _check(result, expected)
+
+
+@pytest.mark.parametrize("combo", list(COMBOS))
+def test_allow_and_deny_rules_with_port_ranges(combo: str) -> None:
+    form, flags, expected = COMBOS[combo]
+    result = in_world(scenario_posture, form, flags, list(expected))
+    _check(result, expected)
