@@ -294,3 +294,199 @@ def test_allow_and_deny_rules_with_port_ranges(combo: str) -> None:
     form, flags, expected = COMBOS[combo]
     result = in_world(scenario_posture, form, flags, list(expected))
     _check(result, expected)
+
+
+# --- bypasses: crafted frames for what a guest kernel keeps to itself ---
+
+CRAFTER = """
+import json, socket, subprocess, sys
+from scapy.layers.l2 import Ether
+from scapy.layers.inet import IP, TCP, UDP
+from scapy.layers.inet6 import IPv6
+link = json.loads(subprocess.run(["ip", "-j", "link", "show", "tap0"], capture_output=True,
+                                 check=True).stdout)[0]
+ours = "52:55:0a:00:02:02"  # slirpy's and slirp4netns's MAC: 52:55 and the gateway
+raw = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+raw.bind(("tap0", 0))
+sent = 0
+for i, target in enumerate(sys.argv[1:]):
+    dst, port = target.rsplit(" ", 1)
+    ip = IPv6(src="fd00::100", dst=dst) if ":" in dst else IP(src="10.0.2.100", dst=dst)
+    eth = Ether(src=link["address"], dst=ours)
+    raw.send(bytes(eth / ip / TCP(sport=41000 + i, dport=int(port), flags="S", seq=7)))
+    raw.send(bytes(eth / ip / UDP(sport=41000 + i, dport=int(port)) / b"leak?"))
+    sent += 2
+# slirpy (and slirp4netns) take frames in order: once the gateway answers this ping,
+# every crafted frame before it has been dealt with.
+ok = subprocess.run(["ping", "-c", "1", "-W", "5", "10.0.2.2"], capture_output=True)
+print(json.dumps({"sent": sent, "sentinel": ok.returncode}))
+"""
+
+BYPASSES = ["127.0.0.1 7000", "127.0.0.2 7000", "::1 7000", "::ffff:127.0.0.1 7000",
+            "::127.0.0.1 7000", "64:ff9b::7f00:1 7000", "0.0.0.0 7000",
+            "169.254.169.254 80", "10.0.2.3 7000", "10.0.2.255 7000",
+            "255.255.255.255 7000", "fd00::3 7000"]
+# After the guest's sentinel, the world itself contacts each listener socket a crafted
+# frame could have reached: a socket's queue is first in, first out, so anything
+# crafted that got through is logged before the world's own contact.
+SENTINELS = [("tcp", "127.0.0.1", 7000), ("udp", "127.0.0.1", 7000), ("tcp", "::1", 7000),
+             ("udp", "::1", 7000), ("tcp", "169.254.169.254", 80),
+             ("udp", "169.254.169.254", 80)]
+
+
+def _world_contact(proto: str, addr: str, port: int, log: Path) -> None:
+    family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM) as s:
+        s.settimeout(5)
+        s.connect((addr, port))
+        if proto == "udp":
+            s.send(b"sentinel")
+        s.recv(100)  # the greeting or the echo: the listener logged us first
+    assert any(line.split()[:3] == [proto, addr, str(port)]
+               for line in log.read_text().splitlines())
+
+
+def scenario_bypass(command: list[str] | None, form: str, flags: list[str]) -> dict[str, Any]:
+    keeper = build_internet()
+    log = WORK / "host.log"
+    listener = start_listener(log)
+    try:
+        if form == "run":
+            done = subprocess.run([*SLIRPY, "run", *flags, "--", sys.executable, "-c", CRAFTER,
+                                   *BYPASSES], capture_output=True, text=True, timeout=120)
+            assert done.returncode == 0, done.stderr
+            crafted = json.loads(done.stdout)
+        else:
+            guest = Guest()
+            connector = Slirpy(guest, "-c", "-6", *flags, command=command)
+            try:
+                crafted = json.loads(guest.python(CRAFTER, *BYPASSES))
+            finally:
+                connector.stop()
+                guest.stop()
+        for proto, addr, port in SENTINELS:
+            _world_contact(proto, addr, port, log)
+    finally:
+        listener.kill()
+        listener.wait()
+        keeper.kill()
+        keeper.wait()
+    return {"crafted": crafted, "seen": [line.split() for line in log.read_text().splitlines()]}
+
+
+def _leaks(result: dict[str, Any]) -> list[list[str]]:
+    """What the listeners logged besides the world's own sentinel contacts."""
+    leaks = list(result["seen"])
+    for proto, addr, port in SENTINELS:
+        leaks.remove([proto, addr, str(port), "from", addr])
+    return leaks
+
+
+BYPASS_POSTURES = {
+    "slirp4netns form": ("attach", []),
+    "--disable-host-loopback": ("attach", ["--disable-host-loopback"]),
+    "--restrict": ("attach", ["--restrict"]),
+    "everything enabled": ("attach", ["--restrict", "--enable-routing", "--enable-host",
+                                      "--enable-host-loopback"]),
+    "allow everything": ("attach", ["--allow", "0.0.0.0/0,[::/0]"]),
+    "slirpy run": ("run", []),
+    "slirpy run, host open": ("run", ["--enable-host", "--enable-host-loopback"]),
+}
+
+
+@pytest.mark.parametrize("posture", list(BYPASS_POSTURES))
+def test_crafted_frames_to_loopback_mapped_nat64_metadata_and_broadcast_reach_nothing(
+        posture: str) -> None:
+    form, flags = BYPASS_POSTURES[posture]
+    result = in_world(scenario_bypass, None, form, flags)
+    assert result["crafted"] == {"sent": 2 * len(BYPASSES), "sentinel": 0}, result
+    assert _leaks(result) == [], f"{posture}: crafted frames reached the host: {_leaks(result)}"
+
+
+def test_the_same_crafted_syn_reaches_host_loopback_through_slirp4netns() -> None:
+    """The test can see a leak: slirp4netns 1.2.0, even with --disable-host-loopback,
+    connects a crafted SYN for 127.0.0.1 to the host's loopback."""
+    result = in_world(scenario_bypass, ["slirp4netns"], "attach", ["--disable-host-loopback"])
+    assert result["crafted"]["sentinel"] == 0
+    assert ["tcp", "127.0.0.1", "7000", "from", "127.0.0.1"] in _leaks(result), result["seen"]
+
+
+# --- a new host address, rules at runtime, rules from the config file ---
+
+def _api(request: dict[str, Any]) -> Any:
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(5)
+        sock.connect(str(WORK / "api.sock"))
+        sock.sendall(json.dumps(request).encode())
+        sock.shutdown(socket.SHUT_WR)
+        return json.loads(sock.makefile().read())
+
+
+def scenario_runtime() -> dict[str, Any]:
+    keeper = build_internet()
+    host_log, net_log = WORK / "host.log", WORK / "net.log"
+    listeners = [start_listener(host_log), start_listener(net_log, f"/proc/{keeper.pid}/ns/net")]
+    out: dict[str, Any] = {}
+    try:
+        guest = Guest()
+        slirpy = Slirpy(guest, "-c", "--restrict", "--enable-routing", "-a",
+                        str(WORK / "api.sock"))
+        try:
+            def probe(*targets: str) -> dict[str, str]:
+                return json.loads(guest.python(PROBE, *targets))  # type: ignore[no-any-return]
+
+            out["before"] = probe(f"tcp {NET4} 7000")
+            sh(f"ip addr add {NET4}/32 dev lo")  # now it is one of the host's own
+            out["host now"] = probe(f"tcp {NET4} 7000", f"udp {NET4} 7000")
+            sh(f"ip addr del {NET4}/32 dev lo")
+            out["routed again"] = probe(f"tcp {NET4} 7000")
+            out["closed"] = probe(f"tcp {HOST4} 7004")
+            added = _api({"execute": "add_rule",
+                          "arguments": {"action": "allow", "spec": f"tcp://{HOST4}:7004"}})
+            out["added"] = added
+            out["listed"] = _api({"execute": "list_rules"})
+            out["opened"] = probe(f"tcp {HOST4} 7004", f"tcp {HOST4} 7005")
+            out["removed"] = _api({"execute": "remove_rule",
+                                   "arguments": {"id": added["return"]["ids"][0]}})
+            out["closed again"] = probe(f"tcp {HOST4} 7004")
+            out["counters"] = _api({"execute": "counters"})["return"]["blocked"]
+        finally:
+            slirpy.stop()
+            guest.stop()
+        config = WORK / "policy.yaml"
+        config.write_text(f"restrict: true\nallow:\n  - tcp://{NET4}:7001\n"
+                          f"deny: [tcp://{NET4}:7002]\nenable-routing: true\n")
+        done = subprocess.run([*SLIRPY, "run", "--config", str(config), "--", sys.executable,
+                               "-c", PROBE, f"tcp {NET4} 7001", f"tcp {NET4} 7002",
+                               f"tcp {NET4} 7003"], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        out["config file"] = json.loads(done.stdout)
+    finally:
+        for proc in listeners:
+            proc.kill()
+            proc.wait()
+        keeper.kill()
+        keeper.wait()
+    out["host seen"] = [line.split()[:3] for line in host_log.read_text().splitlines()]
+    return out
+
+
+def test_new_host_address_rules_at_runtime_and_from_the_config_file() -> None:
+    result = in_world(scenario_runtime)
+    assert result["before"] == {f"tcp {NET4} 7000": OK}
+    # The address became the host's own while slirpy ran: blocked from the next flow on.
+    assert result["host now"] == {f"tcp {NET4} 7000": REFUSED, f"udp {NET4} 7000": PROHIBITED4}
+    assert [p for p in result["host seen"] if p[1] == NET4] == [], "the host saw nothing"
+    assert result["routed again"] == {f"tcp {NET4} 7000": OK}
+    assert result["closed"] == {f"tcp {HOST4} 7004": REFUSED}
+    assert "ids" in result["added"]["return"]
+    listed = result["listed"]["return"]
+    assert listed["rules"] == [{"id": result["added"]["return"]["ids"][0], "action": "allow",
+                                "rule": f"tcp://{HOST4}:7004"}]
+    assert (listed["routing"], listed["host"], listed["host_loopback"]) == (True, False, False)
+    assert result["opened"] == {f"tcp {HOST4} 7004": OK, f"tcp {HOST4} 7005": REFUSED}
+    assert result["removed"] == {"return": {}}
+    assert result["closed again"] == {f"tcp {HOST4} 7004": REFUSED}
+    assert result["counters"].get("host address (--enable-host)", 0) >= 5, result["counters"]
+    assert result["config file"] == {f"tcp {NET4} 7001": OK, f"tcp {NET4} 7002": REFUSED,
+                                     f"tcp {NET4} 7003": OK}

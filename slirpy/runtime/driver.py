@@ -79,6 +79,8 @@ class Driver:
     # --- events to the stack -------------------------------------------------------------
 
     def _on_tap(self, mask: int) -> None:
+        if self.host_addresses is not None:
+            self.host_addresses.poll()
         for frame in self.device.read_frames(TAP_BATCH):
             self.frames_in += 1
             self.apply(self.stack.on_frame(frame.data, self.loop.now(),

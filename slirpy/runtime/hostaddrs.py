@@ -56,6 +56,13 @@ class HostAddresses:
         log.debug("host addresses and networks: %s", ", ".join(map(str, networks)))
 
     def _on_event(self, mask: int) -> None:
+        self.poll()
+
+    def poll(self) -> None:
+        """Refresh if the kernel announced a change. The runtime also calls this before
+        each batch of guest frames, so a change made before a frame was sent is seen
+        by that frame's decision, whatever order epoll reports the two in."""
+        changed = False
         while True:  # drain: one dump answers any number of changes
             try:
                 self.events.recv(65536)
@@ -63,8 +70,11 @@ class HostAddresses:
                 break
             except OSError as exc:  # ENOBUFS: changes were lost; the dump still tells all
                 log.debug("address events: %s", exc)
+                changed = True
                 break
-        self.refresh()
+            changed = True
+        if changed:
+            self.refresh()
 
     def close(self) -> None:
         self.loop.remove(self.events.fileno())
