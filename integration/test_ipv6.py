@@ -12,12 +12,11 @@ import http.server
 import json
 import socket
 import subprocess
-import time
 from typing import Any
 
 from integration.test_tcp import BLOB, HTTP_PORT, _Handler
-from integration.world import (INTERNET, INTERNET2, INTERNET6, INTERNET6_2, NOBODY6, SLIRPY, WORK, Guest,
-                               attached, dns_server, greeter, in_world, serve_forever,
+from integration.world import (INTERNET, INTERNET2, INTERNET6, INTERNET6_2, NOBODY6, SLIRPY, WORK,
+                               api_request, attached, dns_server, greeter, in_world, serve_forever,
                                set_nameservers, sh, udp_echo)
 
 ADDRESSES = """
@@ -282,12 +281,7 @@ def scenario_forwards6() -> dict[str, Any]:
 
 
 def _api(request: dict[str, Any]) -> Any:
-    with socket.socket(socket.AF_UNIX) as sock:
-        sock.settimeout(5)
-        sock.connect(str(WORK / "api.sock"))
-        sock.sendall(json.dumps(request).encode())
-        sock.shutdown(socket.SHUT_WR)
-        return json.loads(sock.makefile().read())
+    return api_request(WORK / "api.sock", request)
 
 
 def test_ipv6_forwards_both_ways_across_families_with_real_client_addresses() -> None:

@@ -14,18 +14,20 @@ AF_PACKET socket, try the addresses a guest kernel would keep to itself.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from integration.world import SLIRPY, WORK, Guest, Slirpy, in_world, sh
+from integration.world import SLIRPY, WORK, Guest, Slirpy, api_request, in_world, sh
 
 HOST4, HOST6 = "203.0.113.1", "2001:db8:1::1"
 NET4, NET6 = "198.51.100.77", "2001:db8:77::1"
@@ -131,6 +133,41 @@ def build_internet() -> subprocess.Popen[bytes]:
     return keeper
 
 
+@contextlib.contextmanager
+def internet_and_listeners() -> Iterator[tuple[Path, Path]]:
+    """build_internet, with a listener on the host and one in the internet; yields their
+    logs; everything stops on the way out."""
+    keeper = build_internet()
+    host_log, net_log = WORK / "host.log", WORK / "net.log"
+    listeners = [start_listener(host_log), start_listener(net_log, f"/proc/{keeper.pid}/ns/net")]
+    try:
+        yield host_log, net_log
+    finally:
+        for proc in [*listeners, keeper]:
+            proc.kill()
+            proc.wait()
+
+
+def in_guest(form: str, flags: list[str], script: str, args: list[str],
+             command: list[str] | None = None) -> Any:
+    """Run the Python *script* with *args* in a guest online through slirpy (`slirpy run`,
+    or the attach form with -c -6, or *command* attached in slirpy's place); its JSON."""
+    if form == "run":
+        done = subprocess.run([*SLIRPY, "run", *flags, "--", sys.executable, "-c", script,
+                               *args], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
+    guest = Guest()
+    try:
+        connector = Slirpy(guest, "-c", "-6", *flags, command=command)
+        try:
+            return json.loads(guest.python(script, *args))
+        finally:
+            connector.stop()
+    finally:
+        guest.stop()
+
+
 def start_listener(log: Path, netns: str | None = None) -> subprocess.Popen[str]:
     prefix = ["nsenter", f"--net={netns}"] if netns else []
     proc = subprocess.Popen([*prefix, sys.executable, "-c", LISTENER, str(log)],
@@ -158,29 +195,8 @@ RANGES = [f"tcp {NET4} {port}" for port in (7000, 7001, 7003, 7005, 7006)] + [
 
 
 def scenario_posture(form: str, flags: list[str], targets: list[str]) -> dict[str, Any]:
-    keeper = build_internet()
-    host_log, net_log = WORK / "host.log", WORK / "net.log"
-    listeners = [start_listener(host_log), start_listener(net_log, f"/proc/{keeper.pid}/ns/net")]
-    try:
-        if form == "run":
-            done = subprocess.run([*SLIRPY, "run", *flags, "--", sys.executable, "-c", PROBE,
-                                   *targets], capture_output=True, text=True, timeout=120)
-            assert done.returncode == 0, done.stderr
-            got = json.loads(done.stdout)
-        else:
-            guest = Guest()
-            slirpy = Slirpy(guest, "-c", "-6", *flags)
-            try:
-                got = json.loads(guest.python(PROBE, *targets))
-            finally:
-                slirpy.stop()
-                guest.stop()
-    finally:
-        for proc in listeners:
-            proc.kill()
-            proc.wait()
-        keeper.kill()
-        keeper.wait()
+    with internet_and_listeners() as (host_log, net_log):
+        got = in_guest(form, flags, PROBE, targets)
     seen = [line.split()[:3] for log in (host_log, net_log) if log.exists()
             for line in log.read_text().splitlines()]
     return {"got": got, "seen": seen}
@@ -347,30 +363,10 @@ def _world_contact(proto: str, addr: str, port: int, log: Path) -> None:
 
 
 def scenario_bypass(command: list[str] | None, form: str, flags: list[str]) -> dict[str, Any]:
-    keeper = build_internet()
-    log = WORK / "host.log"
-    listener = start_listener(log)
-    try:
-        if form == "run":
-            done = subprocess.run([*SLIRPY, "run", *flags, "--", sys.executable, "-c", CRAFTER,
-                                   *BYPASSES], capture_output=True, text=True, timeout=120)
-            assert done.returncode == 0, done.stderr
-            crafted = json.loads(done.stdout)
-        else:
-            guest = Guest()
-            connector = Slirpy(guest, "-c", "-6", *flags, command=command)
-            try:
-                crafted = json.loads(guest.python(CRAFTER, *BYPASSES))
-            finally:
-                connector.stop()
-                guest.stop()
+    with internet_and_listeners() as (log, _):
+        crafted = in_guest(form, flags, CRAFTER, BYPASSES, command)
         for proto, addr, port in SENTINELS:
             _world_contact(proto, addr, port, log)
-    finally:
-        listener.kill()
-        listener.wait()
-        keeper.kill()
-        keeper.wait()
     return {"crafted": crafted, "seen": [line.split() for line in log.read_text().splitlines()]}
 
 
@@ -414,20 +410,12 @@ def test_the_same_crafted_syn_reaches_host_loopback_through_slirp4netns() -> Non
 # --- a new host address, rules at runtime, rules from the config file ---
 
 def _api(request: dict[str, Any]) -> Any:
-    with socket.socket(socket.AF_UNIX) as sock:
-        sock.settimeout(5)
-        sock.connect(str(WORK / "api.sock"))
-        sock.sendall(json.dumps(request).encode())
-        sock.shutdown(socket.SHUT_WR)
-        return json.loads(sock.makefile().read())
+    return api_request(WORK / "api.sock", request)
 
 
 def scenario_runtime() -> dict[str, Any]:
-    keeper = build_internet()
-    host_log, net_log = WORK / "host.log", WORK / "net.log"
-    listeners = [start_listener(host_log), start_listener(net_log, f"/proc/{keeper.pid}/ns/net")]
     out: dict[str, Any] = {}
-    try:
+    with internet_and_listeners() as (host_log, _):
         guest = Guest()
         slirpy = Slirpy(guest, "-c", "--restrict", "--enable-routing", "-a",
                         str(WORK / "api.sock"))
@@ -456,17 +444,8 @@ def scenario_runtime() -> dict[str, Any]:
         config = WORK / "policy.yaml"
         config.write_text(f"restrict: true\nallow:\n  - tcp://{NET4}:7001\n"
                           f"deny: [tcp://{NET4}:7002]\nenable-routing: true\n")
-        done = subprocess.run([*SLIRPY, "run", "--config", str(config), "--", sys.executable,
-                               "-c", PROBE, f"tcp {NET4} 7001", f"tcp {NET4} 7002",
-                               f"tcp {NET4} 7003"], capture_output=True, text=True, timeout=60)
-        assert done.returncode == 0, done.stderr
-        out["config file"] = json.loads(done.stdout)
-    finally:
-        for proc in listeners:
-            proc.kill()
-            proc.wait()
-        keeper.kill()
-        keeper.wait()
+        out["config file"] = in_guest("run", ["--config", str(config)], PROBE, [
+            f"tcp {NET4} 7001", f"tcp {NET4} 7002", f"tcp {NET4} 7003"])
     out["host seen"] = [line.split()[:3] for line in host_log.read_text().splitlines()]
     return out
 

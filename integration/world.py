@@ -320,6 +320,16 @@ def dns_server(addr: str = "127.0.0.1", port: int = 53) -> None:
     serve_forever(tcp_loop)
 
 
+def api_request(path: Path, request: dict[str, Any]) -> Any:
+    """One request to a slirp4netns-style API socket; the reply, decoded."""
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(5)
+        sock.connect(str(path))
+        sock.sendall(json.dumps(request).encode())
+        sock.shutdown(socket.SHUT_WR)
+        return json.loads(sock.makefile().read())
+
+
 def _family(addr: str) -> socket.AddressFamily:
     return socket.AF_INET6 if ":" in addr else socket.AF_INET
 
