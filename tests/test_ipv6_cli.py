@@ -275,3 +275,17 @@ def test_configure_without_ipv6_adds_no_ipv6() -> None:
     assert [[a, p] for a, p, _ in found["addrs"] if not str(a).startswith("fe80:")] \
         == [["10.0.2.100", 24]]
     assert found["routes"] == [[2, None, 0, "10.0.2.2"]]
+
+
+@pytest.mark.parametrize("argv, instead", [
+    (["-6", "-m", "1279", "1"], "drop -6"),
+    (["run", "-m", "1000", "--", "true"], "add --disable-ipv6"),
+])
+def test_ipv6_needs_an_mtu_of_1280(argv: list[str], instead: str) -> None:
+    with pytest.raises(UsageError, match=f"at least 1280 .*{instead}"):
+        parse(argv)
+
+
+def test_a_small_mtu_is_fine_without_ipv6() -> None:
+    assert parse(["run", "--disable-ipv6", "-m", "576", "--", "true"]).config.mtu == 576
+    assert parse(["-m", "576", "1"]).config.mtu == 576

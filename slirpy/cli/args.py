@@ -31,6 +31,7 @@ UNSUPPORTED: Final = {
     "--enable-sandbox": "--enable-sandbox", "--enable-seccomp": "--enable-seccomp",
 }
 
+IPV6_MIN_MTU: Final = 1280
 _MAC: Final = re.compile(r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}")
 
 ATTACH_HELP: Final = f"""\
@@ -325,8 +326,13 @@ def _config(ns: argparse.Namespace, *, host_loopback_default: bool,
     if ns.cidr6 is not None and not ipv6:
         raise UsageError("--cidr6 is for IPv6, which --disable-ipv6 turns off"
                          if ns.disable_ipv6 else "--cidr6 is for IPv6, which is off: add -6")
+    mtu = parse_mtu(ns.mtu)
+    if ipv6 and mtu < IPV6_MIN_MTU:
+        instead = "add --disable-ipv6" if ipv6_default else "drop -6"
+        raise UsageError(f"IPv6 needs an MTU of at least {IPV6_MIN_MTU} (RFC 8200): raise "
+                         f"--mtu, or {instead}")
     return Config(
-        network=network, mtu=parse_mtu(ns.mtu),
+        network=network, mtu=mtu,
         forwards=_forwards(ns, network, ipv6), api_socket=ns.api_socket or None,
         dns_ttl_s=_dns_ttl(ns.dns_ttl),
         host_loopback=host_loopback, ipv6=ipv6, dns=not ns.disable_dns,
