@@ -96,13 +96,11 @@ class Stack:
         net = config.network
         self.remote: dict[tuple[str, bytes, int], Forward] = {}  # (transport, addr, port)
         self.config = config
-        self.gateway = net.gateway.packed
-        self.dns_addr = net.dns.packed
+        self.gateway = net.gateway.packed  # IPv4's: DHCP's server and ARP's asker
         self.ipv6 = config.ipv6
-        self.gateway6 = net.gateway6.packed
-        self.gateways = frozenset({self.gateway, self.gateway6} if self.ipv6 else {self.gateway})
-        self.dns_addrs = frozenset({self.dns_addr, net.dns6.packed} if self.ipv6
-                                   else {self.dns_addr})
+        ipv6 = [net.gateway6.packed, net.dns6.packed] if self.ipv6 else []
+        self.gateways = frozenset([self.gateway, *ipv6[:1]])
+        self.dns_addrs = frozenset([net.dns.packed, *ipv6[1:]])
         self.our_addrs = self._our_addrs()
         self.broadcasts = frozenset({_LIMITED_BROADCAST, net.cidr.broadcast_address.packed})
         self.drops: Counter[str] = Counter()

@@ -34,6 +34,14 @@ UNSUPPORTED: Final = {
 IPV6_MIN_MTU: Final = 1280
 _MAC: Final = re.compile(r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}")
 
+_RULES_HELP: Final = """\
+--allow=RULES            let new flows reach these, repeatable; a comma list of
+                         [tcp|udp|icmp://]HOST[/PREFIX][:PORT[-PORT]] (IPv6 in [])
+--deny=RULES             block these, repeatable (deny wins over allow)
+--restrict               only --allow rules and forwards pass: no routing, no host
+--enable-routing         with --restrict: reach beyond the host again
+"""
+
 ATTACH_HELP: Final = f"""\
 Usage: slirpy [OPTION]... PID|PATH [TAPNAME]
        slirpy run [OPTION]... -- COMMAND [ARG]...
@@ -62,12 +70,7 @@ User-mode networking for unprivileged network namespaces.
                          [proto://][guest_ip:]port[:host:host_port], proto tcp or udp;
                          host may be [NAME@srv-DNSSERVER:PORT] (an SRV lookup)
 --dns-ttl=SECONDS        cache SRV answers of remote forwards this long (default 60)
---allow=RULES            let new flows reach these, repeatable; a comma list of
-                         [tcp|udp|icmp://]HOST[/PREFIX][:PORT[-PORT]] (IPv6 in [])
---deny=RULES             block these, repeatable (deny wins over allow)
---restrict               only --allow rules and forwards pass: no routing, no host
---enable-routing         with --restrict: reach beyond the host again
---enable-host            with --restrict: reach the host's own addresses again
+{_RULES_HELP}--enable-host            with --restrict: reach the host's own addresses again
 --config=FILE.yaml       read settings from a YAML file; flags override it
 --macaddress=MAC         specify the MAC address of the TAP (only valid with -c)
 --target-type=TYPE       specify the target type ([netns], default=netns)
@@ -98,12 +101,7 @@ COMMAND's exit status is slirpy's; nothing it started outlives it.
 -L, --local-forward=SPEC forward a host port to the guest (see `slirpy --help`)
 -R, --remote-forward=SPEC forward a guest address to a host service
 --dns-ttl=SECONDS        cache SRV answers of remote forwards this long (default 60)
---allow=RULES            let new flows reach these, repeatable; a comma list of
-                         [tcp|udp|icmp://]HOST[/PREFIX][:PORT[-PORT]] (IPv6 in [])
---deny=RULES             block these, repeatable (deny wins over allow)
---restrict               only --allow rules and forwards pass: no routing, no host
---enable-routing         with --restrict: reach beyond the host again
---enable-host            reach the host's own addresses and networks (off here)
+{_RULES_HELP}--enable-host            reach the host's own addresses and networks (off here)
 --config=FILE.yaml       read settings from a YAML file; flags override it
 --debug                  log every decision at debug level
 --quiet                  log only errors

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import enum
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Final, NamedTuple
 
 from slirpy.policy.rules import Action, Rule
@@ -47,29 +47,23 @@ class Verdict(NamedTuple):
 
 
 class _Nets:
-    """Networks as (length, address int, mask int): matched with integer arithmetic."""
+    """Networks as (length, address int, mask int, prefix length): matched with integer
+    arithmetic, not ipaddress objects, once per new flow."""
 
     def __init__(self, networks: Iterable[Network] = ()) -> None:
-        self.entries = [(4 if n.version == 4 else 16, int(n.network_address), int(n.netmask))
-                        for n in networks]
+        self.entries = [(4 if n.version == 4 else 16, int(n.network_address), int(n.netmask),
+                         n.prefixlen) for n in networks]
 
-    def __contains__(self, addr: bytes) -> bool:
+    def prefix_of(self, addr: bytes) -> int | None:
+        """The prefix length of the first network holding *addr*; None if none does."""
         value = int.from_bytes(addr, "big")
-        return any(size == len(addr) and value & mask == net
-                   for size, net, mask in self.entries)
+        for size, net, mask, prefixlen in self.entries:
+            if size == len(addr) and value & mask == net:
+                return prefixlen
+        return None
 
 
-_STATIC: Final = [(4 if n.version == 4 else 16, int(n.network_address), int(n.netmask),
-                   n.prefixlen) for n in STATIC_DENY]
-
-
-def _static_prefix(addr: bytes) -> int:
-    """The prefix length of the static-deny range holding *addr*, 0 if none does."""
-    value = int.from_bytes(addr, "big")
-    for size, net, mask, prefixlen in _STATIC:
-        if size == len(addr) and value & mask == net:
-            return prefixlen
-    return 0
+_STATIC: Final = _Nets(STATIC_DENY)
 
 
 class Policy:
@@ -81,6 +75,9 @@ class Policy:
         self.rules: dict[int, Rule] = {}  # id -> rule, in the order given
         self.next_id = 1
         self._host = _Nets()
+        # The runtime's hook to bring the host list up to date before it is used: an
+        # address change announced before the guest sent this flow's first packet counts.
+        self.refresh_hosts: Callable[[], None] | None = None
         self._deny: list[Rule] = []
         self._allow: list[Rule] = []
         for rule in rules:
@@ -111,17 +108,19 @@ class Policy:
         for rule in self._deny:
             if rule.matches(proto, addr, port):
                 return Verdict(Outcome.BLOCK, f"--deny {rule.text}")
-        static = _static_prefix(addr)
+        static = _STATIC.prefix_of(addr)
         for rule in self._allow:
-            if rule.matches(proto, addr, port) and rule.network.prefixlen >= static:
+            if rule.matches(proto, addr, port) and rule.network.prefixlen >= (static or 0):
                 return Verdict(Outcome.PASS, f"--allow {rule.text}")
         if gateway:
             if self.host_loopback:
                 return Verdict(Outcome.PASS, "host loopback")
             return Verdict(Outcome.UNREACHABLE, "host loopback is off")
-        if static:
+        if static is not None:
             return Verdict(Outcome.BLOCK, "static deny list")
-        if addr in self._host:
+        if self.refresh_hosts is not None:
+            self.refresh_hosts()
+        if self._host.prefix_of(addr) is not None:
             return Verdict(Outcome.PASS if self.host else Outcome.BLOCK,
                            "host address" if self.host else "host address (--enable-host)")
         return Verdict(Outcome.PASS if self.routing else Outcome.BLOCK,

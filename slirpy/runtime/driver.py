@@ -62,6 +62,8 @@ class Driver:
         # The host's addresses matter only when routing and host reach differ.
         self.host_addresses = HostAddresses(self.loop, self.stack.policy) \
             if config.routing != config.host else None
+        if self.host_addresses is not None:
+            self.stack.policy.refresh_hosts = self.host_addresses.poll
         self.frames_in = 0
         self.frames_out = 0
         self.started = self.loop.now()
@@ -79,8 +81,6 @@ class Driver:
     # --- events to the stack -------------------------------------------------------------
 
     def _on_tap(self, mask: int) -> None:
-        if self.host_addresses is not None:
-            self.host_addresses.poll()
         for frame in self.device.read_frames(TAP_BATCH):
             self.frames_in += 1
             self.apply(self.stack.on_frame(frame.data, self.loop.now(),

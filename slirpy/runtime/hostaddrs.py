@@ -59,9 +59,9 @@ class HostAddresses:
         self.poll()
 
     def poll(self) -> None:
-        """Refresh if the kernel announced a change. The runtime also calls this before
-        each batch of guest frames, so a change made before a frame was sent is seen
-        by that frame's decision, whatever order epoll reports the two in."""
+        """Refresh if the kernel announced a change. The policy also calls this before it
+        looks at the host list for a new flow, so a change made before the flow's first
+        packet was sent is seen by its decision, whatever order epoll reports the two in."""
         changed = False
         while True:  # drain: one dump answers any number of changes
             try:
