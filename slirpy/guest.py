@@ -20,7 +20,7 @@ from slirpy.wire.icmp import build_icmp
 from slirpy.wire.ipv4 import FLAG_DF, HEADER_LEN as IP_LEN, IpProto, build_ipv4, fragment_offsets
 from slirpy.wire.ipv6 import (FRAGMENT, FRAGMENT_LEN, HEADER_LEN as IP6_LEN,
                               build_fragment_header, build_ipv6, fragment_offsets6,
-                              multicast_mac)
+                              is_multicast, multicast_mac)
 from slirpy.wire.udp import HEADER_LEN as UDP_LEN, build_udp
 
 log = logging.getLogger(__name__)
@@ -101,7 +101,7 @@ class GuestLink:
         self.neighbours[ip] = mac
 
     def mac_for(self, ip: bytes) -> bytes:
-        if ip[0] == 0xFF and len(ip) == 16:
+        if len(ip) == 16 and is_multicast(ip):
             return multicast_mac(ip)
         return self.neighbours.get(ip) or self.last_mac or BROADCAST
 

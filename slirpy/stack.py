@@ -61,7 +61,7 @@ from slirpy.wire.checksum import pseudo_header_sum
 from slirpy.wire.icmp import IcmpHeader, IcmpType, UnreachCode
 from slirpy.wire.icmpv6 import ERROR_TYPES as ICMP6_ERRORS, Icmp6Type
 from slirpy.wire.ipv4 import IpProto, Ipv4Header
-from slirpy.wire.ipv6 import UNSPECIFIED, Ipv6Header, walk_extensions
+from slirpy.wire.ipv6 import UNSPECIFIED, Ipv6Header, is_multicast, walk_extensions
 from slirpy.wire.udp import UdpHeader
 from slirpy.effects import ToGuest
 from slirpy.tcp.conn import TcpConn, reset_for
@@ -363,7 +363,7 @@ class Stack:
                  checksum_ok: bool) -> list[Effect]:
         if ip.src in self.our_addrs:
             raise Malformed("ipv6-bad-src")
-        if ip.dst[0] == 0xFF or ip.src == UNSPECIFIED:
+        if is_multicast(ip.dst) or ip.src == UNSPECIFIED:
             # Multicast (neighbour and router solicitations, MLD reports) or DAD: ND only.
             if ip.proto != IpProto.ICMPV6 or ip.is_fragment:
                 raise Malformed("ipv6-multicast-not-nd")
@@ -497,7 +497,8 @@ class Stack:
 
     def _on_icmp6(self, eth: EthernetHeader, ip: Ipv6Header, icmp: IcmpHeader,
                   now: float) -> list[Effect]:
-        if icmp.type == Icmp6Type.ECHO_REQUEST and ip.dst[0] != 0xFF and ip.src != UNSPECIFIED:
+        if icmp.type == Icmp6Type.ECHO_REQUEST and not is_multicast(ip.dst) \
+                and ip.src != UNSPECIFIED:
             return self._on_echo(ip, IpProto.ICMPV6, icmp, now)
         if Icmp6Type.ROUTER_SOLICITATION <= icmp.type <= Icmp6Type.NEIGHBOR_ADVERTISEMENT:
             if ip.is_fragment:

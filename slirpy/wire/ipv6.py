@@ -33,7 +33,6 @@ HOP_BY_HOP: Final = 0
 ROUTING: Final = 43
 FRAGMENT: Final = 44
 DEST_OPTIONS: Final = 60
-NO_NEXT_HEADER: Final = 59
 _OPTION_PAD1: Final = 0
 _OPTION_PADN: Final = 1
 _OPTION_ROUTER_ALERT: Final = 5
