@@ -21,7 +21,7 @@ from typing import Any
 
 from integration.world import (INTERNET, INTERNET2, Guest, attached, greeter, in_world,
                                serve_forever, sh, udp_echo)
-from slirpy.forward.proxy import SPP_HEADER_LEN, SppHeader, build_proxy_v1, build_proxy_v2, \
+from slirpy.wire.proxy import SPP_HEADER_LEN, SppHeader, build_proxy_v1, build_proxy_v2, \
     build_spp, parse_spp
 
 GUEST = "10.0.2.100"

@@ -1,4 +1,4 @@
-"""PROXY protocol v1/v2 and SPP headers (slirpy.forward.proxy)."""
+"""PROXY protocol v1/v2 and SPP headers (slirpy.wire.proxy)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from slirpy.forward.proxy import (
+from slirpy.wire.proxy import (
     MAX_V2_LEN, SPP_HEADER_LEN, V1_MAX_LEN, ProxyHeader, SppHeader, build_proxy_v1,
     build_proxy_v2, build_spp, parse_proxy_header, parse_spp,
 )

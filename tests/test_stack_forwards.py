@@ -16,7 +16,7 @@ from slirpy.effects import (Close, Connect, Effect, KickRead, OpenUdp, Send, Sen
                             SendTo, ToGuest)
 from slirpy.flows.key import FlowKey
 from slirpy.forward.nat import EPHEMERAL_FIRST, visible_source
-from slirpy.forward.proxy import SppHeader, build_spp
+from slirpy.wire.proxy import SppHeader, build_spp
 from slirpy.forward.spec import Forward, ForwardError, Kind, SrvName, parse_forward
 from slirpy.forward.srv import LOOKUP_TIMEOUT_S
 from slirpy.stack import Stack

@@ -26,7 +26,7 @@ from slirpy.config import Network
 from slirpy.effects import Effect, SendTo
 from slirpy.flows.key import FlowKey
 from slirpy.flows.table import FlowTable
-from slirpy.forward.proxy import SppHeader, build_spp, parse_spp
+from slirpy.wire.proxy import SppHeader, build_spp, parse_spp
 from slirpy.forward.spec import Forward, Proto
 from slirpy.guest import GuestLink
 from slirpy.wire.ipv4 import IpProto

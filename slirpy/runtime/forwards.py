@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import Final
 
 from slirpy.effects import Effect
-from slirpy.forward.proxy import MAX_V2_LEN, parse_proxy_header
+from slirpy.wire.proxy import MAX_V2_LEN, parse_proxy_header
 from slirpy.forward.spec import Forward, Proto
 from slirpy.runtime.loop import EventLoop
 from slirpy.runtime.streams import HostStreams, reset_close
