@@ -17,7 +17,10 @@ from typing import Any
 
 import pytest
 
-from integration.world import INTERNET, SLIRPY, WORK, attached, in_world, serve_forever, sh
+import sys
+
+from integration.world import (INTERNET, REPO, SLIRPY, WORK, attached, in_world, serve_forever,
+                               sh)
 
 BLOB = WORK / "www" / "blob"
 HTTP_PORT = 8080
@@ -342,10 +345,14 @@ def test_stopped_reader_closes_the_window_memory_flat_then_completes_intact() ->
     assert result["reply"] == result["want"]
 
 
-def scenario_curl_with_env(env: dict[str, str], size_mib: int) -> dict[str, Any]:
-    """curl down and up against INTERNET, slirpy started with *env* (test switches)."""
+VARIANT = [sys.executable, str(REPO / "integration" / "slirpy_variant.py")]
+
+
+def scenario_curl_with_variant(variant: str, size_mib: int) -> dict[str, Any]:
+    """curl down and up against INTERNET, through slirpy with a test-only tap (a lossy
+    one, or one without the virtio-net header: integration/slirpy_variant.py)."""
     want = http_servers(size_mib)
-    with attached("-c", env=env) as (guest, _):
+    with attached("-c", command=[*VARIANT, variant]) as (guest, _):
         down = guest.run(f"curl -sS --max-time 120 http://{INTERNET}:{HTTP_PORT}/blob "
                          f"| sha256sum", timeout=180).stdout.decode().split()[0]
         up = guest.run(f"curl -sS --max-time 120 -T {BLOB} http://{INTERNET}:{HTTP_PORT}/up",
@@ -354,12 +361,12 @@ def scenario_curl_with_env(env: dict[str, str], size_mib: int) -> dict[str, Any]
 
 
 def test_transfers_survive_frames_dropped_both_ways() -> None:
-    result = in_world(scenario_curl_with_env, {"SLIRPY_TEST_DROP_RATE": "0.01"}, 16)
+    result = in_world(scenario_curl_with_variant, "drop=0.01", 16)
     assert result["down"] == result["want"] and result["up"] == result["want"]
 
 
 def test_plain_tap_without_virtio_header_still_carries_tcp_intact() -> None:
-    result = in_world(scenario_curl_with_env, {"SLIRPY_TEST_PLAIN_TAP": "1"}, 32)
+    result = in_world(scenario_curl_with_variant, "plain", 32)
     assert result["down"] == result["want"] and result["up"] == result["want"]
 
 

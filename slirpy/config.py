@@ -6,19 +6,14 @@ import dataclasses
 import ipaddress
 from typing import Final
 
+from slirpy.addresses import Network
 from slirpy.errors import UsageError
 from slirpy.forward.spec import Forward
 from slirpy.policy.rules import Rule
 
-DEFAULT_CIDR: Final = "10.0.2.0/24"
-DEFAULT_CIDR6: Final = "fd00::/64"
 DEFAULT_MTU: Final = 1500
 MAX_MTU: Final = 65521
 MIN_MTU: Final = 68  # RFC 791: every IPv4 host must take a 68-byte datagram
-DHCP_POOL_SIZE: Final = 16  # libslirp's NB_BOOTP_CLIENTS: .15 to .30
-# libslirp's address for itself: 52:55 then the gateway's IPv4 address.
-OUR_MAC_PREFIX: Final = b"\x52\x55"
-ROUTER_LINK_LOCAL: Final = ipaddress.IPv6Address("fe80::2")
 
 
 def _network_address(text: str, kind: type[ipaddress.IPv4Interface | ipaddress.IPv6Interface],
@@ -72,62 +67,6 @@ def parse_mtu(text: str | int) -> int:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class Network:
-    """The guest's networks, IPv4 and IPv6, and the addresses slirpy gives out or owns.
-
-    The same host numbers in both, as written: gateway 2, DNS 3, guest 100 (fd00::2,
-    fd00::3, fd00::100 by default; IPv6's ::100 is hexadecimal). On the link slirpy also owns fe80::2, the router's
-    link-local address its router advertisements come from (as libslirp's).
-    """
-
-    cidr: ipaddress.IPv4Network = ipaddress.IPv4Network(DEFAULT_CIDR)
-    cidr6: ipaddress.IPv6Network = ipaddress.IPv6Network(DEFAULT_CIDR6)
-
-    def _nth(self, n: int) -> ipaddress.IPv4Address:
-        return self.cidr.network_address + n
-
-    @property
-    def gateway(self) -> ipaddress.IPv4Address:
-        return self._nth(2)
-
-    @property
-    def dns(self) -> ipaddress.IPv4Address:
-        return self._nth(3)
-
-    @property
-    def guest(self) -> ipaddress.IPv4Address:
-        return self._nth(100)
-
-    @property
-    def dhcp_start(self) -> ipaddress.IPv4Address:
-        return self._nth(15)
-
-    @property
-    def dhcp_end(self) -> ipaddress.IPv4Address:
-        return self._nth(15 + DHCP_POOL_SIZE - 1)
-
-    @property
-    def gateway6(self) -> ipaddress.IPv6Address:
-        return self.cidr6.network_address + 2
-
-    @property
-    def dns6(self) -> ipaddress.IPv6Address:
-        return self.cidr6.network_address + 3
-
-    @property
-    def guest6(self) -> ipaddress.IPv6Address:
-        return self.cidr6.network_address + 0x100  # written ::100, as slirp4netns's docs
-
-    @property
-    def link_local6(self) -> ipaddress.IPv6Address:
-        return ROUTER_LINK_LOCAL
-
-    @property
-    def our_mac(self) -> bytes:
-        return OUR_MAC_PREFIX + self.gateway.packed
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
 class Config:
     """Everything one slirpy instance needs to know; the sans-IO stack reads only this."""
 
@@ -154,5 +93,3 @@ class Config:
     icmp_idle_s: float = 30.0
     dns_timeout_s: float = 2.0
     tcp_conn_limit: int = 4096
-    # Test-only knob: share of frames the tap layer drops (see TESTING.md: no netem here).
-    test_drop_rate: float = 0.0

@@ -1,13 +1,14 @@
-"""What the sans-IO stack asks of the world, as values the runtime applies in one `match`.
+"""What the sans-IO core asks of the world, as values the runtime applies in one `match`.
 
-Results come back as events on the stack: `on_host_datagram`, `on_host_error`, and, for
-sockets that could not even be made, `on_host_error` with an errno and no ICMP fields.
+The core's one door out. Effects are plain values, never callbacks. What applying one
+produces (bytes sent, a connect finished, data peeked, an error) comes back through the
+door in, as an event of `slirpy.events`, queued by the runtime and fed after the
+current effects are all applied: the core is never re-entered.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
 
 from slirpy.flows.key import FlowKey
 
@@ -69,8 +70,8 @@ class Close:
 
 @dataclass(slots=True)
 class Connect:
-    """Start a non-blocking TCP connect(); the runtime answers with Stack.on_connected()
-    or Stack.on_connect_failed()."""
+    """Start a non-blocking TCP connect(); the runtime answers with a Connected or a
+    ConnectFailed event."""
 
     flow: FlowKey
     host_addr: bytes
@@ -79,8 +80,8 @@ class Connect:
 
 @dataclass(slots=True)
 class Send:
-    """send(MSG_DONTWAIT) on the flow's TCP socket; the runtime answers at once with
-    Stack.on_sent(), which may report a short write."""
+    """send(MSG_DONTWAIT) on the flow's TCP socket; the runtime answers with a Sent
+    event, which may report a short write."""
 
     flow: FlowKey
     data: bytes | bytearray | memoryview
@@ -102,15 +103,18 @@ class Rewind:
 
 
 @dataclass(slots=True)
-class KickRead:
-    """Read (peek) the socket now: the guest's window opened or a rewind happened."""
+class Peek:
+    """MSG_PEEK up to *limit* new bytes from the flow's TCP socket; the runtime answers
+    with HostData, HostEof or HostReset, or with nothing if there is nothing to read
+    (the socket's next readiness brings a Readable event)."""
 
     flow: FlowKey
+    limit: int
 
 
 @dataclass(slots=True)
 class WatchWritable:
-    """Tell the stack, through Stack.on_writable(), once the socket can take more."""
+    """Report, with a Writable event, once the socket can take more."""
 
     flow: FlowKey
 
@@ -134,19 +138,22 @@ class SendTo:
     prefix: bytes = b""
 
 
+@dataclass(slots=True)
+class AdoptStream:
+    """Carry *flow* on the client socket a local forward accepted (ForwardAccepted's
+    *token*): the core has sent the guest its SYN."""
+
+    token: int
+    flow: FlowKey
+
+
+@dataclass(slots=True)
+class RefuseStream:
+    """Reset the client socket a local forward accepted: no flow could be made for it."""
+
+    token: int
+
+
 Effect = (ToGuest | OpenUdp | OpenPing | SendDatagram | Close | Connect | Send | Consume
-          | Rewind | KickRead | WatchWritable | ShutdownWrite | SendTo)
-
-
-class HostError(NamedTuple):
-    """What the host side reported for a flow.
-
-    From IP_RECVERR (struct sock_extended_err) when the kernel saw an ICMP error: the
-    ICMP type, code and info (the MTU for "fragmentation needed"). From a failed system
-    call: errno only, with icmp_type None.
-    """
-
-    errno: int
-    icmp_type: int | None = None
-    icmp_code: int | None = None
-    info: int = 0
+          | Rewind | Peek | WatchWritable | ShutdownWrite | SendTo | AdoptStream
+          | RefuseStream)

@@ -78,6 +78,11 @@ class GuestLink:
             self.asked[ip] = now
         return due
 
+    def next_ask(self) -> float | None:
+        """When an unanswered address may be asked for again; None if none waits."""
+        return min((self.asked.get(ip, -ARP_RETRY_S) + ARP_RETRY_S for ip in self.held),
+                   default=None)
+
     def release(self, ip: bytes) -> list[ToGuest]:
         """Held frames for *ip*, addressed now that its MAC is known."""
         frames = self.held.pop(ip, [])

@@ -14,7 +14,8 @@ from __future__ import annotations
 import logging
 import struct
 
-from slirpy.effects import Close, Effect, HostError, OpenPing, SendDatagram
+from slirpy.effects import Close, Effect, OpenPing, SendDatagram
+from slirpy.events import HostError
 from slirpy.flows.key import FlowKey
 from slirpy.flows.table import FlowTable
 from slirpy.guest import GuestLink
@@ -78,6 +79,12 @@ class EchoFlows:
             self.table.remove(key)  # no ping socket to be had: the guest sees silence
             return [Close(key)]
         return icmp_error_for(self.link, key, error.icmp_type, error.icmp_code or 0, error.info)
+
+    def __contains__(self, key: FlowKey) -> bool:
+        return key in self.table
+
+    def __len__(self) -> int:
+        return len(self.table)
 
     def expire(self, now: float) -> list[Effect]:
         return [Close(key) for key in self.table.expire(now)]

@@ -25,7 +25,7 @@ import logging
 import struct
 from typing import Final
 
-from slirpy.config import Network
+from slirpy.addresses import Network
 from slirpy.effects import Effect, ToGuest
 from slirpy.guest import GuestLink
 from slirpy.wire import Malformed
@@ -118,7 +118,7 @@ class NeighborDiscovery:
                                    icmp_type=Icmp6Type.ROUTER_ADVERTISEMENT, code=0, rest=rest,
                                    payload=body, hop_limit=ND_HOP_LIMIT))
 
-    def on_timer(self, now: float) -> list[Effect]:
+    def expire(self, now: float) -> list[Effect]:
         return self.advertise(now) if now >= self.next_advert else []
 
     def next_deadline(self) -> float:

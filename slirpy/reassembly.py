@@ -16,6 +16,7 @@ import logging
 from collections import Counter
 from typing import Final, NamedTuple
 
+from slirpy.effects import Effect
 from slirpy.wire.ipv4 import MAX_DATAGRAM, HEADER_LEN
 
 log = logging.getLogger(__name__)
@@ -110,12 +111,14 @@ class Reassembler:
         if queue is not None:
             self.held_bytes -= queue.held_bytes
 
-    def expire(self, now: float) -> None:
+    def expire(self, now: float) -> list[Effect]:
+        """Give up on datagrams whose pieces stopped coming (nothing to tell anyone)."""
         while self.queues:
             key, queue = next(iter(self.queues.items()))
             if queue.deadline > now:
-                return
+                break
             self._drop(key, "frag-timeout")
+        return []
 
     def next_deadline(self) -> float | None:
         return next(iter(self.queues.values())).deadline if self.queues else None

@@ -17,8 +17,9 @@ import logging
 import struct
 from typing import Final
 
-from slirpy.effects import Close, Effect, HostError, OpenUdp, SendDatagram
-from slirpy.flows.key import FlowKey
+from slirpy.effects import Close, Effect, OpenUdp, SendDatagram
+from slirpy.events import HostError
+from slirpy.flows.key import FlowKey, FlowRecord, Traffic
 from slirpy.flows.table import FlowTable
 from slirpy.guest import GuestLink
 from slirpy.wire.icmp import IcmpType, UnreachCode
@@ -34,17 +35,16 @@ _UDP_QUOTE: Final = struct.Struct("!HHHH")
 class UdpFlows:
     def __init__(self, link: GuestLink, limit: int, idle_s: float) -> None:
         self.link = link
-        # Per flow: [created at, bytes from the guest, bytes to the guest]
-        self.table: FlowTable[list[float]] = FlowTable(limit, idle_s)
+        self.table: FlowTable[Traffic] = FlowTable(limit, idle_s)
 
     def from_guest(self, key: FlowKey, host_addr: bytes, host_port: int, payload: memoryview,
                    now: float) -> list[Effect]:
-        stats = self.table.get(key, now)
-        if stats is not None:
-            stats[1] += len(payload)
+        traffic = self.table.get(key, now)
+        if traffic is not None:
+            traffic.from_guest += len(payload)
             return [SendDatagram(key, payload)]
         effects: list[Effect] = []
-        for old in self.table.add(key, [now, len(payload), 0], now):
+        for old in self.table.add(key, Traffic(now, len(payload)), now):
             log.debug("%s: evicted, flow limit %d reached", old, self.table.limit)
             effects.append(Close(old))
         log.debug("%s: new flow", key)
@@ -53,10 +53,10 @@ class UdpFlows:
 
     def on_host_datagram(self, key: FlowKey, data: bytes | memoryview,
                          now: float) -> list[Effect]:
-        stats = self.table.get(key, now)
-        if stats is None:
+        traffic = self.table.get(key, now)
+        if traffic is None:
             return []
-        stats[2] += len(data)
+        traffic.to_guest += len(data)
         return list(self.link.udp(src=key.remote_addr, src_port=key.remote_port,
                                   dst=key.guest_addr, dst_port=key.guest_port, payload=data))
 
@@ -74,6 +74,15 @@ class UdpFlows:
 
     def next_deadline(self) -> float | None:
         return self.table.next_deadline()
+
+    def __contains__(self, key: FlowKey) -> bool:
+        return key in self.table
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def records(self) -> list[FlowRecord]:
+        return [FlowRecord("udp", key, traffic) for key, traffic in self.table.items()]
 
 
 def quoted_header(key: FlowKey, seq: int = 0) -> bytes:

@@ -3,6 +3,8 @@
 The simulated socket behaves as the runtime's does: Send takes up to `accept` bytes,
 peeks start at the peek offset, Consume drops acknowledged bytes and moves the
 offset back, Rewind sets it to zero, EOF shows once all queued bytes were peeked.
+Effects are applied as the runtime's loop applies them: in order, with what they
+produce (Sent, a Peek's data) queued as events and fed once the list is applied.
 """
 
 from __future__ import annotations
@@ -13,8 +15,12 @@ from scapy.layers.inet import IP, TCP  # type: ignore[import-untyped]
 from scapy.layers.l2 import Ether  # type: ignore[import-untyped]
 
 from slirpy.config import Config
-from slirpy.effects import (Close, Connect, Consume, Effect, KickRead, Rewind, Send,
-                            ShutdownWrite, ToGuest, WatchWritable)
+from collections import deque
+
+from slirpy.effects import (Close, Connect, Consume, Effect, Peek, Rewind, Send, ShutdownWrite,
+                            ToGuest, WatchWritable)
+from slirpy.events import (Connected, Event, GuestFrame, HostData, HostEof, HostReset,
+                           Readable, Sent, TimerDue, Writable)
 from slirpy.flows.key import FlowKey
 from slirpy.stack import Stack
 from tests.harness import GUEST_IP, GUEST_MAC, OUR_MAC, packed
@@ -60,7 +66,7 @@ class TcpHarness:
                / TCP(**{"sport": GUEST_PORT, "dport": REMOTE_PORT, **tcp}, flags=flags,
                      seq=self.guest_seq if seq is None else seq, ack=ack or 0,
                      window=self.window if window is None else window) / payload)
-        return self._run(self.stack.on_frame(bytes(seg), self.now))
+        return self.feed(GuestFrame(bytes(seg)))
 
     def syn(self) -> list[Ether]:
         options = [("MSS", self.mss)]
@@ -95,76 +101,75 @@ class TcpHarness:
 
     def host_connected(self) -> list[Ether]:
         self.host.connected = True
-        return self._run(self.stack.on_connected(KEY, self.host.space, self.now))
+        return self.feed(Connected(KEY, self.host.space))
 
     def host_writes(self, data: bytes) -> list[Ether]:
         self.host.queued += data
-        return self._read()
+        return self.feed(Readable(KEY))
 
     def host_closes(self) -> list[Ether]:
         self.host.eof = True
-        return self._read()
+        return self.feed(Readable(KEY))
 
     def host_resets(self) -> list[Ether]:
-        return self._run(self.stack.on_host_reset(KEY, self.now))
+        return self.feed(HostReset(KEY))
 
     def host_writable(self) -> list[Ether]:
-        return self._run(self.stack.on_writable(KEY, self.host.space, self.now))
+        return self.feed(Writable(KEY, self.host.space))
 
     def advance(self, seconds: float) -> list[Ether]:
         self.now += seconds
         out: list[Ether] = []
         while (d := self.stack.next_deadline()) is not None and d <= self.now:
-            out += self._run(self.stack.on_timer(self.now))
+            out += self.feed(TimerDue())
         return out
 
-    def _read(self) -> list[Ether]:
-        out: list[Ether] = []
-        while self.host.connected and not self.host.closed:
-            limit = self.stack.peek_limit(KEY)
-            if limit <= 0:
-                break
-            chunk = bytes(self.host.queued[self.host.peek_offset:self.host.peek_offset + limit])
-            if not chunk:
-                if self.host.eof:
-                    out += self._run(self.stack.on_host_eof(KEY, self.now))
-                break
-            self.host.peek_offset += len(chunk)
-            out += self._run(self.stack.on_host_data(KEY, memoryview(chunk), self.now))
-        return out
+    def _peek(self, limit: int) -> Event | None:
+        """What a MSG_PEEK of up to *limit* bytes at the peek offset returns."""
+        if not self.host.connected or self.host.closed:
+            return None
+        chunk = bytes(self.host.queued[self.host.peek_offset:self.host.peek_offset + limit])
+        if not chunk:
+            return HostEof(KEY) if self.host.eof else None
+        self.host.peek_offset += len(chunk)
+        return HostData(KEY, memoryview(chunk), more=len(chunk) == limit)
 
-    def _run(self, effects: list[Effect]) -> list[Ether]:
-        """Apply effects as the runtime would; frames to the guest are returned."""
+    def feed(self, event: Event) -> list[Ether]:
+        """Feed *event* and everything applying the effects produces, as the runtime's
+        loop does; frames to the guest are returned, all effects kept in self.effects."""
         out: list[Ether] = []
         self.effects = []
-        pending = list(effects)
-        while pending:
-            effect = pending.pop(0)
-            self.effects.append(effect)
-            match effect:
-                case ToGuest():
-                    out.append(Ether(effect.frame))
-                case Send(_, data):
-                    took = min(len(data), self.host.accept)
-                    self.host.received += bytes(data[:took])
-                    pending = self.stack.on_sent(KEY, took, len(data), self.host.space,
-                                                 self.now) + pending
-                case Consume(_, nbytes):
-                    assert nbytes <= self.host.peek_offset or self.host.peek_offset == 0
-                    del self.host.queued[:nbytes]
-                    self.host.peek_offset = max(0, self.host.peek_offset - nbytes)
-                case Rewind():
-                    self.host.peek_offset = 0
-                case KickRead():
-                    saved = self.effects
-                    out += self._read()
-                    self.effects = saved + self.effects
-                case ShutdownWrite():
-                    self.host.shut_write = True
-                case Close(_, reset):
-                    self.host.closed = True
-                    self.host.reset = reset
-                case Connect() | WatchWritable():
-                    pass
+        queue: deque[Event | Peek] = deque([event])
+        while queue:
+            item = queue.popleft()
+            if isinstance(item, Peek):
+                peeked = self._peek(item.limit)
+                if peeked is None:
+                    continue
+                item = peeked
+            for effect in self.stack.feed(item, self.now):
+                self.effects.append(effect)
+                match effect:
+                    case ToGuest():
+                        out.append(Ether(effect.frame))
+                    case Send(_, data):
+                        took = min(len(data), self.host.accept)
+                        self.host.received += bytes(data[:took])
+                        queue.append(Sent(KEY, took, len(data), self.host.space))
+                    case Consume(_, nbytes):
+                        assert nbytes <= self.host.peek_offset or self.host.peek_offset == 0
+                        del self.host.queued[:nbytes]
+                        self.host.peek_offset = max(0, self.host.peek_offset - nbytes)
+                    case Rewind():
+                        self.host.peek_offset = 0
+                    case Peek():
+                        queue.append(effect)
+                    case ShutdownWrite():
+                        self.host.shut_write = True
+                    case Close(_, reset):
+                        self.host.closed = True
+                        self.host.reset = reset
+                    case Connect() | WatchWritable():
+                        pass
         self.to_guest = out
         return out

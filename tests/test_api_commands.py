@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from slirpy.api.commands import Api
-from slirpy.config import Network
+from slirpy.addresses import Network
 from slirpy.forward.spec import Forward, ForwardError, Kind, Proto
 
 

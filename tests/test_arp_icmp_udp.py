@@ -6,7 +6,8 @@ from scapy.layers.l2 import ARP, Ether  # type: ignore[import-untyped]
 from scapy.packet import Raw  # type: ignore[import-untyped]
 
 from slirpy.config import Config
-from slirpy.effects import Close, HostError, OpenPing, OpenUdp, SendDatagram
+from slirpy.effects import Close, OpenPing, OpenUdp, SendDatagram
+from slirpy.events import HostError
 from tests.harness import DNS, GATEWAY, GUEST_IP, GUEST_MAC, OUR_MAC, GuestHarness, packed
 
 

@@ -7,7 +7,8 @@ from scapy.layers.inet import IP, UDP  # type: ignore[import-untyped]
 from scapy.layers.l2 import Ether  # type: ignore[import-untyped]
 
 from slirpy.config import Config
-from slirpy.effects import Close, HostError, OpenUdp, SendDatagram
+from slirpy.effects import Close, OpenUdp, SendDatagram
+from slirpy.events import DnsUpstreams, HostError
 from slirpy.services.dns import parse_resolv_conf
 from tests.harness import DNS, GATEWAY, GUEST_IP, GUEST_MAC, OUR_MAC, GuestHarness, packed
 
@@ -95,7 +96,7 @@ def query(name: str = "example.test", ident: int = 77, sport: int = 33333) -> Et
 
 def forwarder(*servers: str) -> GuestHarness:
     guest = GuestHarness(Config(dns_timeout_s=1.0))
-    guest.stack.set_dns_upstreams([(packed(s), 53) for s in servers])
+    guest.feed(DnsUpstreams(tuple((packed(s), 53) for s in servers)))
     return guest
 
 

@@ -109,7 +109,7 @@ def test_hostile_frame_is_dropped_and_counted(frame: bytes, reason: str) -> None
     guest = GuestHarness()
     assert guest.send(frame) == []
     assert guest.effects == []
-    assert guest.stack.counters() == {reason: 1}
+    assert guest.stack.stats.drop_counts() == {reason: 1}
 
 
 @pytest.mark.parametrize("name", FRAMES)
@@ -120,7 +120,7 @@ def test_every_truncation_is_dropped_not_raised(name: str) -> None:
         guest.send(whole[:length])
         assert not guest.of_type(object) or all(type(e).__name__ != "SendDatagram"
                                                 for e in guest.effects)
-    assert sum(guest.stack.counters().values()) == len(whole)  # each one counted
+    assert sum(guest.stack.stats.drop_counts().values()) == len(whole)  # each one counted
 
 
 def fragment_of(ident: int, offset: int, data: bytes, more: bool = True) -> bytes:
@@ -134,7 +134,7 @@ def test_overlapping_fragments_drop_the_whole_datagram() -> None:
     guest.send(fragment_of(1, 24, b"c" * 8, more=False))
     guest.send(fragment_of(1, 8, b"b" * 16))  # overlaps bytes 8..16
     assert guest.effects == []
-    assert guest.stack.counters() == {"frag-overlap": 1}
+    assert guest.stack.stats.drop_counts() == {"frag-overlap": 1}
     assert guest.stack.reassembler.queues == {}
 
 
@@ -145,13 +145,13 @@ def test_endless_fragments_time_out_and_free_their_memory() -> None:
     assert guest.stack.reassembler.held_bytes == 80
     guest.advance(31)
     assert guest.stack.reassembler.held_bytes == 0
-    assert guest.stack.counters() == {"frag-timeout": 1}
+    assert guest.stack.stats.drop_counts() == {"frag-timeout": 1}
 
 
 def test_fragment_past_65535_is_dropped() -> None:
     guest = GuestHarness()
     guest.send(fragment_of(3, 65528, b"x" * 16))
-    assert guest.stack.counters() == {"frag-too-big": 1}
+    assert guest.stack.stats.drop_counts() == {"frag-too-big": 1}
 
 
 def test_flood_of_fragment_queues_stays_bounded() -> None:
@@ -159,7 +159,7 @@ def test_flood_of_fragment_queues_stays_bounded() -> None:
     for ident in range(MAX_QUEUES * 4):
         guest.send(fragment_of(ident, 0, b"y" * 1400))
     assert len(guest.stack.reassembler.queues) == MAX_QUEUES
-    assert guest.stack.counters() == {"frag-evicted": MAX_QUEUES * 3}
+    assert guest.stack.stats.drop_counts() == {"frag-evicted": MAX_QUEUES * 3}
     # A legitimate datagram still gets through after the flood.
     guest.send(fragment_of(9999, 0, b"z" * 8))
     guest.send(bytes(ETH / ip(proto=17, id=9999, frag=1) / Raw(b"")))  # degenerate last piece
@@ -173,4 +173,4 @@ def test_fragment_memory_cap_holds_under_big_fragments() -> None:
         for n in range(10):  # 64 queues x 10 x 1400 bytes would be 896 kB
             guest.send(fragment_of(ident, n * 1400, b"w" * 1400))
     assert 90_000 < guest.stack.reassembler.held_bytes <= 100_000
-    assert guest.stack.counters()["frag-memory-limit"] > 0
+    assert guest.stack.stats.drop_counts()["frag-memory-limit"] > 0

@@ -24,15 +24,19 @@ from scapy.layers.l2 import Ether
 from scapy.packet import Packet, Raw
 from scapy.utils6 import in6_getnsma, in6_getnsmac
 
-from slirpy.config import Config, Network
-from slirpy.effects import (Close, Connect, Effect, HostError, OpenPing, OpenUdp, Send,
-                            SendDatagram, ToGuest)
+from slirpy.events import (Connected, DnsUpstreams, GuestFrame, HostDatagram, HostFailed,
+                           HostError, TimerDue)
+from slirpy.forward.spec import ForwardError
+from slirpy.addresses import Network
+from slirpy.config import Config
+from slirpy.effects import Close, Connect, Effect, OpenPing, OpenUdp, Send, SendDatagram, ToGuest
 from slirpy.flows.key import FlowKey
 from slirpy.forward.nat import visible_source
 from slirpy.forward.spec import Forward, Kind, Proto
 from slirpy.ndp import RA_INTERVAL_S
 from slirpy.reassembly import MAX_PIECES, MAX_QUEUES
 from slirpy.stack import Stack
+from tests.harness import forward_accept
 
 GUEST_MAC = "02:00:00:00:00:64"
 OUR_MAC = "52:55:0a:00:02:02"
@@ -55,7 +59,7 @@ def new_stack(**config: object) -> Stack:
 
 
 def feed(stack: Stack, frame: object, now: float = T0) -> list[Effect]:
-    return stack.on_frame(bytes(frame), now)  # type: ignore[call-overload]
+    return stack.feed(GuestFrame(bytes(frame)), now)  # type: ignore[call-overload]
 
 
 def frames(effects: list[Effect]) -> list[Ether]:
@@ -121,7 +125,7 @@ def joined(pieces: list[Packet]) -> IPv6:
 
 
 def drops(stack: Stack) -> dict[str, int]:
-    return stack.counters()
+    return stack.stats.drop_counts()
 
 
 # --- router advertisements --------------------------------------------------------------
@@ -183,12 +187,12 @@ def test_router_solicitation_from_unspecified_with_option_is_dropped() -> None:
 def test_first_timer_sends_an_advertisement_then_every_interval() -> None:
     stack = new_stack()
     assert stack.next_deadline() == 0.0
-    (ra,) = frames(stack.on_timer(0.0))
+    (ra,) = frames(stack.feed(TimerDue(), 0.0))
     check_ra(ra)
     assert stack.next_deadline() == pytest.approx(RA_INTERVAL_S)
     assert RA_INTERVAL_S == pytest.approx(120.0)
-    assert frames(stack.on_timer(60.0)) == []
-    (again,) = frames(stack.on_timer(RA_INTERVAL_S))
+    assert frames(stack.feed(TimerDue(), 60.0)) == []
+    (again,) = frames(stack.feed(TimerDue(), RA_INTERVAL_S))
     check_ra(again)
     assert stack.next_deadline() == pytest.approx(2 * RA_INTERVAL_S)
 
@@ -196,7 +200,7 @@ def test_first_timer_sends_an_advertisement_then_every_interval() -> None:
 def test_no_advertisements_without_ipv6() -> None:
     stack = Stack(Config())
     assert stack.next_deadline() is None
-    assert stack.on_timer(0.0) == []
+    assert stack.feed(TimerDue(), 0.0) == []
 
 
 # --- neighbour solicitations and advertisements ------------------------------------------------
@@ -322,7 +326,7 @@ def forward_to(target: str = GUEST6, port: int = 80) -> Forward:
 
 def accept(stack: Stack, client: str = "2001:db8::7", port: int = 40000,
            target: str = GUEST6) -> tuple[FlowKey | None, list[Effect]]:
-    return stack.on_forward_accept(forward_to(target), (packed(client), port), 65536, T0)
+    return forward_accept(stack, forward_to(target), (packed(client), port), 65536, T0)
 
 
 def test_advertisement_teaches_the_guest_mac_for_forwarded_frames() -> None:
@@ -350,7 +354,7 @@ def test_forwarded_frame_to_unknown_guest_address_waits_for_neighbour_discovery(
     assert ns[ICMPv6ND_NS].tgt == GUEST6 and ns[ICMPv6NDOptSrcLLAddr].lladdr == OUR_MAC
     assert icmp6_ok(ns)
     # Unanswered: asked again a second later (beside the first timer's RA), still no SYN.
-    later = [f for f in frames(stack.on_timer(T0 + 1.0)) if ICMPv6ND_RA not in f]
+    later = [f for f in frames(stack.feed(TimerDue(), T0 + 1.0)) if ICMPv6ND_RA not in f]
     assert [f[ICMPv6ND_NS].tgt for f in later] == [GUEST6]
     # The guest's answer (solicited, unicast to the router) releases the SYN (and its
     # retransmission, held meanwhile: the same segment again, as over IPv4).
@@ -373,8 +377,9 @@ def test_answer_from_link_local_source_also_releases() -> None:
 
 def test_forward_to_ipv6_target_refused_without_ipv6() -> None:
     stack = Stack(Config(), secret=b"test")
-    assert stack.on_forward_accept(forward_to(), (packed("2001:db8::7"), 1), 65536, T0) == (
-        None, [])
+    with pytest.raises(ForwardError, match="IPv6 on"):
+        stack.control.add(1, forward_to())
+    assert stack.control.local_forward(1) is None
 
 
 # --- echo ---------------------------------------------------------------------------------
@@ -411,7 +416,7 @@ def test_echo_to_remote_opens_a_ping_socket_and_relays_the_reply() -> None:
     assert (request.type, request.seq, request.data) == (128, 3, b"ping")
     # The kernel answers with its own id; the guest sees its own again.
     kernel_reply = bytes(ICMPv6EchoReply(id=4242, seq=3, data=b"ping", cksum=0))
-    (reply,) = frames(stack.on_host_datagram(opened.flow, kernel_reply, T0 + 0.01))
+    (reply,) = frames(stack.feed(HostDatagram(opened.flow, kernel_reply), T0 + 0.01))
     assert (reply[IPv6].src, reply[IPv6].dst) == (REMOTE, GUEST6)
     echo = reply[ICMPv6EchoReply]
     assert (echo.type, echo.id, echo.seq, echo.data) == (129, 7, 3, b"ping")
@@ -432,8 +437,8 @@ def test_echo_host_error_becomes_an_icmpv6_error() -> None:
     stack = new_stack()
     opened, _ = feed(stack, from_guest(REMOTE) / ICMPv6EchoRequest(id=7, seq=3))
     assert isinstance(opened, OpenPing)
-    (error,) = frames(stack.on_host_error(opened.flow, HostError(
-        errno.EHOSTUNREACH, icmp_type=1, icmp_code=3), T0))
+    (error,) = frames(stack.feed(HostFailed(opened.flow, HostError(
+        errno.EHOSTUNREACH, icmp_type=1, icmp_code=3)), T0))
     assert (error[ICMPv6DestUnreach].type, error[ICMPv6DestUnreach].code) == (1, 3)
     assert error[IPerror6].src == GUEST6 and error[IPerror6].dst == REMOTE
     assert icmp6_ok(error)
@@ -452,7 +457,7 @@ def test_udp_to_remote_opens_a_flow_and_relays_the_reply() -> None:
     key = FlowKey(17, packed(GUEST6), 5000, packed(REMOTE), 7)
     assert opened == OpenUdp(key, packed(REMOTE), 7)
     assert isinstance(sent, SendDatagram) and sent.flow == key and bytes(sent.data) == b"payload"
-    (reply,) = frames(stack.on_host_datagram(key, b"echoed", T0 + 0.01))
+    (reply,) = frames(stack.feed(HostDatagram(key, b"echoed"), T0 + 0.01))
     assert reply.dst == GUEST_MAC
     assert (reply[IPv6].src, reply[IPv6].dst, reply[IPv6].nh) == (REMOTE, GUEST6, 17)
     assert (reply[UDP].sport, reply[UDP].dport, reply[UDP].load) == (7, 5000, b"echoed")
@@ -464,7 +469,7 @@ def test_udp_to_the_gateway_goes_to_host_loopback() -> None:
     opened, _ = feed(stack, udp_from_guest(GATEWAY6, 9))
     key = FlowKey(17, packed(GUEST6), 5000, packed(GATEWAY6), 9)
     assert opened == OpenUdp(key, packed("::1"), 9)
-    (reply,) = frames(stack.on_host_datagram(key, b"back", T0))
+    (reply,) = frames(stack.feed(HostDatagram(key, b"back"), T0))
     assert (reply[IPv6].src, reply[UDP].sport) == (GATEWAY6, 9)
 
 
@@ -488,7 +493,7 @@ def dns_query(name: str = "example.test") -> DNS:
 def test_udp_to_dns_port_53_goes_to_the_forwarder_and_back_from_the_dns_address() -> None:
     stack = new_stack()
     upstream = packed("2001:db8::53")
-    stack.set_dns_upstreams([(upstream, 53)])
+    stack.feed(DnsUpstreams(((upstream, 53),)), T0)
     query = bytes(dns_query())
     opened, sent = feed(stack, udp_from_guest(DNS6, 53, query))
     assert isinstance(opened, OpenUdp) and (opened.host_addr, opened.host_port) == (upstream, 53)
@@ -496,7 +501,7 @@ def test_udp_to_dns_port_53_goes_to_the_forwarder_and_back_from_the_dns_address(
     assert isinstance(sent, SendDatagram) and bytes(sent.data) == query
     answer = bytes(DNS(id=0x4242, qr=1, rd=1, ra=1, qd=DNSQR(qname="example.test", qtype="AAAA"),
                        an=DNSRR(rrname="example.test", type="AAAA", rdata="2001:db8::99")))
-    effects = stack.on_host_datagram(opened.flow, answer, T0 + 0.01)
+    effects = stack.feed(HostDatagram(opened.flow, answer), T0 + 0.01)
     assert others(effects) == [Close(opened.flow)]
     (reply,) = frames(effects)
     assert (reply[IPv6].src, reply[IPv6].dst) == (DNS6, GUEST6)
@@ -528,8 +533,8 @@ def remote_flow(stack: Stack) -> FlowKey:
 def test_host_port_unreachable_reaches_the_guest_as_icmpv6() -> None:
     stack = new_stack()
     key = remote_flow(stack)
-    (error,) = frames(stack.on_host_error(key, HostError(errno.ECONNREFUSED, icmp_type=1,
-                                                         icmp_code=4, info=0), T0))
+    (error,) = frames(stack.feed(HostFailed(key, HostError(errno.ECONNREFUSED, icmp_type=1,
+                                                         icmp_code=4, info=0)), T0))
     assert (error[IPv6].src, error[IPv6].dst) == (REMOTE, GUEST6)
     assert (error[ICMPv6DestUnreach].type, error[ICMPv6DestUnreach].code) == (1, 4)
     assert (error[IPerror6].src, error[IPerror6].dst) == (GUEST6, REMOTE)
@@ -540,8 +545,8 @@ def test_host_port_unreachable_reaches_the_guest_as_icmpv6() -> None:
 def test_host_packet_too_big_carries_the_mtu() -> None:
     stack = new_stack()
     key = remote_flow(stack)
-    (error,) = frames(stack.on_host_error(key, HostError(errno.EMSGSIZE, icmp_type=2,
-                                                         icmp_code=0, info=1280), T0))
+    (error,) = frames(stack.feed(HostFailed(key, HostError(errno.EMSGSIZE, icmp_type=2,
+                                                         icmp_code=0, info=1280)), T0))
     assert (error[ICMPv6PacketTooBig].type, error[ICMPv6PacketTooBig].mtu) == (2, 1280)
     assert (error[UDPerror].sport, error[UDPerror].dport) == (5000, 7)
     assert icmp6_ok(error)
@@ -550,13 +555,13 @@ def test_host_packet_too_big_carries_the_mtu() -> None:
 def test_host_error_of_an_unknown_icmpv6_type_is_not_relayed() -> None:
     stack = new_stack()
     key = remote_flow(stack)
-    assert stack.on_host_error(key, HostError(0, icmp_type=4, icmp_code=0), T0) == []
+    assert stack.feed(HostFailed(key, HostError(0, icmp_type=4, icmp_code=0)), T0) == []
 
 
 def test_host_socket_failure_is_address_unreachable() -> None:
     stack = new_stack()
     key = remote_flow(stack)
-    effects = stack.on_host_error(key, HostError(errno.ENETUNREACH), T0)
+    effects = stack.feed(HostFailed(key, HostError(errno.ENETUNREACH)), T0)
     assert others(effects) == [Close(key)]
     (error,) = frames(effects)
     assert (error[ICMPv6DestUnreach].type, error[ICMPv6DestUnreach].code) == (1, 3)
@@ -600,7 +605,7 @@ def test_tcp_over_ipv6_connects_answers_with_mss_and_relays_data() -> None:
     (connect,) = feed(stack, syn)
     key = FlowKey(6, packed(GUEST6), 40000, packed(REMOTE), 80)
     assert connect == Connect(key, packed(REMOTE), 80)
-    (synack,) = frames(stack.on_connected(key, 65536, T0 + 0.01))
+    (synack,) = frames(stack.feed(Connected(key, 65536), T0 + 0.01))
     assert (synack[IPv6].src, synack[IPv6].dst) == (REMOTE, GUEST6)
     assert synack[TCP].flags == "SA" and synack[TCP].ack == 1001
     assert dict(synack[TCP].options)["MSS"] == 1500 - 60
@@ -617,7 +622,7 @@ def test_tcp_mss_follows_the_mtu(mtu: int) -> None:
     stack = new_stack(mtu=mtu)
     feed(stack, from_guest(REMOTE) / TCP(sport=1, dport=80, flags="S", seq=1))
     key = FlowKey(6, packed(GUEST6), 1, packed(REMOTE), 80)
-    (synack,) = frames(stack.on_connected(key, 65536, T0))
+    (synack,) = frames(stack.feed(Connected(key, 65536), T0))
     assert dict(synack[TCP].options)["MSS"] == mtu - 60
 
 
@@ -684,7 +689,7 @@ def test_ipv6_disabled_drops_everything_ipv6() -> None:
     stack = Stack(Config())
     assert feed(stack, router_solicitation()) == []
     assert feed(stack, udp_from_guest(REMOTE, 7)) == []
-    assert stack.counters() == {"ipv6-disabled": 2}
+    assert stack.stats.drop_counts() == {"ipv6-disabled": 2}
 
 
 # --- hostile frames --------------------------------------------------------------------------
@@ -752,7 +757,7 @@ HOSTILE = [
 @pytest.mark.parametrize("raw, reason", HOSTILE)
 def test_hostile_frame_is_dropped_and_counted(raw: bytes, reason: str) -> None:
     stack = new_stack()
-    assert stack.on_frame(raw, T0) == []
+    assert stack.feed(GuestFrame(raw), T0) == []
     assert drops(stack) == {reason: 1}
 
 
@@ -795,7 +800,7 @@ def test_a_flood_of_fragment_ids_evicts_the_oldest_queue() -> None:
 def test_fragments_time_out() -> None:
     stack = new_stack()
     feed(stack, fragment(0, bytes(8), True))
-    stack.on_timer(T0 + 31)
+    stack.feed(TimerDue(), T0 + 31)
     assert drops(stack) == {"frag-timeout": 1}
 
 
@@ -901,7 +906,7 @@ def test_large_host_reply_leaves_as_ipv6_fragments() -> None:
     key = remote_flow(stack)
     payload = bytes(range(256)) * 11 + b"tail" * 46  # 3000 bytes
     assert len(payload) == 3000
-    out = frames(stack.on_host_datagram(key, payload, T0))
+    out = frames(stack.feed(HostDatagram(key, payload), T0))
     assert len(out) == 3
     expected_offset = 0
     ids = set()
@@ -927,15 +932,15 @@ def test_large_host_reply_leaves_as_ipv6_fragments() -> None:
 def test_each_fragmented_reply_gets_a_new_identification() -> None:
     stack = new_stack()
     key = remote_flow(stack)
-    first = frames(stack.on_host_datagram(key, bytes(3000), T0))
-    second = frames(stack.on_host_datagram(key, bytes(3000), T0))
+    first = frames(stack.feed(HostDatagram(key, bytes(3000)), T0))
+    second = frames(stack.feed(HostDatagram(key, bytes(3000)), T0))
     assert first[0][IPv6ExtHdrFragment].id != second[0][IPv6ExtHdrFragment].id
 
 
 def test_reply_that_fits_is_not_fragmented() -> None:
     stack = new_stack()
     key = remote_flow(stack)
-    (frame,) = frames(stack.on_host_datagram(key, bytes(1500 - 48), T0))
+    (frame,) = frames(stack.feed(HostDatagram(key, bytes(1500 - 48)), T0))
     assert IPv6ExtHdrFragment not in frame and len(bytes(frame)) == 1514
 
 

@@ -3,6 +3,7 @@
 from scapy.layers.inet import IP, TCP, UDP  # type: ignore[import-untyped]
 from scapy.layers.l2 import Ether  # type: ignore[import-untyped]
 
+from slirpy.events import GuestFrame
 from slirpy.config import Config
 from slirpy.effects import Send, SendDatagram, ToGuest
 from slirpy.stack import Stack
@@ -15,8 +16,8 @@ def test_partial_checksum_is_accepted_only_when_the_tap_vouches_for_it() -> None
     frame = bytes(Ether(src=GUEST_MAC, dst=OUR_MAC) / IP(src=GUEST_IP, dst="192.0.2.1")
                   / UDP(sport=1, dport=7, chksum=0x1234) / b"data")
     stack = Stack(Config(), offload=True)
-    assert stack.on_frame(frame, 0.0) == [] and stack.counters() == {"udp-checksum": 1}
-    effects = stack.on_frame(frame, 0.0, checksum_ok=True)
+    assert stack.feed(GuestFrame(frame), 0.0) == [] and stack.stats.drop_counts() == {"udp-checksum": 1}
+    effects = stack.feed(GuestFrame(frame, checksum_ok=True), 0.0)
     assert any(isinstance(e, SendDatagram) for e in effects)
 
 
@@ -60,6 +61,6 @@ def test_guest_super_segment_goes_to_host_in_one_send() -> None:
     seg = (Ether(src=GUEST_MAC, dst=OUR_MAC) / IP(src=GUEST_IP, dst="192.0.2.1")
            / TCP(sport=40000, dport=80, flags="A", seq=1001, ack=t.our_isn + 1, chksum=0)
            / (b"u" * 60000))
-    effects = t.stack.on_frame(bytes(seg), t.now, checksum_ok=True)
+    effects = t.stack.feed(GuestFrame(bytes(seg), checksum_ok=True), t.now)
     (send,) = [e for e in effects if isinstance(e, Send)]
     assert len(send.data) == 60000

@@ -12,11 +12,12 @@ from typing import Any
 
 import pytest
 
+from slirpy.addresses import Network
 from slirpy.api.commands import Api
 from slirpy.cli import args as cli_args
 from slirpy.cli.args import Attach, Run, parse
 from slirpy.cli.main import main
-from slirpy.config import Config, Network
+from slirpy.config import Config
 from slirpy.errors import UsageError
 from slirpy.forward.spec import Forward
 from slirpy.policy.decide import Policy

@@ -11,8 +11,11 @@ from scapy.layers.dns import DNS, DNSQR, DNSRR, DNSRRSRV
 from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.l2 import ARP, Ether
 
-from slirpy.config import Config, Network
-from slirpy.effects import (Close, Connect, Effect, KickRead, OpenUdp, Send, SendDatagram,
+from slirpy.events import (ConnectFailed, Connected, GuestFrame, HostData, HostDatagram, Sent,
+                           TimerDue)
+from slirpy.addresses import Network
+from slirpy.config import Config
+from slirpy.effects import (Close, Connect, Effect, OpenUdp, Peek, Send, SendDatagram,
                             SendTo, ToGuest)
 from slirpy.flows.key import FlowKey
 from slirpy.forward.nat import EPHEMERAL_FIRST, visible_source
@@ -22,6 +25,7 @@ from slirpy.forward.srv import LOOKUP_TIMEOUT_S
 from slirpy.stack import Stack
 from slirpy.tcp.conn import MAX_SYN_RETRIES, State
 from tests.harness import GATEWAY, GUEST_IP, GUEST_MAC, OUR_MAC, packed
+from tests.harness import add_remote, remove_remote, forward_accept, forward_datagram
 
 CLIENT = "198.51.100.7"
 CLIENT_PORT = 40000
@@ -74,7 +78,7 @@ def who_has(ip: str) -> Ether:
 
 
 def feed(stack: Stack, frame: Ether, now: float = T0) -> list[Effect]:
-    return stack.on_frame(bytes(frame), now)
+    return stack.feed(GuestFrame(bytes(frame)), now)
 
 
 def stack_knowing_guest(config: Config | None = None) -> Stack:
@@ -91,7 +95,7 @@ LOCAL_TCP = forward(Kind.LOCAL, "0.0.0.0:8080:80")
 def accept(stack: Stack, client: str = CLIENT, port: int = CLIENT_PORT,
            fwd: Forward = LOCAL_TCP, now: float = T0,
            guest_port: int = 0) -> tuple[FlowKey | None, list[Effect]]:
-    return stack.on_forward_accept(fwd, (packed(client), port), SPACE, now, guest_port)
+    return forward_accept(stack, fwd, (packed(client), port), SPACE, now, guest_port)
 
 
 # --- who the guest sees ---
@@ -168,14 +172,17 @@ def test_tcppp_guest_port_comes_from_the_header() -> None:
     assert key is not None and key.guest_port == 8443 and syn[TCP].dport == 8443
 
 
-@pytest.mark.parametrize("spec, guest_port", [
-    ("tcppp://8080:0", 0),  # no port in the header and none in the forward
-    ("8080:[fd00::5]:80", 0),  # an IPv6 guest address
-])
-def test_accept_refused(spec: str, guest_port: int) -> None:
-    stack = stack_knowing_guest()
-    assert accept(stack, fwd=forward(Kind.LOCAL, spec), guest_port=guest_port) == (None, [])
+def test_accept_without_a_port_is_refused() -> None:
+    stack = stack_knowing_guest()  # no port in the PROXY header and none in the forward
+    assert accept(stack, fwd=forward(Kind.LOCAL, "tcppp://8080:0")) == (None, [])
     assert len(stack.tcp) == 0
+
+
+def test_forward_to_an_ipv6_guest_is_refused_when_added_without_ipv6() -> None:
+    stack = stack_knowing_guest()
+    with pytest.raises(ForwardError, match="IPv6 on"):
+        stack.control.add(1, forward(Kind.LOCAL, "8080:[fd00::5]:80"))
+    assert stack.control.local_forward(1) is None
 
 
 # --- (b) loopback clients appear as the gateway, without clashing ---
@@ -232,10 +239,10 @@ def test_guest_syn_ack_establishes() -> None:
     assert flags_of(ack) == "A"
     assert (ack[TCP].seq, ack[TCP].ack) == (syn[TCP].seq + 1, 5001)
     assert (ack[IP].src, ack[TCP].sport) == (CLIENT, CLIENT_PORT)
-    assert others(out) == [KickRead(key)]
+    assert others(out) == [Peek(key, 65535)]  # the SYN-ACK's (unscaled) window: read
     conn = stack.tcp.get(key)
     assert conn is not None and conn.state is State.ESTABLISHED and conn.deadline is None
-    assert stack.on_timer(T0 + 1.0) == []  # no SYN retransmission any more
+    assert stack.feed(TimerDue(), T0 + 1.0) == []  # no SYN retransmission any more
 
 
 def test_syn_ack_with_a_wrong_ack_is_ignored() -> None:
@@ -253,7 +260,7 @@ def test_guest_rst_in_syn_sent_resets_the_client() -> None:
     assert key is not None
     out = feed(stack, syn_ack_from_guest(syn, flags="RA", seq=0))
     assert out == [Close(key, reset=True)]
-    assert stack.tcp.get(key) is None and stack.flow_counts()["tcp"] == 0
+    assert stack.tcp.get(key) is None and stack.stats.flow_counts()["tcp"] == 0
 
 
 def test_guest_rst_with_a_wrong_ack_is_ignored_in_syn_sent() -> None:
@@ -272,7 +279,7 @@ def test_unanswered_syn_is_retransmitted_with_backoff_then_client_reset() -> Non
     retransmitted_at: list[float] = []
     closed: list[Effect] = []
     while (deadline := stack.next_deadline()) is not None:
-        out = stack.on_timer(deadline)
+        out = stack.feed(TimerDue(), deadline)
         for frame in frames(out):
             assert flags_of(frame) == "S" and frame[TCP].seq == first[TCP].seq
             assert frame.dst == GUEST_MAC
@@ -288,7 +295,7 @@ def test_nothing_is_due_before_the_first_retransmission() -> None:
     stack = stack_knowing_guest()
     accept(stack)
     assert stack.next_deadline() == T0 + 1.0
-    assert stack.on_timer(T0 + 0.99) == []
+    assert stack.feed(TimerDue(), T0 + 0.99) == []
 
 
 def test_syn_retransmission_while_unresolved_asks_arp_again() -> None:
@@ -296,7 +303,7 @@ def test_syn_retransmission_while_unresolved_asks_arp_again() -> None:
     accept(stack)  # the ARP request goes unanswered
     deadline = stack.next_deadline()
     assert deadline is not None
-    out = frames(stack.on_timer(deadline))
+    out = frames(stack.feed(TimerDue(), deadline))
     assert not any(TCP in f and f.dst == "ff:ff:ff:ff:ff:ff" for f in out)
     assert any(is_arp_request_for(f, GUEST_IP) for f in out)
 
@@ -314,7 +321,7 @@ def udp_from_guest(dst: str, dport: int, payload: bytes, sport: int = 53) -> Eth
 
 def test_datagram_reaches_guest_from_the_real_client_and_reply_goes_back() -> None:
     stack = stack_knowing_guest()
-    out = stack.on_forward_datagram(7, LOCAL_UDP, (packed(CLIENT), CLIENT_PORT), b"query", T0)
+    out = forward_datagram(stack, 7, LOCAL_UDP, (packed(CLIENT), CLIENT_PORT), b"query", T0)
     (dgram,) = frames(out)
     assert dgram.dst == GUEST_MAC
     assert (dgram[IP].src, dgram[UDP].sport) == (CLIENT, CLIENT_PORT)
@@ -332,7 +339,7 @@ def test_datagram_reaches_guest_from_the_real_client_and_reply_goes_back() -> No
 
 def test_datagram_waits_for_arp_like_a_syn() -> None:
     stack = Stack(Config(), secret=b"test")
-    (arp,) = frames(stack.on_forward_datagram(1, LOCAL_UDP, (packed(CLIENT), CLIENT_PORT),
+    (arp,) = frames(forward_datagram(stack, 1, LOCAL_UDP, (packed(CLIENT), CLIENT_PORT),
                                               b"q", T0))
     assert is_arp_request_for(arp, GUEST_IP)
     (dgram,) = frames(feed(stack, arp_reply_from_guest()))
@@ -341,9 +348,9 @@ def test_datagram_waits_for_arp_like_a_syn() -> None:
 
 def test_loopback_udp_clients_appear_as_gateway_without_clash() -> None:
     stack = stack_knowing_guest()
-    (one,) = frames(stack.on_forward_datagram(1, LOCAL_UDP, (packed("127.0.0.1"), 5000),
+    (one,) = frames(forward_datagram(stack, 1, LOCAL_UDP, (packed("127.0.0.1"), 5000),
                                               b"a", T0))
-    (two,) = frames(stack.on_forward_datagram(1, LOCAL_UDP, (packed("127.0.0.2"), 5000),
+    (two,) = frames(forward_datagram(stack, 1, LOCAL_UDP, (packed("127.0.0.2"), 5000),
                                               b"b", T0))
     assert one[IP].src == two[IP].src == GATEWAY
     assert one[UDP].sport == 5000 and two[UDP].sport >= EPHEMERAL_FIRST
@@ -364,7 +371,7 @@ def test_udpspp_guest_sees_the_named_client_and_reply_has_the_same_header() -> N
     stack = stack_knowing_guest()
     header = spp_header()
     assert len(header) == 38
-    out = stack.on_forward_datagram(2, SPP_UDP, (packed(PROXY[0]), PROXY[1]),
+    out = forward_datagram(stack, 2, SPP_UDP, (packed(PROXY[0]), PROXY[1]),
                                     header + b"query", T0)
     (dgram,) = frames(out)
     assert (dgram[IP].src, dgram[UDP].sport) == SPP_CLIENT
@@ -382,15 +389,15 @@ def test_udpspp_guest_sees_the_named_client_and_reply_has_the_same_header() -> N
 ])
 def test_malformed_spp_datagram_is_dropped_and_counted(datagram: bytes, reason: str) -> None:
     stack = stack_knowing_guest()
-    assert stack.on_forward_datagram(2, SPP_UDP, (packed(PROXY[0]), PROXY[1]), datagram, T0) == []
-    assert stack.counters() == {reason: 1}
-    assert stack.flow_counts()["udp"] == 0
+    assert forward_datagram(stack, 2, SPP_UDP, (packed(PROXY[0]), PROXY[1]), datagram, T0) == []
+    assert stack.stats.drop_counts() == {reason: 1}
+    assert stack.stats.flow_counts()["udp"] == 0
 
 
 def test_udprpc_flow_ends_with_the_first_reply() -> None:
     stack = stack_knowing_guest()
-    stack.on_forward_datagram(3, RPC_UDP, (packed(CLIENT), CLIENT_PORT), b"query", T0)
-    assert stack.flow_counts()["udp"] == 1
+    forward_datagram(stack, 3, RPC_UDP, (packed(CLIENT), CLIENT_PORT), b"query", T0)
+    assert stack.stats.flow_counts()["udp"] == 1
     (send,) = feed(stack, udp_from_guest(CLIENT, CLIENT_PORT, b"answer"))
     assert isinstance(send, SendTo) and send.forward_id == 3 and bytes(send.data) == b"answer"
     assert stack.inbound.table.keys() == []
@@ -402,19 +409,19 @@ def test_udprpc_flow_ends_with_the_first_reply() -> None:
 
 def test_remove_local_forgets_udp_flows() -> None:
     stack = stack_knowing_guest()
-    stack.on_forward_datagram(4, LOCAL_UDP, (packed(CLIENT), CLIENT_PORT), b"q", T0)
-    stack.on_forward_datagram(5, LOCAL_UDP, (packed(CLIENT), CLIENT_PORT + 1), b"q", T0)
-    stack.remove_local(4)
+    forward_datagram(stack, 4, LOCAL_UDP, (packed(CLIENT), CLIENT_PORT), b"q", T0)
+    forward_datagram(stack, 5, LOCAL_UDP, (packed(CLIENT), CLIENT_PORT + 1), b"q", T0)
+    stack.control.remove(4)
     assert [k.remote_port for k in stack.inbound.table.keys()] == [CLIENT_PORT + 1]
 
 
 def test_inbound_udp_flow_expires_when_idle() -> None:
     stack = stack_knowing_guest()
-    stack.on_forward_datagram(4, LOCAL_UDP, (packed(CLIENT), CLIENT_PORT), b"q", T0)
+    forward_datagram(stack, 4, LOCAL_UDP, (packed(CLIENT), CLIENT_PORT), b"q", T0)
     deadline = stack.next_deadline()
     assert deadline is not None and deadline == T0 + Config().udp_idle_s
-    stack.on_timer(deadline + 1)
-    assert stack.flow_counts()["udp"] == 0
+    stack.feed(TimerDue(), deadline + 1)
+    assert stack.stats.flow_counts()["udp"] == 0
 
 
 # --- (e) remote forwards ---
@@ -433,36 +440,36 @@ REMOTE_TCP = forward(Kind.REMOTE, "10.0.2.50:9000:192.0.2.1:8000")
 def test_remote_forward_answers_arp_and_connects_to_its_target() -> None:
     stack = stack_knowing_guest()
     assert frames(feed(stack, who_has("10.0.2.50"))) == []
-    stack.add_remote(REMOTE_TCP)
+    add_remote(stack, REMOTE_TCP)
     (reply,) = frames(feed(stack, who_has("10.0.2.50")))
     assert reply[ARP].op == 2 and (reply[ARP].psrc, reply[ARP].hwsrc) == ("10.0.2.50", OUR_MAC)
     out = feed(stack, syn_from_guest("10.0.2.50", 9000))
     key = FlowKey(6, packed(GUEST_IP), GUEST_SPORT, packed("10.0.2.50"), 9000)
     assert out == [Connect(key, packed("192.0.2.1"), 8000)]
     # the host connected: the SYN-ACK comes from the forward's address
-    (syn_ack,) = frames(stack.on_connected(key, SPACE, T0))
+    (syn_ack,) = frames(stack.feed(Connected(key, SPACE), T0))
     assert flags_of(syn_ack) == "SA"
     assert (syn_ack[IP].src, syn_ack[TCP].sport, syn_ack[TCP].ack) == ("10.0.2.50", 9000, 1001)
 
 
 def test_remote_forward_address_answers_ping() -> None:
     stack = stack_knowing_guest()
-    stack.add_remote(REMOTE_TCP)
+    add_remote(stack, REMOTE_TCP)
     (reply,) = frames(feed(stack, guest_frame("10.0.2.50") / ICMP(id=3, seq=1)))
     assert reply[ICMP].type == 0 and reply[IP].src == "10.0.2.50"
 
 
 def test_other_port_of_remote_forward_address_is_not_forwarded() -> None:
     stack = stack_knowing_guest()
-    stack.add_remote(REMOTE_TCP)
+    add_remote(stack, REMOTE_TCP)
     out = feed(stack, syn_from_guest("10.0.2.50", 9001))
     assert not any(isinstance(e, Connect) for e in out)
-    assert stack.counters() == {"ipv4-dst-in-network": 1}
+    assert stack.stats.drop_counts() == {"ipv4-dst-in-network": 1}
 
 
 def test_remote_forward_on_gateway_works_without_host_loopback() -> None:
     stack = stack_knowing_guest(Config(host_loopback=False))
-    stack.add_remote(forward(Kind.REMOTE, "9000:127.0.0.1:8000"))
+    add_remote(stack, forward(Kind.REMOTE, "9000:127.0.0.1:8000"))
     key = FlowKey(6, packed(GUEST_IP), GUEST_SPORT, packed(GATEWAY), 9000)
     assert feed(stack, syn_from_guest(GATEWAY, 9000)) == [Connect(key, packed("127.0.0.1"), 8000)]
     # any other gateway port stays unreachable, as without the forward
@@ -472,40 +479,40 @@ def test_remote_forward_on_gateway_works_without_host_loopback() -> None:
 
 def test_udp_remote_forward_opens_a_socket_to_the_target() -> None:
     stack = stack_knowing_guest()
-    stack.add_remote(forward(Kind.REMOTE, "udp://10.0.2.50:5353:192.0.2.53:53"))
+    add_remote(stack, forward(Kind.REMOTE, "udp://10.0.2.50:5353:192.0.2.53:53"))
     out = feed(stack, udp_from_guest("10.0.2.50", 5353, b"query", sport=33333))
     key = FlowKey(17, packed(GUEST_IP), 33333, packed("10.0.2.50"), 5353)
     opened, sent = out
     assert opened == OpenUdp(key, packed("192.0.2.53"), 53)
     assert isinstance(sent, SendDatagram) and sent.flow == key and bytes(sent.data) == b"query"
-    (answer,) = frames(stack.on_host_datagram(key, b"answer", T0))
+    (answer,) = frames(stack.feed(HostDatagram(key, b"answer"), T0))
     assert (answer[IP].src, answer[UDP].sport) == ("10.0.2.50", 5353)
     assert (answer[UDP].dport, bytes(answer[UDP].payload)) == (33333, b"answer")
 
 
 def test_tcp_remote_forward_does_not_take_udp() -> None:
     stack = stack_knowing_guest()
-    stack.add_remote(REMOTE_TCP)
+    add_remote(stack, REMOTE_TCP)
     assert feed(stack, udp_from_guest("10.0.2.50", 9000, b"x")) == []
-    assert stack.counters() == {"ipv4-dst-in-network": 1}
+    assert stack.stats.drop_counts() == {"ipv4-dst-in-network": 1}
 
 
 def test_after_remove_remote_the_syn_is_not_forwarded() -> None:
     stack = stack_knowing_guest()
-    stack.add_remote(REMOTE_TCP)
-    stack.remove_remote(REMOTE_TCP)
+    add_remote(stack, REMOTE_TCP)
+    remove_remote(stack, REMOTE_TCP)
     out = feed(stack, syn_from_guest("10.0.2.50", 9000))
     assert not any(isinstance(e, Connect) for e in out)
     assert frames(feed(stack, who_has("10.0.2.50"))) == []
-    assert stack.counters() == {"ipv4-dst-in-network": 1}
+    assert stack.stats.drop_counts() == {"ipv4-dst-in-network": 1}
 
 
 def test_remove_one_of_two_remote_forwards_on_an_address_keeps_the_address() -> None:
     stack = stack_knowing_guest()
     other = forward(Kind.REMOTE, "10.0.2.50:9001:192.0.2.1:8001")
-    stack.add_remote(REMOTE_TCP)
-    stack.add_remote(other)
-    stack.remove_remote(REMOTE_TCP)
+    add_remote(stack, REMOTE_TCP)
+    add_remote(stack, other)
+    remove_remote(stack, REMOTE_TCP)
     assert len(frames(feed(stack, who_has("10.0.2.50")))) == 1
     key = FlowKey(6, packed(GUEST_IP), GUEST_SPORT, packed("10.0.2.50"), 9001)
     assert feed(stack, syn_from_guest("10.0.2.50", 9001)) == [Connect(key, packed("192.0.2.1"),
@@ -543,7 +550,7 @@ def guest_key(sport: int = GUEST_SPORT, dst: str = "10.0.2.50", dport: int = 900
 
 def test_srv_syn_asks_the_dns_server_then_connects_to_the_record() -> None:
     stack = stack_knowing_guest()
-    stack.add_remote(SRV_TCP)
+    add_remote(stack, SRV_TCP)
     out = feed(stack, syn_from_guest("10.0.2.50", 9000))
     opened = out[0]
     assert isinstance(opened, OpenUdp) and (opened.host_addr, opened.host_port) == (
@@ -551,16 +558,16 @@ def test_srv_syn_asks_the_dns_server_then_connects_to_the_record() -> None:
     lookup, query = srv_query(out)
     assert query.qr == 0 and query.rd == 1 and query.id == lookup.guest_port
     assert query.qd[0].qname == f"{SRV_NAME}.".encode() and query.qd[0].qtype == 33
-    done = stack.on_host_datagram(lookup, srv_answer(query.id), T0 + 0.1)
+    done = stack.feed(HostDatagram(lookup, srv_answer(query.id)), T0 + 0.1)
     assert done == [Close(lookup), Connect(guest_key(), packed("192.0.2.80"), 8443)]
     assert not stack.srv.owns(lookup)
 
 
 def test_srv_second_syn_within_ttl_connects_at_once() -> None:
     stack = stack_knowing_guest()
-    stack.add_remote(SRV_TCP)
+    add_remote(stack, SRV_TCP)
     lookup, query = srv_query(feed(stack, syn_from_guest("10.0.2.50", 9000)))
-    stack.on_host_datagram(lookup, srv_answer(query.id, ttl=5), T0)
+    stack.feed(HostDatagram(lookup, srv_answer(query.id, ttl=5)), T0)
     out = feed(stack, syn_from_guest("10.0.2.50", 9000, sport=GUEST_SPORT + 1), T0 + 59)
     assert out == [Connect(guest_key(GUEST_SPORT + 1), packed("192.0.2.80"), 8443)]
     # the forward's --dns-ttl (60 s), not the record's, bounds the cache: then it asks again
@@ -570,20 +577,20 @@ def test_srv_second_syn_within_ttl_connects_at_once() -> None:
 
 def test_srv_server_port_and_explicit_target_port() -> None:
     stack = stack_knowing_guest()
-    stack.add_remote(forward(Kind.REMOTE, f"10.0.2.50:9000:[{SRV_NAME}@srv-192.0.2.53:5353]:8000"))
+    add_remote(stack, forward(Kind.REMOTE, f"10.0.2.50:9000:[{SRV_NAME}@srv-192.0.2.53:5353]:8000"))
     out = feed(stack, syn_from_guest("10.0.2.50", 9000))
     assert isinstance(out[0], OpenUdp) and out[0].host_port == 5353
     lookup, query = srv_query(out)
-    done = stack.on_host_datagram(lookup, srv_answer(query.id, port=8443), T0)
+    done = stack.feed(HostDatagram(lookup, srv_answer(query.id, port=8443)), T0)
     assert Connect(guest_key(), packed("192.0.2.80"), 8000) in done
 
 
 def test_srv_waiters_share_one_lookup() -> None:
     stack = stack_knowing_guest()
-    stack.add_remote(SRV_TCP)
+    add_remote(stack, SRV_TCP)
     lookup, query = srv_query(feed(stack, syn_from_guest("10.0.2.50", 9000)))
     assert feed(stack, syn_from_guest("10.0.2.50", 9000, sport=GUEST_SPORT + 1)) == []
-    done = stack.on_host_datagram(lookup, srv_answer(query.id), T0)
+    done = stack.feed(HostDatagram(lookup, srv_answer(query.id)), T0)
     assert [e for e in done if isinstance(e, Connect)] == [
         Connect(guest_key(), packed("192.0.2.80"), 8443),
         Connect(guest_key(GUEST_SPORT + 1), packed("192.0.2.80"), 8443)]
@@ -591,23 +598,23 @@ def test_srv_waiters_share_one_lookup() -> None:
 
 def test_srv_without_address_asks_for_the_target_a_record() -> None:
     stack = stack_knowing_guest()
-    stack.add_remote(SRV_TCP)
+    add_remote(stack, SRV_TCP)
     lookup, query = srv_query(feed(stack, syn_from_guest("10.0.2.50", 9000)))
-    out = stack.on_host_datagram(lookup, srv_answer(query.id, address=None), T0)
+    out = stack.feed(HostDatagram(lookup, srv_answer(query.id, address=None)), T0)
     assert out[0] == Close(lookup)
     second, a_query = srv_query(out[1:])
     assert second != lookup and a_query.qd[0].qname == b"web.example." and a_query.qd[0].qtype == 1
     answer = bytes(DNS(id=a_query.id, qr=1, qd=DNSQR(qname="web.example.", qtype="A"),
                        an=DNSRR(rrname="web.example.", type="A", rdata="192.0.2.81")))
-    assert stack.on_host_datagram(second, answer, T0) == [
+    assert stack.feed(HostDatagram(second, answer), T0) == [
         Close(second), Connect(guest_key(), packed("192.0.2.81"), 8443)]
 
 
 def test_srv_answer_with_another_id_is_ignored() -> None:
     stack = stack_knowing_guest()
-    stack.add_remote(SRV_TCP)
+    add_remote(stack, SRV_TCP)
     lookup, query = srv_query(feed(stack, syn_from_guest("10.0.2.50", 9000)))
-    assert stack.on_host_datagram(lookup, srv_answer((query.id + 1) & 0xFFFF), T0) == []
+    assert stack.feed(HostDatagram(lookup, srv_answer((query.id + 1) & 0xFFFF)), T0) == []
     assert stack.srv.owns(lookup)
 
 
@@ -618,9 +625,9 @@ def rst_to_guest(effects: list[Effect]) -> Ether:
 
 def test_srv_nxdomain_resets_the_guest() -> None:
     stack = stack_knowing_guest()
-    stack.add_remote(SRV_TCP)
+    add_remote(stack, SRV_TCP)
     lookup, query = srv_query(feed(stack, syn_from_guest("10.0.2.50", 9000, seq=1000)))
-    out = stack.on_host_datagram(lookup, srv_answer(query.id, rcode=3), T0)
+    out = stack.feed(HostDatagram(lookup, srv_answer(query.id, rcode=3)), T0)
     assert Close(lookup) in out and Close(guest_key()) in out
     assert not any(isinstance(e, Connect) for e in out)
     rst = rst_to_guest(out)
@@ -633,11 +640,11 @@ def test_srv_nxdomain_resets_the_guest() -> None:
 
 def test_srv_timeout_resets_the_guest() -> None:
     stack = stack_knowing_guest()
-    stack.add_remote(SRV_TCP)
+    add_remote(stack, SRV_TCP)
     lookup, _ = srv_query(feed(stack, syn_from_guest("10.0.2.50", 9000)))
     assert stack.next_deadline() == T0 + LOOKUP_TIMEOUT_S
-    assert stack.on_timer(T0 + LOOKUP_TIMEOUT_S - 0.01) == []
-    out = stack.on_timer(T0 + LOOKUP_TIMEOUT_S)
+    assert stack.feed(TimerDue(), T0 + LOOKUP_TIMEOUT_S - 0.01) == []
+    out = stack.feed(TimerDue(), T0 + LOOKUP_TIMEOUT_S)
     assert Close(lookup) in out and Close(guest_key()) in out
     assert flags_of(rst_to_guest(out)) == "RA"
     assert stack.tcp.get(guest_key()) is None and not stack.srv.owns(lookup)
@@ -645,10 +652,10 @@ def test_srv_timeout_resets_the_guest() -> None:
 
 def test_srv_udp_remote_forward_sends_once_the_target_is_known() -> None:
     stack = stack_knowing_guest()
-    stack.add_remote(forward(Kind.REMOTE, f"udp://10.0.2.50:5353:[{SRV_NAME}@srv-192.0.2.53]:0"))
+    add_remote(stack, forward(Kind.REMOTE, f"udp://10.0.2.50:5353:[{SRV_NAME}@srv-192.0.2.53]:0"))
     lookup, query = srv_query(feed(stack, udp_from_guest("10.0.2.50", 5353, b"hello",
                                                          sport=33333)))
-    out = stack.on_host_datagram(lookup, srv_answer(query.id), T0)
+    out = stack.feed(HostDatagram(lookup, srv_answer(query.id)), T0)
     key = FlowKey(17, packed(GUEST_IP), 33333, packed("10.0.2.50"), 5353)
     assert OpenUdp(key, packed("192.0.2.80"), 8443) in out
     (sent,) = [e for e in out if isinstance(e, SendDatagram)]
@@ -657,9 +664,9 @@ def test_srv_udp_remote_forward_sends_once_the_target_is_known() -> None:
 
 def test_srv_udp_failure_gives_host_unreachable() -> None:
     stack = stack_knowing_guest()
-    stack.add_remote(forward(Kind.REMOTE, f"udp://10.0.2.50:5353:[{SRV_NAME}@srv-192.0.2.53]:0"))
+    add_remote(stack, forward(Kind.REMOTE, f"udp://10.0.2.50:5353:[{SRV_NAME}@srv-192.0.2.53]:0"))
     lookup, query = srv_query(feed(stack, udp_from_guest("10.0.2.50", 5353, b"hello")))
-    out = stack.on_host_datagram(lookup, srv_answer(query.id, rcode=2), T0)
+    out = stack.feed(HostDatagram(lookup, srv_answer(query.id, rcode=2)), T0)
     (icmp,) = frames(out)
     assert (icmp[ICMP].type, icmp[ICMP].code) == (3, 1)
 
@@ -671,7 +678,7 @@ def test_srv_name_build_query_refuses_does_not_crash_the_stack() -> None:
     stack = stack_knowing_guest()
     good = forward(Kind.REMOTE, "10.0.2.50:9000:[ok.example@srv-192.0.2.53]:0")
     assert isinstance(good.target, SrvName)
-    stack.add_remote(dataclasses.replace(good, target=dataclasses.replace(
+    add_remote(stack, dataclasses.replace(good, target=dataclasses.replace(
         good.target, name="a b.example")))
     out = feed(stack, syn_from_guest("10.0.2.50", 9000))
     assert not any(isinstance(e, Connect) for e in out)
@@ -689,37 +696,37 @@ def test_flows_list_a_forwarded_tcp_connection_with_bytes_and_age() -> None:
                T0 + 1)
     assert Send(key, b"hello") in [Send(e.flow, bytes(e.data)) for e in out
                                    if isinstance(e, Send)]
-    stack.on_sent(key, 5, 5, SPACE, T0 + 1)
+    stack.feed(Sent(key, 5, 5, SPACE), T0 + 1)
     # the host client sends 7 bytes, the guest acknowledges them
-    (data,) = frames(stack.on_host_data(key, memoryview(b"abcdefg"), T0 + 1.5))
+    (data,) = frames(stack.feed(HostData(key, memoryview(b"abcdefg")), T0 + 1.5))
     assert bytes(data[TCP].payload) == b"abcdefg"
     feed(stack, guest_frame(CLIENT) / TCP(sport=80, dport=CLIENT_PORT, flags="A", seq=5006,
                                           ack=our_next + 7, window=512), T0 + 2)
-    assert stack.flows(T0 + 2.5) == [{
+    assert stack.stats.flows(T0 + 2.5) == [{
         "proto": "tcp", "guest": f"{GUEST_IP}:80", "remote": f"{CLIENT}:{CLIENT_PORT}",
         "bytes_from_guest": 5, "bytes_to_guest": 7, "age_s": 2.5, "state": "ESTABLISHED"}]
-    assert stack.flow_counts() == {"tcp": 1, "udp": 0, "icmp": 0}
+    assert stack.stats.flow_counts() == {"tcp": 1, "udp": 0, "icmp": 0}
 
 
 def test_flows_list_a_syn_sent_connection_and_an_inbound_udp_flow() -> None:
     stack = stack_knowing_guest()
     accept(stack, client="127.0.0.1")
-    stack.on_forward_datagram(9, LOCAL_UDP, (packed(CLIENT), 6000), b"12345", T0 + 1)
+    forward_datagram(stack, 9, LOCAL_UDP, (packed(CLIENT), 6000), b"12345", T0 + 1)
     feed(stack, udp_from_guest(CLIENT, 6000, b"ab"), T0 + 1)
-    flows = stack.flows(T0 + 2)
+    flows = stack.stats.flows(T0 + 2)
     assert flows == [
         {"proto": "tcp", "guest": f"{GUEST_IP}:80", "remote": f"{GATEWAY}:{CLIENT_PORT}",
          "bytes_from_guest": 0, "bytes_to_guest": 0, "age_s": 2.0, "state": "SYN-SENT"},
         {"proto": "udp", "guest": f"{GUEST_IP}:53", "remote": f"{CLIENT}:6000",
          "bytes_from_guest": 2, "bytes_to_guest": 5, "age_s": 1.0, "forward": 9}]
-    assert stack.flow_counts() == {"tcp": 1, "udp": 1, "icmp": 0}
+    assert stack.stats.flow_counts() == {"tcp": 1, "udp": 1, "icmp": 0}
 
 
 def test_refused_connect_of_remote_forward_resets_the_guest() -> None:
     stack = stack_knowing_guest()
-    stack.add_remote(REMOTE_TCP)
+    add_remote(stack, REMOTE_TCP)
     feed(stack, syn_from_guest("10.0.2.50", 9000))
     key = guest_key()
-    out = stack.on_connect_failed(key, errno.ECONNREFUSED, T0)
+    out = stack.feed(ConnectFailed(key, errno.ECONNREFUSED), T0)
     assert Close(key) in out and flags_of(rst_to_guest(out)) == "RA"
-    assert stack.flows(T0) == []
+    assert stack.stats.flows(T0) == []

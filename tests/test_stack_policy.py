@@ -17,12 +17,15 @@ from scapy.layers.inet6 import ICMPv6DestUnreach, ICMPv6EchoReply, ICMPv6EchoReq
 from scapy.layers.l2 import Ether
 from scapy.packet import Packet
 
-from slirpy.config import Config, Network
+from slirpy.events import DnsUpstreams, GuestFrame, HostNetworks, TimerDue
+from slirpy.addresses import Network
+from slirpy.config import Config
 from slirpy.effects import Close, Connect, Effect, OpenPing, OpenUdp, SendDatagram, ToGuest
 from slirpy.flows.key import FlowKey
 from slirpy.forward.spec import Kind, parse_forward
 from slirpy.policy.rules import Action, Rule, parse_rules
 from slirpy.stack import Stack
+from tests.harness import add_remote
 
 GUEST_MAC = "02:00:00:00:00:64"
 OUR_MAC = "52:55:0a:00:02:02"
@@ -63,12 +66,12 @@ def new_stack(posture: str = "attach", **config: Any) -> Stack:
     routing, host, loopback = POSTURES[posture]
     stack = Stack(Config(ipv6=True, routing=routing, host=host, host_loopback=loopback,
                          **config), secret=b"test")
-    stack.policy.set_host_networks(HOST_NETS)
+    stack.feed(HostNetworks(tuple(HOST_NETS)), 0.0)
     return stack
 
 
 def feed(stack: Stack, frame: Packet, now: float = T0) -> list[Effect]:
-    return stack.on_frame(bytes(frame), now)
+    return stack.feed(GuestFrame(bytes(frame)), now)
 
 
 def frames(effects: list[Effect]) -> list[Ether]:
@@ -163,18 +166,18 @@ def test_tcp_syn(posture: str, family: int, dest: str) -> None:
     if outcome == "pass":
         host = LOOPBACK[family] if dest == "gateway" else addr
         assert effects == [Connect(flow, packed(host), 80)]
-        assert stack.blocked_counts() == {}
+        assert stack.stats.blocked_counts() == {}
     elif outcome == "block":
         check_rst(effects, addr)
-        assert stack.blocked_counts() == {WHY[dest]: 1}
+        assert stack.stats.blocked_counts() == {WHY[dest]: 1}
         assert flow not in stack.tcp.conns
     else:
         assert others(effects) == []
         (error,) = frames(effects)
         check_unreachable(error, addr, 6, 0, 0, 40000, 80)
-        assert stack.blocked_counts() == {}
+        assert stack.stats.blocked_counts() == {}
         assert flow not in stack.tcp.conns
-    assert stack.counters() == {}
+    assert stack.stats.drop_counts() == {}
 
 
 @pytest.mark.parametrize("posture, family, dest", CASES)
@@ -187,16 +190,16 @@ def test_udp_datagram(posture: str, family: int, dest: str) -> None:
     if outcome == "pass":
         host = LOOPBACK[family] if dest == "gateway" else addr
         assert effects == [OpenUdp(flow, packed(host), 7), SendDatagram(flow, b"hello")]
-        assert stack.blocked_counts() == {}
+        assert stack.stats.blocked_counts() == {}
         return
     assert host_calls(effects) == [] and others(effects) == []
     (error,) = frames(effects)
     if outcome == "block":
         check_unreachable(error, addr, 17, 13, 1, 5000, 7)
-        assert stack.blocked_counts() == {WHY[dest]: 1}
+        assert stack.stats.blocked_counts() == {WHY[dest]: 1}
     else:
         check_unreachable(error, addr, 17, 0, 0, 5000, 7)
-        assert stack.blocked_counts() == {}
+        assert stack.stats.blocked_counts() == {}
     assert flow not in stack.udp.table
 
 
@@ -214,18 +217,18 @@ def test_icmp_echo(posture: str, family: int, dest: str) -> None:
             assert reply[ICMPv6EchoReply].id == 77
         else:
             assert (reply[ICMP].type, reply[ICMP].id) == (0, 77)
-        assert stack.blocked_counts() == {}
+        assert stack.stats.blocked_counts() == {}
         return
     outcome = expected(posture, dest)
     if outcome == "pass":
         assert [type(e) for e in effects] == [OpenPing, SendDatagram]
         assert effects[0] == OpenPing(flow, packed(addr))
-        assert stack.blocked_counts() == {}
+        assert stack.stats.blocked_counts() == {}
         return
     assert others(effects) == []
     (error,) = frames(effects)
     check_unreachable(error, addr, proto, 13, 1, 0, 0)
-    assert stack.blocked_counts() == {WHY[dest]: 1}
+    assert stack.stats.blocked_counts() == {WHY[dest]: 1}
     assert flow not in stack.echo.table
 
 
@@ -239,11 +242,11 @@ def test_blocked_counts_count_each_block_by_why() -> None:
     feed(stack, syn("198.51.100.7", dport=443))
     feed(stack, syn("203.0.113.9"))  # a host network, host off: blocked as a host address
     feed(stack, syn("10.0.2.2"))  # unreachable, not a block
-    assert stack.blocked_counts() == {"routing is off (--enable-routing)": 3,
+    assert stack.stats.blocked_counts() == {"routing is off (--enable-routing)": 3,
                                       "static deny list": 2,
                                       "--deny tcp://198.51.100.7:443": 1,
                                       "host address (--enable-host)": 1}
-    assert stack.counters() == {}
+    assert stack.stats.drop_counts() == {}
 
 
 def test_deny_rule_on_the_gateway_blocks_even_with_host_loopback() -> None:
@@ -253,7 +256,7 @@ def test_deny_rule_on_the_gateway_blocks_even_with_host_loopback() -> None:
     check_unreachable(error, "fd00::2", 17, 13, 1, 5000, 53)
     assert feed(stack, syn("10.0.2.2", sport=40001, dport=8080)) == [
         Connect(key(6, "10.0.2.2", 40001, 8080), packed("127.0.0.1"), 8080)]
-    assert stack.blocked_counts() == {"--deny tcp://10.0.2.2:22": 1,
+    assert stack.stats.blocked_counts() == {"--deny tcp://10.0.2.2:22": 1,
                                       "--deny udp://[fd00::2]": 1}
 
 
@@ -298,7 +301,7 @@ def test_udp_flow_started_before_a_deny_keeps_going() -> None:
     effects = feed(stack, datagram("198.51.100.1", sport=5001), T0 + 1)  # a new flow
     assert others(effects) == []
     check_unreachable(frames(effects)[0], "198.51.100.1", 17, 13, 1, 5001, 7)
-    assert stack.blocked_counts() == {"--deny 198.51.100.1": 1}
+    assert stack.stats.blocked_counts() == {"--deny 198.51.100.1": 1}
     stack.policy.remove(rule_id)
     assert [type(e) for e in feed(stack, datagram("198.51.100.1", sport=5001), T0 + 2)] == [
         OpenUdp, SendDatagram]
@@ -309,7 +312,7 @@ def test_expired_udp_flow_is_checked_again() -> None:
     feed(stack, datagram("2001:db8::1"))
     stack.policy.add(parse_rules(Action.DENY, "[2001:db8::1]")[0])
     later = T0 + stack.config.udp_idle_s + 1
-    assert others(stack.on_timer(later)) == [Close(key(17, "2001:db8::1", 5000, 7))]
+    assert others(stack.feed(TimerDue(), later)) == [Close(key(17, "2001:db8::1", 5000, 7))]
     effects = feed(stack, datagram("2001:db8::1"), later)
     assert others(effects) == []
     check_unreachable(frames(effects)[0], "2001:db8::1", 17, 13, 1, 5000, 7)
@@ -359,8 +362,8 @@ def test_never_forwarded_despite_allow_all(kind: str, addr: str, reason: str) ->
     stack = new_stack("attach", rules=rules(allow=("0.0.0.0/0", "[::/0]")))
     frame = {"tcp": syn, "udp": datagram, "icmp": echo}[kind](addr)
     assert feed(stack, frame) == []
-    assert stack.counters() == {reason: 1}
-    assert stack.blocked_counts() == {}
+    assert stack.stats.drop_counts() == {reason: 1}
+    assert stack.stats.blocked_counts() == {}
 
 
 # --- the DNS address and remote forwards are not subject to rules ----------------------
@@ -377,7 +380,7 @@ def test_dns_address_other_ports_refused_whatever_the_rules(dns: str) -> None:
     assert others(effects) == []
     check_unreachable(frames(effects)[0], dns, 17, 3, 4, 5000, 5353)
     check_rst(feed(stack, syn(dns, dport=5353)), dns, dport=5353)
-    assert stack.blocked_counts() == {}
+    assert stack.stats.blocked_counts() == {}
 
 
 @pytest.mark.parametrize("dns", ["10.0.2.3", "fd00::3"])
@@ -385,14 +388,14 @@ def test_dns_address_other_ports_refused_whatever_the_rules(dns: str) -> None:
                                            "[::/0]")], ids=["no-rules", "deny-all"])
 def test_dns_forwarder_works_under_restrict(dns: str, rule_set: tuple[str, ...]) -> None:
     stack = new_stack("restrict", rules=rules(deny=rule_set))
-    stack.set_dns_upstreams([(packed(UPSTREAM), 53)])
+    stack.feed(DnsUpstreams(((packed(UPSTREAM), 53),)), T0)
     query = bytes.fromhex("1234010000010000000000000161047465737400" "00010001")
     effects = feed(stack, ip(dns) / UDP(sport=5000, dport=53) / query)
     assert [type(e) for e in effects] == [OpenUdp, SendDatagram]
     assert isinstance(effects[0], OpenUdp) and effects[0].host_addr == packed(UPSTREAM)
     tcp = feed(stack, syn(dns, dport=53))
     assert tcp == [Connect(key(6, dns, 40000, 53), packed(UPSTREAM), 53)]
-    assert stack.blocked_counts() == {}
+    assert stack.stats.blocked_counts() == {}
 
 
 def test_remote_forwards_pass_under_restrict() -> None:
@@ -400,12 +403,12 @@ def test_remote_forwards_pass_under_restrict() -> None:
     stack = new_stack("restrict", rules=rules(deny=("0.0.0.0/0",)))
     for spec in ("10.0.2.9:80:127.0.0.1:8080", "udp://10.0.2.9:53:127.0.0.1:5353"):
         (fwd,) = parse_forward(Kind.REMOTE, spec, guest=net.guest, gateway=net.gateway)
-        stack.add_remote(fwd)
+        add_remote(stack, fwd)
     assert feed(stack, syn("10.0.2.9")) == [
         Connect(key(6, "10.0.2.9", 40000, 80), packed("127.0.0.1"), 8080)]
     flow = key(17, "10.0.2.9", 5000, 53)
     assert feed(stack, datagram("10.0.2.9", dport=53)) == [
         OpenUdp(flow, packed("127.0.0.1"), 5353), SendDatagram(flow, b"hello")]
     assert feed(stack, syn("10.0.2.9", dport=81)) == []  # no forward there: in the network
-    assert stack.counters() == {"ipv4-dst-in-network": 1}
-    assert stack.blocked_counts() == {}
+    assert stack.stats.drop_counts() == {"ipv4-dst-in-network": 1}
+    assert stack.stats.blocked_counts() == {}

@@ -5,6 +5,7 @@ import errno
 import pytest
 from scapy.layers.inet import ICMP, IP, TCP, TCPerror  # type: ignore[import-untyped]
 
+from slirpy.events import ConnectFailed
 from slirpy.config import Config
 from slirpy.effects import Close, Connect, WatchWritable
 from slirpy.tcp.conn import State
@@ -55,7 +56,7 @@ def test_syn_without_window_scale_gets_none_back() -> None:
 def test_refused_connect_resets_the_guest() -> None:
     t = TcpHarness()
     t.syn()
-    (rst,) = t._run(t.stack.on_connect_failed(KEY, errno.ECONNREFUSED, t.now))
+    (rst,) = t.feed(ConnectFailed(KEY, errno.ECONNREFUSED))
     assert flags_of(rst) == "RA" and rst[TCP].ack == 1001
     assert state(t) is None and Close(KEY) in t.effects
 
@@ -64,7 +65,7 @@ def test_refused_connect_resets_the_guest() -> None:
 def test_unreachable_connect_gives_icmp_quoting_the_syn(error: int, code: int) -> None:
     t = TcpHarness()
     t.syn()
-    (icmp,) = t._run(t.stack.on_connect_failed(KEY, error, t.now))
+    (icmp,) = t.feed(ConnectFailed(KEY, error))
     assert (icmp[ICMP].type, icmp[ICMP].code) == (3, code)
     assert icmp[TCPerror].seq == 1000  # the guest's kernel checks it against its ISN
 

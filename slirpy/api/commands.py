@@ -34,7 +34,7 @@ import ipaddress
 import json
 from typing import Any, Final, Protocol
 
-from slirpy.config import Network
+from slirpy.addresses import Network
 from slirpy.forward.spec import Forward, ForwardError, IPAddress, Kind, Proto, parse_forward
 from slirpy.policy.rules import Action, Rule, RuleError, format_rule, parse_rules
 

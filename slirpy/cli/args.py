@@ -19,8 +19,8 @@ from collections.abc import Callable
 from typing import Final, NoReturn, TypeVar
 
 from slirpy import __version__
-from slirpy.config import (DEFAULT_CIDR, DEFAULT_CIDR6, DEFAULT_MTU, MAX_MTU, Config, Network,
-                           parse_cidr, parse_cidr6, parse_mtu)
+from slirpy.addresses import DEFAULT_CIDR, DEFAULT_CIDR6, Network
+from slirpy.config import DEFAULT_MTU, MAX_MTU, Config, parse_cidr, parse_cidr6, parse_mtu
 from slirpy.errors import UsageError
 from slirpy.forward.spec import Forward, ForwardError, Kind, parse_forward
 from slirpy.netns.attach import check_tap_name

@@ -2,7 +2,7 @@
 
 Both forms share one shape: parse the command line into a Config (cli.args), get a
 tap fd for the guest (netns.attach, after netns.spawn has made the guest for `run`),
-then hand both to the runtime's serve(), which returns when it is asked to stop. A
+then hand both to serve() (slirpy.app), which returns when it is asked to stop. A
 SlirpyError anywhere ends as `slirpy: <reason>` on stderr and exit status 1; anything
 else is a bug and keeps its traceback. The runtime is imported only once the guest's
 tap is open, so a mistake on the command line costs no more than parsing it.
@@ -10,23 +10,37 @@ tap is open, so a mistake on the command line costs no more than parsing it.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import select
 import signal
 import sys
-from typing import Final
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Final
 
 from slirpy.cli.args import Attach, Exit, Run, parse
 from slirpy.errors import SlirpyError
 from slirpy.netns.attach import (LinkSetup, open_tap, target_for_path, target_for_pid,
                                  write_ready)
 
+if TYPE_CHECKING:
+    from slirpy.runtime.tap import FrameDevice
+
 log = logging.getLogger("slirpy")
 
 GRACE_S: Final = 5.0
 
 
-def main(argv: list[str] | None = None) -> int:
+@dataclasses.dataclass(frozen=True)
+class TapOptions:
+    """How the tap is opened and read: the product's defaults; tests pass others to
+    `main` to keep the plain path (no virtio-net header) and lossy links tested."""
+
+    vnet_hdr: bool = True
+    device: Callable[[int], FrameDevice] | None = None  # default: runtime.tap.TapDevice
+
+
+def main(argv: list[str] | None = None, *, tap: TapOptions = TapOptions()) -> int:
     """Run slirpy with *argv* (default: sys.argv[1:]); return the exit status."""
     try:
         parsed = parse(sys.argv[1:] if argv is None else argv)
@@ -38,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     logging.basicConfig(level=parsed.log_level, format="slirpy: %(message)s", stream=sys.stderr)
     try:
-        return attach(parsed) if isinstance(parsed, Attach) else run(parsed)
+        return attach(parsed, tap) if isinstance(parsed, Attach) else run(parsed, tap)
     except SlirpyError as exc:
         print(f"slirpy: {exc}", file=sys.stderr)
         return exc.exit_code
@@ -46,15 +60,16 @@ def main(argv: list[str] | None = None) -> int:
         return 128 + signal.SIGINT
 
 
-def attach(args: Attach) -> int:
+def attach(args: Attach, tap: TapOptions = TapOptions()) -> int:
     """The slirp4netns form: open the tap in the target, say ready, serve until told."""
     if args.netns_type == "pid":
         target = target_for_pid(int(args.target))
     else:
         target = target_for_path(args.target, args.userns_path)
     setup = LinkSetup(args.config, args.mac) if args.configure else None
-    tap_fd = open_tap(target, args.tap_name, setup)
-    from slirpy.runtime.driver import serve
+    tap_fd = open_tap(target, args.tap_name, setup, vnet_hdr=tap.vnet_hdr)
+    from slirpy.app import serve
+    from slirpy.runtime.tap import TapDevice
 
     print(summary(args), flush=True)
     if args.config.host_loopback:
@@ -65,7 +80,8 @@ def attach(args: Attach) -> int:
                      "prohibits it)", args.config.network.gateway6)
     ready_fd = args.ready_fd
     serve(args.config, tap_fd, stop_fds=[args.exit_fd] if args.exit_fd is not None else [],
-          on_ready=None if ready_fd is None else lambda: write_ready(ready_fd))
+          on_ready=None if ready_fd is None else lambda: write_ready(ready_fd),
+          device=tap.device or TapDevice)
     return 0
 
 
@@ -90,7 +106,7 @@ def summary(args: Attach) -> str:
                                            for label, value in fields if value is not None)])
 
 
-def run(args: Run) -> int:
+def run(args: Run, tap: TapOptions = TapOptions()) -> int:
     """`slirpy run`: make the guest, put it online, serve until CMD exits; its status."""
     from slirpy.netns.spawn import spawn
 
@@ -100,18 +116,21 @@ def run(args: Run) -> int:
     nameservers = [str(net.dns), *([str(net.dns6)] if args.config.ipv6 else [])]
     guest = spawn(args.command, nameservers=nameservers if args.config.dns else [])
     try:
-        tap_fd = open_tap(target_for_pid(guest.pid), "tap0", LinkSetup(args.config))
+        tap_fd = open_tap(target_for_pid(guest.pid), "tap0", LinkSetup(args.config),
+                          vnet_hdr=tap.vnet_hdr)
     except SlirpyError:
         guest.signal(signal.SIGKILL)
         guest.wait()
         raise
-    from slirpy.runtime.driver import serve
+    from slirpy.app import serve
+    from slirpy.runtime.tap import TapDevice
 
     # Ctrl-C reaches CMD straight from the terminal; slirpy keeps CMD online meanwhile.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         serve(args.config, tap_fd, stop_fds=[guest.pidfd],
-              stop_signals=(signal.SIGTERM, signal.SIGHUP), on_ready=guest.go)
+              stop_signals=(signal.SIGTERM, signal.SIGHUP), on_ready=guest.go,
+              device=tap.device or TapDevice)
     except SlirpyError:  # e.g. a forward that cannot bind: CMD never started
         guest.signal(signal.SIGKILL)
         guest.wait()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+from dataclasses import dataclass
 from typing import NamedTuple
 
 
@@ -26,3 +27,22 @@ class FlowKey(NamedTuple):
         remote = ipaddress.ip_address(self.remote_addr)
         return (f"{names.get(self.proto, self.proto)} {guest}:{self.guest_port}"
                 f" -> {remote}:{self.remote_port}")
+
+
+@dataclass(slots=True)
+class Traffic:
+    """What one flow carried: payload bytes each way since it was *created*."""
+
+    created: float
+    from_guest: int = 0
+    to_guest: int = 0
+
+
+class FlowRecord(NamedTuple):
+    """One live flow as the control socket lists it."""
+
+    proto: str  # "tcp", "udp"
+    key: FlowKey
+    traffic: Traffic
+    state: str | None = None  # TCP's
+    forward_id: int | None = None  # a local forward's flow

@@ -71,3 +71,7 @@ class FlowTable(Generic[T]):
 
     def keys(self) -> list[FlowKey]:
         return list(self._flows)
+
+    def items(self) -> list[tuple[FlowKey, T]]:
+        """Every flow and its state, least recently used first (marks none used)."""
+        return [(key, state) for key, (_, state) in self._flows.items()]

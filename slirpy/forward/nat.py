@@ -22,9 +22,9 @@ import logging
 from collections.abc import Callable
 from typing import Final, NamedTuple
 
-from slirpy.config import Network
+from slirpy.addresses import Network
 from slirpy.effects import Effect, SendTo
-from slirpy.flows.key import FlowKey
+from slirpy.flows.key import FlowKey, FlowRecord, Traffic
 from slirpy.flows.table import FlowTable
 from slirpy.wire.proxy import SppHeader, build_spp, parse_spp
 from slirpy.forward.spec import Forward, Proto
@@ -84,7 +84,7 @@ class InboundUdp(NamedTuple):
     client: tuple[bytes, int]  # the client as named (by the SPP header, else the peer)
     spp: SppHeader | None
     rpc: bool  # udprpc: the flow ends with the first reply
-    stats: list[float]  # [created at, bytes from the guest, bytes to the guest]
+    traffic: Traffic
 
 
 class InboundUdpFlows:
@@ -122,18 +122,18 @@ class InboundUdpFlows:
                 self.clashes += 1
             for old in self.table.add(key, InboundUdp(forward_id, peer, client, spp,
                                                       fwd.proto is Proto.UDPRPC,
-                                                      [now, 0, 0]), now):
+                                                      Traffic(now)), now):
                 self._forget(old)
             self.by_client[(forward_id, peer, client)] = key
             self.client_of[key] = (forward_id, peer, client)
             log.debug("%s: new forwarded flow from %s", key, peer)
             flow = self.table.peek(key)
         assert flow is not None
-        flow.stats[2] += len(payload)
+        flow.traffic.to_guest += len(payload)
         return list(self.link.udp(src=key.remote_addr, src_port=key.remote_port,
                                   dst=key.guest_addr, dst_port=key.guest_port, payload=payload))
 
-    def owns(self, key: FlowKey) -> bool:
+    def __contains__(self, key: FlowKey) -> bool:
         return key in self.table
 
     def from_guest(self, key: FlowKey, payload: memoryview, now: float) -> list[Effect]:
@@ -141,7 +141,7 @@ class InboundUdpFlows:
         flow = self.table.get(key, now)
         if flow is None:
             return []
-        flow.stats[1] += len(payload)
+        flow.traffic.from_guest += len(payload)
         prefix = build_spp(flow.spp) if flow.spp is not None else b""
         if flow.rpc:
             self.table.remove(key)
@@ -155,12 +155,21 @@ class InboundUdpFlows:
                 self.table.remove(key)
                 self._forget(key)
 
-    def expire(self, now: float) -> None:
+    def expire(self, now: float) -> list[Effect]:
+        """Forget idle flows (they hold no socket of their own: nothing to close)."""
         for key in self.table.expire(now):
             self._forget(key)
+        return []
 
     def next_deadline(self) -> float | None:
         return self.table.next_deadline()
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def records(self) -> list[FlowRecord]:
+        return [FlowRecord("udp", key, flow.traffic, forward_id=flow.forward_id)
+                for key, flow in self.table.items()]
 
     def _forget(self, key: FlowKey) -> None:
         client = self.client_of.pop(key, None)

@@ -90,6 +90,12 @@ class Forward:
     def transport(self) -> str:
         return self.proto.transport
 
+    @property
+    def guest_side(self) -> IPAddress | SrvName:
+        """The forward's address inside the guest's network: a local forward's target,
+        a remote forward's bind address."""
+        return self.target if self.kind is Kind.LOCAL else self.bind
+
     def spec(self) -> str:
         """The canonical spec text: parses back to this forward."""
         return (f"{self.proto}://{_host(self.bind)}:{self.bind_port}:"

@@ -16,7 +16,8 @@ import logging
 from collections.abc import Callable
 from typing import Final
 
-from slirpy.effects import Close, Effect, HostError, OpenUdp, SendDatagram
+from slirpy.effects import Close, Effect, OpenUdp, SendDatagram
+from slirpy.events import HostError
 from slirpy.flows.key import FlowKey
 from slirpy.forward.spec import SrvName
 from slirpy.wire import Malformed
@@ -128,13 +129,15 @@ class SrvResolver:
             return []
         return self._fail(lookup, f"server unreachable (errno {error.errno})", now)
 
-    def on_timer(self, now: float) -> list[Effect]:
+    def expire(self, now: float) -> list[Effect]:
         effects: list[Effect] = []
         for lookup in [l for l in self.pending.values() if l.deadline <= now]:
             effects += self._fail(lookup, "no answer", now)
         return effects
 
     def next_deadline(self) -> float | None:
+        if not self.pending:
+            return None
         return min((l.deadline for l in self.pending.values()), default=None)
 
     def _done(self, lookup: _Lookup, target: Target, now: float) -> list[Effect]:

@@ -79,21 +79,15 @@ class LinkSetup:
     mac: str | None = None
 
 
-# Tests only: open the tap without the virtio-net header, to keep the plain path tested.
-PLAIN_TAP_ENV: Final = "SLIRPY_TEST_PLAIN_TAP"
-
-
 def open_tap(target: Target, tap_name: str, setup: LinkSetup | None, *,
-             vnet_hdr: bool | None = None) -> int:
+             vnet_hdr: bool = True) -> int:
     """Return a tap fd for *tap_name* in *target*, usable from our namespaces.
 
     The tap is created if missing and opened if it exists (rootlesskit makes it
     first); with *setup*, the guest's link is configured as `-c` does. *vnet_hdr*
-    adds IFF_VNET_HDR (default: on, unless the test switch PLAIN_TAP_ENV is set).
+    adds IFF_VNET_HDR (tests turn it off, to keep the plain path tested).
     Raises SetupError with the helper's one-line reason when anything is refused.
     """
-    if vnet_hdr is None:
-        vnet_hdr = not os.environ.get(PLAIN_TAP_ENV)
     flags = IFF_TAP | IFF_NO_PI | (IFF_VNET_HDR if vnet_hdr else 0)
     parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     pid = os.fork()

@@ -13,26 +13,22 @@ makes one. The order (first match wins):
    loopback included). An --allow rule opens these only when it is as narrow as the
    range it opens: `--allow 169.254.169.254` does, `--allow 0.0.0.0/0` does not;
 5. one of the host's own addresses or directly connected networks passes only with
-   --enable-host (the host list is kept current by the runtime);
+   --enable-host (the runtime hands the host list over at start and on every change);
 6. anything else passes only with --enable-routing.
 Destinations a guest can reach only with crafted frames and that slirpy never forwards
 whatever the rules (loopback, unspecified, IPv4-mapped and -compatible IPv6, multicast,
-broadcast, the guest's own networks) are dropped before this, in the stack.
+broadcast, the guest's own networks) are dropped before this, in the stack
+(slirpy.addresses.AddressPlan). Addresses are matched as integers (slirpy.addresses.NetSet).
 """
 
 from __future__ import annotations
 
 import enum
-import ipaddress
-from collections.abc import Callable, Iterable
-from typing import Final, NamedTuple
+from collections.abc import Iterable
+from typing import NamedTuple
 
+from slirpy.addresses import STATIC_DENY, IPNetwork, NetSet
 from slirpy.policy.rules import Action, Rule
-
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-STATIC_DENY: Final[tuple[Network, ...]] = tuple(ipaddress.ip_network(n) for n in (
-    "169.254.0.0/16", "fd00:ec2::254/128", "64:ff9b::/96", "64:ff9b:1::/48"))
 
 
 class Outcome(enum.Enum):
@@ -46,26 +42,6 @@ class Verdict(NamedTuple):
     why: str  # the rule or the setting that decided, for the log and the counters
 
 
-class _Nets:
-    """Networks as (length, address int, mask int, prefix length): matched with integer
-    arithmetic, not ipaddress objects, once per new flow."""
-
-    def __init__(self, networks: Iterable[Network] = ()) -> None:
-        self.entries = [(4 if n.version == 4 else 16, int(n.network_address), int(n.netmask),
-                         n.prefixlen) for n in networks]
-
-    def prefix_of(self, addr: bytes) -> int | None:
-        """The prefix length of the first network holding *addr*; None if none does."""
-        value = int.from_bytes(addr, "big")
-        for size, net, mask, prefixlen in self.entries:
-            if size == len(addr) and value & mask == net:
-                return prefixlen
-        return None
-
-
-_STATIC: Final = _Nets(STATIC_DENY)
-
-
 class Policy:
     def __init__(self, *, routing: bool, host: bool, host_loopback: bool,
                  rules: Iterable[Rule] = ()) -> None:
@@ -74,10 +50,7 @@ class Policy:
         self.host_loopback = host_loopback
         self.rules: dict[int, Rule] = {}  # id -> rule, in the order given
         self.next_id = 1
-        self._host = _Nets()
-        # The runtime's hook to bring the host list up to date before it is used: an
-        # address change announced before the guest sent this flow's first packet counts.
-        self.refresh_hosts: Callable[[], None] | None = None
+        self._host = NetSet()
         self._deny: list[Rule] = []
         self._allow: list[Rule] = []
         for rule in rules:
@@ -99,16 +72,25 @@ class Policy:
         self._deny = [r for r in self.rules.values() if r.action is Action.DENY]
         self._allow = [r for r in self.rules.values() if r.action is Action.ALLOW]
 
-    def set_host_networks(self, networks: Iterable[Network]) -> None:
+    def listed(self) -> list[tuple[int, Rule]]:
+        """Every rule with its id, in the order given."""
+        return list(self.rules.items())
+
+    def posture(self) -> dict[str, bool]:
+        """What passes when no rule matches."""
+        return {"routing": self.routing, "host": self.host,
+                "host_loopback": self.host_loopback}
+
+    def set_host_networks(self, networks: Iterable[IPNetwork]) -> None:
         """The host's own addresses (as /32 and /128) and its connected networks."""
-        self._host = _Nets(networks)
+        self._host = NetSet(networks)
 
     def decide(self, proto: int, addr: bytes, port: int, *, gateway: bool) -> Verdict:
         """May a new flow of *proto* go to *addr*:*port* (as the guest named it)?"""
         for rule in self._deny:
             if rule.matches(proto, addr, port):
                 return Verdict(Outcome.BLOCK, f"--deny {rule.text}")
-        static = _STATIC.prefix_of(addr)
+        static = STATIC_DENY.prefix_of(addr)
         for rule in self._allow:
             if rule.matches(proto, addr, port) and rule.network.prefixlen >= (static or 0):
                 return Verdict(Outcome.PASS, f"--allow {rule.text}")
@@ -118,8 +100,6 @@ class Policy:
             return Verdict(Outcome.UNREACHABLE, "host loopback is off")
         if static is not None:
             return Verdict(Outcome.BLOCK, "static deny list")
-        if self.refresh_hosts is not None:
-            self.refresh_hosts()
         if self._host.prefix_of(addr) is not None:
             return Verdict(Outcome.PASS if self.host else Outcome.BLOCK,
                            "host address" if self.host else "host address (--enable-host)")

@@ -1,9 +1,10 @@
 """Host sockets of local forwards: listeners, PROXY headers, and forwarded datagrams.
 
-A TCP local forward is a listening socket. An accepted client is handed to the stack,
-which picks the address the guest sees and starts the connection to the guest; the
-accepted socket then joins HostStreams under that flow, like a socket slirpy
-connected itself. For tcppp forwards the client's PROXY header is read first (peeked
+A TCP local forward is a listening socket. An accepted client is announced to the core
+(ForwardAccepted, naming the socket by a token), which picks the address the guest
+sees and starts the connection to the guest; on its AdoptStream the accepted socket
+joins HostStreams under that flow, like a socket slirpy connected itself, and on its
+RefuseStream the client is reset. For tcppp forwards the client's PROXY header is read first (peeked
 until whole, then consumed), so the guest sees the client it names and the stream
 starts after it; a client that sends no valid header in time is reset.
 A UDP local forward is one bound socket: datagrams from any client go to the stack,
@@ -20,13 +21,12 @@ import socket
 from collections.abc import Callable
 from typing import Final
 
-from slirpy.effects import Effect
-from slirpy.wire.proxy import MAX_V2_LEN, parse_proxy_header
+from slirpy.events import Event, ForwardAccepted, ForwardDatagram
 from slirpy.forward.spec import Forward, Proto
 from slirpy.runtime.loop import EventLoop
 from slirpy.runtime.streams import HostStreams, reset_close
-from slirpy.stack import Stack
 from slirpy.wire import Malformed
+from slirpy.wire.proxy import MAX_V2_LEN, parse_proxy_header
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ DATAGRAM_BATCH: Final = 64
 PROXY_HEADER_TIMEOUT_S: Final = 10.0
 PENDING_HEADERS_MAX: Final = 256
 
-Apply = Callable[[list[Effect]], None]
+Post = Callable[[Event], None]
 
 
 def packed(address: str) -> bytes:
@@ -57,15 +57,14 @@ class _Pending:
 
 
 class ForwardSockets:
-    def __init__(self, loop: EventLoop, stack: Stack, streams: HostStreams,
-                 apply: Apply) -> None:
+    def __init__(self, loop: EventLoop, streams: HostStreams, post: Post) -> None:
         self.loop = loop
-        self.stack = stack
         self.streams = streams
-        self.apply = apply
+        self.post = post
         self.sockets: dict[int, socket.socket] = {}
         self.forwards: dict[int, Forward] = {}
         self.pending: dict[int, _Pending] = {}  # fd -> client waiting for its header
+        self.accepted: dict[int, socket.socket] = {}  # token -> client the core decides on
         self.peek = bytearray(MAX_V2_LEN)
         self.datagram = bytearray(65536)
 
@@ -107,6 +106,8 @@ class ForwardSockets:
             self.close(forward_id)
         for fd in list(self.pending):
             self._drop_pending(fd)
+        for token in list(self.accepted):
+            self.refuse(token)
 
     # --- TCP ----------------------------------------------------------------------------
 
@@ -122,23 +123,30 @@ class ForwardSockets:
             sock.setblocking(False)
             peer = (packed(address[0]), int(address[1]))
             if fwd.proto is Proto.TCPPP:
-                self._await_header(sock, peer, fwd)
+                self._await_header(sock, peer, forward_id, fwd)
             else:
-                self._forward(sock, peer, fwd)
+                self._forward(sock, peer, forward_id)
 
-    def _forward(self, sock: socket.socket, client: tuple[bytes, int], fwd: Forward,
+    def _forward(self, sock: socket.socket, client: tuple[bytes, int], forward_id: int,
                  guest_port: int = 0) -> None:
         self.streams.prepare(sock)
-        key, effects = self.stack.on_forward_accept(
-            fwd, client, self.streams.space(sock), self.loop.now(), guest_port)
-        if key is None:
-            log.debug("local forward %s: client %s reset (no flow)", fwd.spec(), client)
-            reset_close(sock)
-            return
-        self.streams.adopt(key, sock)
-        self.apply(effects)
+        token = sock.fileno()
+        self.accepted[token] = sock
+        self.post(ForwardAccepted(token, forward_id, client, self.streams.space(sock),
+                                  guest_port))
 
-    def _await_header(self, sock: socket.socket, peer: tuple[bytes, int], fwd: Forward) -> None:
+    def take_accepted(self, token: int) -> socket.socket:
+        """The accepted client the core made a flow for (AdoptStream)."""
+        return self.accepted.pop(token)
+
+    def refuse(self, token: int) -> None:
+        """Reset the accepted client the core could make no flow for (RefuseStream)."""
+        sock = self.accepted.pop(token)
+        log.debug("local forward: client on fd %d reset (no flow)", token)
+        reset_close(sock)
+
+    def _await_header(self, sock: socket.socket, peer: tuple[bytes, int], forward_id: int,
+                      fwd: Forward) -> None:
         if len(self.pending) >= PENDING_HEADERS_MAX:
             log.warning("local forward %s: too many clients owe a PROXY header; reset",
                         fwd.spec())
@@ -146,10 +154,10 @@ class ForwardSockets:
             return
         fd = sock.fileno()
         self.pending[fd] = _Pending(sock, peer, self.loop.now() + PROXY_HEADER_TIMEOUT_S)
-        self.loop.add(fd, lambda mask: self._header(fd, fwd),
+        self.loop.add(fd, lambda mask: self._header(fd, forward_id, fwd),
                       select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLET)
 
-    def _header(self, fd: int, fwd: Forward) -> None:
+    def _header(self, fd: int, forward_id: int, fwd: Forward) -> None:
         pending = self.pending.get(fd)
         if pending is None:
             return
@@ -177,7 +185,7 @@ class ForwardSockets:
         pending.sock.recv(header.length)  # the header is consumed; the stream follows
         client = header.source or pending.peer
         guest_port = header.destination[1] if header.destination else 0
-        self._forward(pending.sock, client, fwd, guest_port)
+        self._forward(pending.sock, client, forward_id, guest_port)
 
     def expire(self, now: float) -> None:
         for fd, pending in list(self.pending.items()):
@@ -207,8 +215,7 @@ class ForwardSockets:
                 log.debug("local forward %s: %s", fwd.spec(), exc)
                 continue
             peer = (packed(address[0]), int(address[1]))
-            self.apply(self.stack.on_forward_datagram(forward_id, fwd, peer,
-                                                      bytes(view[:nbytes]), self.loop.now()))
+            self.post(ForwardDatagram(forward_id, peer, bytes(view[:nbytes])))
 
     def send_to(self, forward_id: int, addr: bytes, port: int,
                 data: bytes | bytearray | memoryview, prefix: bytes) -> None:

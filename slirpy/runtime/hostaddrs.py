@@ -2,8 +2,11 @@
 
 At start, and again whenever the kernel announces an address change (a netlink socket
 subscribed to the IPv4 and IPv6 address groups wakes the loop), the addresses are read
-afresh through pyroute2 and handed to the policy: each address as a /32 or /128 and
-the network its prefix says is directly connected. So an address added to the host
+afresh through pyroute2 and posted to the core as a HostNetworks event: each address
+as a /32 or /128 and the network its prefix says is directly connected. The loop also
+reads the event socket before each batch of guest frames, so a change made before a
+flow's first packet was sent counts for its decision, whatever order epoll reports the
+two in. So an address added to the host
 while slirpy runs is protected from its next flow on, without a restart. The event
 socket is only a wake-up: its messages are drained unread, the dump is the truth.
 """
@@ -13,9 +16,11 @@ from __future__ import annotations
 import ipaddress
 import logging
 import socket
+from collections.abc import Callable
 from typing import Final
 
-from slirpy.policy.decide import Network, Policy
+from slirpy.addresses import IPNetwork as Network
+from slirpy.events import Event, HostNetworks
 from slirpy.runtime.loop import EventLoop
 
 log = logging.getLogger(__name__)
@@ -41,9 +46,9 @@ def host_networks() -> list[Network]:
 
 
 class HostAddresses:
-    def __init__(self, loop: EventLoop, policy: Policy) -> None:
+    def __init__(self, loop: EventLoop, post: Callable[[Event], None]) -> None:
         self.loop = loop
-        self.policy = policy
+        self.post = post
         self.events = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_NONBLOCK
                                     | socket.SOCK_CLOEXEC, socket.NETLINK_ROUTE)
         self.events.bind((0, RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR))
@@ -52,16 +57,14 @@ class HostAddresses:
 
     def refresh(self) -> None:
         networks = host_networks()
-        self.policy.set_host_networks(networks)
+        self.post(HostNetworks(tuple(networks)))
         log.debug("host addresses and networks: %s", ", ".join(map(str, networks)))
 
     def _on_event(self, mask: int) -> None:
         self.poll()
 
     def poll(self) -> None:
-        """Refresh if the kernel announced a change. The policy also calls this before it
-        looks at the host list for a new flow, so a change made before the flow's first
-        packet was sent is seen by its decision, whatever order epoll reports the two in."""
+        """Refresh if the kernel announced a change (one non-blocking read)."""
         changed = False
         while True:  # drain: one dump answers any number of changes
             try:

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import Final
 
 from slirpy.config import Config
-from slirpy.effects import HostError
+from slirpy.events import Event, HostDatagram, HostError, HostFailed
 from slirpy.flows.key import FlowKey
 from slirpy.runtime.loop import EventLoop
 
@@ -35,16 +35,13 @@ SO_EE_ORIGIN_ICMP6: Final = 3
 RECV_BATCH: Final = 64
 MAX_DATAGRAM: Final = 65535
 
-DatagramSink = Callable[[FlowKey, bytes], None]
-ErrorSink = Callable[[FlowKey, HostError], None]
+Post = Callable[[Event], None]
 
 
 class HostSockets:
-    def __init__(self, config: Config, loop: EventLoop, on_datagram: DatagramSink,
-                 on_error: ErrorSink) -> None:
+    def __init__(self, config: Config, loop: EventLoop, post: Post) -> None:
         self.loop = loop
-        self.on_datagram = on_datagram
-        self.on_error = on_error
+        self.post = post
         self.bind4 = str(config.outbound_addr) if config.outbound_addr else None
         self.bind6 = str(config.outbound_addr6) if config.outbound_addr6 else None
         self.by_key: dict[FlowKey, socket.socket] = {}
@@ -80,7 +77,7 @@ class HostSockets:
         except OSError as exc:
             sock.close()
             log.debug("%s: connect to %s failed: %s", key, address, exc)
-            self.on_error(key, HostError(exc.errno or errno.EIO))
+            self.post(HostFailed(key, HostError(exc.errno or errno.EIO)))
             return
         self.by_key[key] = sock
         self.loop.add(sock.fileno(), lambda mask: self._ready(key, sock, mask))
@@ -95,7 +92,7 @@ class HostSockets:
                             "group %d)", os.getgid())
         else:
             log.warning("%s: cannot make a socket: %s", key, exc)
-        self.on_error(key, HostError(exc.errno or errno.EIO))
+        self.post(HostFailed(key, HostError(exc.errno or errno.EIO)))
 
     def send(self, key: FlowKey, data: bytes | bytearray | memoryview) -> None:
         sock = self.by_key.get(key)
@@ -132,7 +129,7 @@ class HostSockets:
             except OSError:
                 self._read_errors(key, sock)
                 return
-            self.on_datagram(key, data)
+            self.post(HostDatagram(key, data))
 
     def _read_errors(self, key: FlowKey, sock: socket.socket) -> None:
         while self.by_key.get(key) is sock:
@@ -145,7 +142,7 @@ class HostSockets:
                                      (socket.IPPROTO_IPV6, IPV6_RECVERR)):
                     error = _host_error(data)
                     if error is not None:
-                        self.on_error(key, error)
+                        self.post(HostFailed(key, error))
 
 
 def _host_error(data: bytes) -> HostError | None:

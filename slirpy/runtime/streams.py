@@ -4,11 +4,13 @@ The stack keeps no copy of the bytes it carries; this module is where they live:
 - host -> guest: bytes are read with MSG_PEEK at SO_PEEK_OFF, which the kernel keeps
   at "bytes peeked but not consumed", i.e. snd_nxt - snd_una. A Consume (the guest's
   ACK) drops bytes with MSG_TRUNC, which also moves the peek offset back; a Rewind
-  sets it to 0 to send again from snd_una. Sockets are edge-triggered: an edge comes
-  with new data, and the stack asks for a read (KickRead) when the guest's window
-  opens, so a socket whose data is all in flight never spins the loop.
-- guest -> host: send(MSG_DONTWAIT) takes what the kernel accepts, and the stack
-  hears at once how much, with the free space of the send buffer (our window).
+  sets it to 0 to send again from snd_una. Sockets are edge-triggered: an edge says
+  Readable, and the core asks for a read (Peek) as far as the guest's window allows,
+  again when the window opens, so a socket whose data is all in flight never spins
+  the loop.
+- guest -> host: send(MSG_DONTWAIT) takes what the kernel accepts, and the core
+  hears how much (Sent), with the free space of the send buffer (our window).
+Every result is posted as an event; nothing here calls the core.
 """
 
 from __future__ import annotations
@@ -24,10 +26,10 @@ from collections.abc import Callable
 from typing import Final
 
 from slirpy.config import Config
-from slirpy.effects import Effect
+from slirpy.events import (ConnectFailed, Connected, Event, HostData, HostEof, HostReset,
+                           Readable, Sent, Writable)
 from slirpy.flows.key import FlowKey
 from slirpy.runtime.loop import EventLoop
-from slirpy.stack import Stack
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +40,8 @@ SPACE_REFRESH_BYTES: Final = 1 << 16  # below this estimate (a super-segment), a
 _EDGE: Final = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLET
 _INT: Final = struct.Struct("i")
 _LINGER_RESET: Final = struct.pack("ii", 1, 0)
-_RESETS: Final = frozenset({errno.ECONNRESET, errno.EPIPE, errno.ETIMEDOUT,
-                            errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ECONNABORTED})
 
-Apply = Callable[[list[Effect]], None]
+Post = Callable[[Event], None]
 
 
 def reset_close(sock: socket.socket) -> None:
@@ -54,10 +54,9 @@ def reset_close(sock: socket.socket) -> None:
 
 
 class HostStreams:
-    def __init__(self, config: Config, loop: EventLoop, stack: Stack, apply: Apply) -> None:
+    def __init__(self, config: Config, loop: EventLoop, post: Post) -> None:
         self.loop = loop
-        self.stack = stack
-        self.apply = apply
+        self.post = post
         self.bind4 = str(config.outbound_addr) if config.outbound_addr else None
         self.bind6 = str(config.outbound_addr6) if config.outbound_addr6 else None
         self.by_key: dict[FlowKey, socket.socket] = {}
@@ -100,7 +99,7 @@ class HostStreams:
             error = exc.errno or errno.EIO
         if error not in (0, errno.EINPROGRESS):
             sock.close()
-            self.apply(self.stack.on_connect_failed(key, error, self.loop.now()))
+            self.post(ConnectFailed(key, error))
             return
         self.by_key[key] = sock
         self.connecting.add(key)
@@ -115,49 +114,42 @@ class HostStreams:
             self.watching_out.discard(key)
             self.loop.epoll.modify(sock.fileno(), _EDGE)
             space = self.space_estimate[key] = self.space(sock)
-            self.apply(self.stack.on_writable(key, space, self.loop.now()))
+            self.post(Writable(key, space))
         if mask & (select.EPOLLRDHUP | select.EPOLLERR | select.EPOLLHUP):
             self.hung_up.add(key)
         if mask & (select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLERR | select.EPOLLHUP):
-            self.read(key)
+            self.post(Readable(key))
 
     def _connected(self, key: FlowKey, sock: socket.socket) -> None:
         error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if error == errno.EINPROGRESS:
             return
         self.connecting.discard(key)
-        now = self.loop.now()
         if error:
             self._forget(key)
-            self.apply(self.stack.on_connect_failed(key, error, now))
+            self.post(ConnectFailed(key, error))
             return
         self.loop.epoll.modify(sock.fileno(), _EDGE)
-        self.apply(self.stack.on_connected(key, self.space(sock), now))
+        self.post(Connected(key, self.space(sock)))
 
-    def read(self, key: FlowKey) -> None:
-        """Peek what the guest's window allows, and hand it to the stack."""
-        while True:
-            sock = self.by_key.get(key)
-            if sock is None or key in self.connecting:
-                return
-            limit = min(self.stack.peek_limit(key), PEEK_BUFFER_BYTES)
-            if limit <= 0:
-                return
-            try:
-                nbytes = sock.recv_into(self.peek_view, limit, socket.MSG_PEEK)
-            except BlockingIOError:
-                return
-            except OSError as exc:
-                self._reset(key, exc)
-                return
-            now = self.loop.now()
-            if nbytes == 0:
-                log.debug("%s: host EOF (peek limit %d)", key, limit)
-                self.apply(self.stack.on_host_eof(key, now))
-                return
-            self.apply(self.stack.on_host_data(key, self.peek_view[:nbytes], now))
-            if nbytes < limit and key not in self.hung_up:
-                return  # drained: the next edge brings more
+    def read(self, key: FlowKey, limit: int) -> Event | None:
+        """Peek up to *limit* new bytes: what was read, as the event to feed at once (its
+        view into the peek buffer lasts until the next read), or None."""
+        sock = self.by_key.get(key)
+        if sock is None or key in self.connecting:
+            return None
+        limit = min(limit, PEEK_BUFFER_BYTES)
+        try:
+            nbytes = sock.recv_into(self.peek_view, limit, socket.MSG_PEEK)
+        except BlockingIOError:
+            return None  # drained: the next edge brings more
+        except OSError as exc:
+            log.debug("%s: host connection failed: %s", key, exc)
+            return HostReset(key)
+        if nbytes == 0:
+            log.debug("%s: host EOF (peek limit %d)", key, limit)
+            return HostEof(key)
+        return HostData(key, self.peek_view[:nbytes], more=nbytes == limit or key in self.hung_up)
 
     def send(self, key: FlowKey, data: bytes | bytearray | memoryview) -> None:
         sock = self.by_key.get(key)
@@ -168,7 +160,8 @@ class HostStreams:
         except BlockingIOError:
             sent = 0
         except OSError as exc:
-            self._reset(key, exc)
+            log.debug("%s: host connection failed: %s", key, exc)
+            self.post(HostReset(key))
             return
         # Ask the kernel for the free space only when our running estimate gets low:
         # two system calls per segment are a large share of a small exchange.
@@ -176,7 +169,7 @@ class HostStreams:
         if space < SPACE_REFRESH_BYTES:
             space = self.space(sock)
         self.space_estimate[key] = space
-        self.apply(self.stack.on_sent(key, sent, len(data), space, self.loop.now()))
+        self.post(Sent(key, sent, len(data), space))
 
     def consume(self, key: FlowKey, nbytes: int) -> None:
         sock = self.by_key.get(key)
@@ -227,10 +220,6 @@ class HostStreams:
         if sock is not None:
             self.loop.remove(sock.fileno())
         return sock
-
-    def _reset(self, key: FlowKey, exc: OSError) -> None:
-        log.debug("%s: host connection failed: %s", key, exc)
-        self.apply(self.stack.on_host_reset(key, self.loop.now()))
 
     @staticmethod
     def space(sock: socket.socket) -> int:

@@ -21,7 +21,6 @@ import errno
 import fcntl
 import logging
 import os
-import random
 import struct
 from collections import Counter
 from typing import Final, NamedTuple, Protocol
@@ -69,14 +68,12 @@ def has_vnet_header(fd: int) -> bool:
 
 
 class TapDevice:
-    def __init__(self, fd: int, *, drop_rate: float = 0.0, seed: int | None = None) -> None:
+    def __init__(self, fd: int) -> None:
         self.fd = fd
         os.set_blocking(fd, False)
         self.offload = has_vnet_header(fd)
         if self.offload:
             fcntl.ioctl(fd, TUNSETOFFLOAD, TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6)
-        self.drop_rate = drop_rate
-        self._random = random.Random(seed)
         self.errors: Counter[str] = Counter()
 
     def fileno(self) -> int:
@@ -92,15 +89,11 @@ class TapDevice:
                 break
             if len(raw) <= skip:
                 break
-            if self.drop_rate and self._random.random() < self.drop_rate:
-                continue
             checksum_ok = bool(skip and raw[0] & (VNET_F_NEEDS_CSUM | VNET_F_DATA_VALID))
             frames.append(Frame(memoryview(raw)[skip:], checksum_ok))
         return frames
 
     def write(self, frame: ToGuest) -> None:
-        if self.drop_rate and self._random.random() < self.drop_rate:
-            return
         parts: tuple[bytes | bytearray | memoryview, ...]
         parts = (frame.headers, frame.payload) if frame.payload else (frame.headers,)
         if self.offload:

@@ -25,7 +25,8 @@ import ipaddress
 import logging
 from typing import Final
 
-from slirpy.effects import Close, Effect, HostError, OpenUdp, SendDatagram
+from slirpy.effects import Close, Effect, OpenUdp, SendDatagram
+from slirpy.events import HostError
 from slirpy.flows.key import FlowKey
 from slirpy.guest import GuestLink
 from slirpy.wire import Malformed
@@ -81,6 +82,12 @@ class DnsForwarder:
             self.upstreams = servers
             self.preferred = 0
 
+    def preferred_upstream(self) -> bytes | None:
+        """The upstream tried first now (the one that last answered); None if none."""
+        if not self.upstreams:
+            return None
+        return self.upstreams[self.preferred % len(self.upstreams)][0]
+
     def on_query(self, our_addr: bytes, guest_addr: bytes, guest_port: int,
                  payload: memoryview, now: float) -> list[Effect]:
         """A query the guest sent from *guest_addr*:*guest_port* to *our_addr*:53."""
@@ -133,7 +140,7 @@ class DnsForwarder:
                   error.errno)
         return [Close(key), *self._attempt(pending, now)]
 
-    def on_timer(self, now: float) -> list[Effect]:
+    def expire(self, now: float) -> list[Effect]:
         effects: list[Effect] = []
         while self.pending:
             key, pending = next(iter(self.pending.items()))

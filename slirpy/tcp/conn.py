@@ -11,10 +11,11 @@ continued by an ordinary host socket.
   loss recovery waits a whole, backed-off RTO before resending what it already
   resent once. A duplicate ACK asks for the missing bytes; past the bounds, data is
   dropped and the guest sends it again.
-- Host -> guest: bytes stay in the host socket until the guest ACKs them. The
-  runtime MSG_PEEKs at SO_PEEK_OFF (which sits at snd_nxt - snd_una) up to
-  `peek_limit()` bytes, we cut them into segments, and acknowledged bytes are
-  dropped with MSG_TRUNC. A retransmission is "rewind the peek offset to snd_una and
+- Host -> guest: bytes stay in the host socket until the guest ACKs them. We ask
+  the runtime to MSG_PEEK (a Peek effect) at SO_PEEK_OFF (which sits at snd_nxt -
+  snd_una) as many bytes as the guest's window has room for, cut what comes back
+  into segments, and acknowledged bytes are dropped with MSG_TRUNC. A read is asked
+  for when the socket reports data, when the window opens, and after a rewind. A retransmission is "rewind the peek offset to snd_una and
   send again" (go-back-N, after a timeout or three duplicate ACKs). No retransmit
   queue: memory is bounded by the kernel's socket buffers.
 - The handshake waits for the host: the guest's SYN starts a non-blocking connect()
@@ -33,9 +34,9 @@ import hashlib
 import logging
 from typing import Final
 
-from slirpy.effects import (Close, Consume, Effect, KickRead, Rewind, Send,
-                            ShutdownWrite, ToGuest, WatchWritable)
-from slirpy.flows.key import FlowKey
+from slirpy.effects import (Close, Consume, Effect, Peek, Rewind, Send, ShutdownWrite,
+                            ToGuest, WatchWritable)
+from slirpy.flows.key import FlowKey, FlowRecord, Traffic
 from slirpy.guest import GuestLink
 from slirpy.tcp.seq import seq_add, seq_diff, seq_le, seq_lt
 from slirpy.tcp.timers import RtoEstimator
@@ -129,7 +130,8 @@ class TcpConn:
         self.budget = budget or ReorderBudget(REORDER_MAX_BYTES)
         self.held: dict[int, bytes] = {}  # sequence number -> data beyond rcv_nxt
         self.held_bytes = 0
-        self.reader_waits = False  # the runtime stopped peeking for want of window
+        self.read_wanted = False  # a Peek is due once this event is handled
+        self.reader_waits = False  # the guest's window stopped reading: ask again when it opens
         self.dupacks = 0
         self.rto = RtoEstimator()
         self.rtt_probe: tuple[int, float] | None = None  # (sequence to be acked, sent at)
@@ -148,6 +150,12 @@ class TcpConn:
                 f"rcv_nxt+{seq_diff(self.rcv_nxt, self.irs)} space={self.send_space} "
                 f"reader_waits={self.reader_waits} short_write={self.short_write} "
                 f"fin_seq={self.fin_seq} deadline={self.deadline} rto={self.rto.rto_s:.3f}")
+
+    def record(self) -> FlowRecord:
+        """This connection as the control socket lists it."""
+        from_guest, to_guest = self.bytes_each_way()
+        return FlowRecord("tcp", self.key, Traffic(self.created, from_guest, to_guest),
+                          state=self.state.value)
 
     def bytes_each_way(self) -> tuple[int, int]:
         """(bytes taken from the guest, bytes the guest acknowledged), SYN and FIN aside."""
@@ -205,7 +213,8 @@ class TcpConn:
         self.rto.backoffs = 0
         self._cancel_timer()
         self._set_state(State.ESTABLISHED)
-        return [self._ack(), KickRead(self.key)]
+        self.read_wanted = True
+        return [self._ack()]
 
     def on_connect_failed(self, error: int, now: float) -> list[Effect]:
         self._set_state(State.CLOSED)
@@ -244,7 +253,8 @@ class TcpConn:
                 self.snd_una = seg.ack
                 self.snd_wnd = seg.window << self.guest_wscale
                 self._cancel_timer()
-                return [KickRead(self.key), *self._on_data(seg, now)]
+                self.read_wanted = True
+                return self._on_data(seg, now)
             case State.SYN_RECEIVED:
                 return []
             case State.CLOSED:
@@ -291,8 +301,8 @@ class TcpConn:
         if self.snd_una == self.snd_nxt:
             self.rto.backoffs = 0  # the guest answers: zero-window probes go on
         self.snd_wnd = seg.window << self.guest_wscale
-        if self.reader_waits and self.peek_limit() > 0:
-            effects.append(KickRead(self.key))  # the window opened: there may be more to send
+        if self.reader_waits and self._read_room() > 0:
+            self.read_wanted = True  # the window opened: there may be more to send
         if self.snd_wnd == 0 and self.deadline is None and self.state in _SENDING:
             self._arm(now + self.rto.rto_s)  # persist: probe the zero window
         return effects
@@ -436,16 +446,29 @@ class TcpConn:
 
     # --- bytes from the host ------------------------------------------------------------------
 
-    def peek_limit(self) -> int:
-        """How many new bytes the runtime may peek now: the guest's usable window."""
+    def _read_room(self) -> int:
+        """How many new bytes may be peeked now: the guest's usable window."""
         if self.state not in _SENDING or self.fin_seq is not None:
             return 0
         in_flight = seq_diff(self.snd_nxt, self.snd_una)
-        limit = max(0, min(self.snd_wnd - in_flight, PEEK_MAX_BYTES))
-        self.reader_waits = limit == 0  # the runtime stops reading: kick it when this opens
-        return limit
+        return max(0, min(self.snd_wnd - in_flight, PEEK_MAX_BYTES))
 
-    def on_host_data(self, data: memoryview, now: float) -> list[Effect]:
+    def take_read(self) -> Peek | None:
+        """The read this event made due, if the window has room for it; else none,
+        and the next window opening asks again. Called once an event is handled."""
+        if not self.read_wanted:
+            return None
+        self.read_wanted = False
+        room = self._read_room()
+        self.reader_waits = room == 0
+        return Peek(self.key, room) if room else None
+
+    def on_readable(self, now: float) -> list[Effect]:
+        """The host socket has something new: read it if the window allows."""
+        self.read_wanted = True
+        return []
+
+    def on_host_data(self, data: memoryview, more: bool, now: float) -> list[Effect]:
         effects: list[Effect] = []
         # With offload, one frame carries as many whole segments as an IP datagram holds.
         mss = (GSO_MAX_PAYLOAD // self.send_mss) * self.send_mss if self.link.offload \
@@ -458,6 +481,8 @@ class TcpConn:
             effects.append(self._segment(flags, seq=self.snd_nxt, payload=chunk))
             self.snd_nxt = seq_add(self.snd_nxt, len(chunk))
         self._note_sent()
+        if more:
+            self.read_wanted = True
         if self.rtt_probe is None and new_data:  # Karn: never time a retransmission
             self.rtt_probe = (self.snd_nxt, now)
         if self.deadline is None:
@@ -533,7 +558,8 @@ class TcpConn:
             self.fin_seq = None  # sent again once the data before it is
             self._set_state(State.ESTABLISHED if self.state is State.FIN_WAIT_1
                             else State.CLOSE_WAIT)
-        return [Rewind(self.key), KickRead(self.key)]
+        self.read_wanted = True
+        return [Rewind(self.key)]
 
     def _note_sent(self) -> None:
         if seq_lt(self.snd_max, self.snd_nxt):

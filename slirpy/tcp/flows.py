@@ -12,9 +12,11 @@ from __future__ import annotations
 import errno
 import heapq
 import logging
-from typing import Final
+from typing import Final, assert_never
 
 from slirpy.effects import Connect, Effect
+from slirpy.events import (ConnectFailed, Connected, HostData, HostEof, HostReset, Readable,
+                           Sent, Writable)
 from slirpy.flows.key import FlowKey
 from slirpy.guest import GuestLink
 from slirpy.tcp.conn import ReorderBudget, State, TcpConn, initial_sequence, reset_for
@@ -26,6 +28,9 @@ IP_TCP_HEADERS: Final = 40
 IPV6_EXTRA: Final = 20  # an IPv6 header is 40 bytes, IPv4's 20
 CONNECT_TIMEOUT_S: Final = 30.0  # then RST: the guest's connect() fails, as on a network
 REORDER_TOTAL_BYTES: Final = 32 * 1024 * 1024  # all connections' out-of-order data together
+
+HostTcpEvent = (Connected | ConnectFailed | Sent | Writable | Readable | HostData | HostEof
+                | HostReset)
 
 
 class TcpFlows:
@@ -100,14 +105,45 @@ class TcpFlows:
                         "forwarded) are reset until some close", self.limit)
         return True
 
+    def __contains__(self, key: FlowKey) -> bool:
+        return key in self.conns
+
     def get(self, key: FlowKey) -> TcpConn | None:
         return self.conns.get(key)
 
-    def after(self, conn: TcpConn, effects: list[Effect]) -> list[Effect]:
-        """Book-keeping after any event on *conn*: forget it once closed, keep its timer."""
+    def connections(self) -> list[TcpConn]:
+        return list(self.conns.values())
+
+    def on_host_event(self, event: HostTcpEvent, now: float) -> list[Effect]:
+        """What the host side said about one connection: the answers to Connect, Send,
+        Peek and WatchWritable, and the socket's readiness."""
+        conn = self.conns.get(event.flow)
+        if conn is None:
+            return []  # closed meanwhile: the runtime closes the socket on our Close
+        match event:
+            case Connected(_, space):
+                effects = conn.on_connected(space, now)
+            case ConnectFailed(_, error):
+                effects = conn.on_connect_failed(error, now)
+            case Sent(_, nbytes, wanted, space):
+                effects = conn.on_sent(nbytes, wanted, space, now)
+            case Writable(_, space):
+                effects = conn.on_writable(space, now)
+            case Readable():
+                effects = conn.on_readable(now)
+            case HostData(_, data, more):
+                effects = conn.on_host_data(data, more, now)
+            case HostEof():
+                effects = conn.on_host_eof(now)
+            case HostReset():
+                effects = conn.on_host_reset(now)
+            case _:
+                assert_never(event)
         return self._after(conn, effects)
 
     def _after(self, conn: TcpConn, effects: list[Effect]) -> list[Effect]:
+        """Book-keeping after any event on *conn*: the read it made due, its timer, and
+        forgetting it once closed."""
         if conn.state is State.CLOSED:
             conn.forget_held()
             self.conns.pop(conn.key, None)
@@ -116,6 +152,9 @@ class TcpFlows:
                 self.limit_warned = False
         else:
             self._schedule(conn)
+            read = conn.take_read()
+            if read is not None:
+                effects.append(read)
         return effects
 
     def _schedule(self, conn: TcpConn) -> None:
@@ -127,7 +166,7 @@ class TcpFlows:
             self._scheduled[conn.key] = deadline
             heapq.heappush(self._timers, (deadline, conn.key))
 
-    def on_timer(self, now: float) -> list[Effect]:
+    def expire(self, now: float) -> list[Effect]:
         effects: list[Effect] = []
         while self._timers and self._timers[0][0] <= now:
             deadline, key = heapq.heappop(self._timers)

@@ -26,14 +26,20 @@ class Icmp6Type(enum.IntEnum):
     PARAMETER_PROBLEM = 4
     ECHO_REQUEST = 128
     ECHO_REPLY = 129
+    MLD_QUERY = 130  # RFC 2710 3
+    MLD_REPORT = 131
+    MLD_DONE = 132
     ROUTER_SOLICITATION = 133
     ROUTER_ADVERTISEMENT = 134
     NEIGHBOR_SOLICITATION = 135
     NEIGHBOR_ADVERTISEMENT = 136
+    MLD2_REPORT = 143  # RFC 3810 5.2
 
 
 ERROR_TYPES: Final = frozenset({Icmp6Type.DEST_UNREACHABLE, Icmp6Type.PACKET_TOO_BIG,
                                 Icmp6Type.TIME_EXCEEDED, Icmp6Type.PARAMETER_PROBLEM})
+MLD_TYPES: Final = frozenset({Icmp6Type.MLD_QUERY, Icmp6Type.MLD_REPORT, Icmp6Type.MLD_DONE,
+                              Icmp6Type.MLD2_REPORT})
 
 
 class Unreach6Code(enum.IntEnum):

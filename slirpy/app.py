@@ -1,0 +1,171 @@
+"""The composition root: one slirpy instance wired from its parts, and served.
+
+Above everything else: it builds the sans-IO core (slirpy.stack) and the runtime
+(slirpy.runtime.driver) that feeds it, opens the configured forwards and the control
+socket, and answers the control socket's commands (slirpy.api.commands.Controller) by
+asking the core's control surface and the runtime's forward sockets. Nothing below
+imports this module.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import resource
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from slirpy.api.commands import Api
+from slirpy.api.server import ApiServer
+from slirpy.config import Config
+from slirpy.errors import SetupError
+from slirpy.forward.spec import Forward, ForwardError, Kind
+from slirpy.policy.rules import Rule
+from slirpy.runtime.driver import STOP_SIGNALS, Driver
+from slirpy.runtime.tap import FrameDevice, TapDevice
+from slirpy.stack import Stack
+
+log = logging.getLogger(__name__)
+
+DeviceFactory = Callable[[int], FrameDevice]
+
+
+class Instance:
+    """One guest link served: the core, the runtime, forwards and the control socket."""
+
+    def __init__(self, config: Config, device: FrameDevice, secret: bytes) -> None:
+        self.config = config
+        self.device = device
+        self.stack = Stack(config, secret=secret, offload=device.offload)
+        self.driver = Driver(config, device, self.stack)
+        self.driver.on_dump = self.dump_state
+        self.forwards: dict[int, tuple[Forward, str]] = {}  # id -> (forward, origin)
+        self.next_forward_id = 1
+        self.api: ApiServer | None = None
+
+    def start_forwards(self) -> None:
+        """The configured -L/-R forwards; a bind that fails stops slirpy at start."""
+        for fwd in self.config.forwards:
+            try:
+                self.add_forward(fwd, "config")
+            except OSError as exc:
+                raise SetupError(f"cannot forward {fwd.spec()}: {exc.strerror or exc}") from None
+            except ForwardError as exc:
+                raise SetupError(f"cannot forward {fwd.spec()}: {exc}") from None
+
+    def start_api(self, path: str) -> None:
+        self.api = ApiServer(path, self.driver.loop,
+                             Api(self, self.config.network, ipv6=self.config.ipv6).handle)
+        self.driver.runtime_timed.append(self.api)
+
+    # --- the control socket's commands (api.commands.Controller) ---------------------------
+
+    def add_forward(self, fwd: Forward, origin: str) -> tuple[int, Forward]:
+        control = self.stack.control
+        control.check(fwd)
+        forward_id = self.next_forward_id
+        if fwd.kind is Kind.LOCAL:
+            port = self.driver.forward_sockets.open(forward_id, fwd)
+            if port != fwd.bind_port:  # bind port 0: the one the kernel picked
+                fwd = dataclasses.replace(fwd, bind_port=port)
+                self.driver.forward_sockets.forwards[forward_id] = fwd
+        control.add(forward_id, fwd)
+        self.next_forward_id += 1
+        self.forwards[forward_id] = (fwd, origin)
+        log.info("%s forward %d: %s", fwd.kind.value, forward_id, fwd.spec())
+        return forward_id, fwd
+
+    def remove_forward(self, forward_id: int) -> Forward | None:
+        entry = self.forwards.pop(forward_id, None)
+        if entry is None:
+            return None
+        fwd = entry[0]
+        if fwd.kind is Kind.LOCAL:
+            self.driver.forward_sockets.close(forward_id)
+        self.stack.control.remove(forward_id)
+        log.info("%s forward %d removed: %s", fwd.kind.value, forward_id, fwd.spec())
+        return fwd
+
+    def list_forwards(self) -> list[tuple[int, Forward, str]]:
+        return [(forward_id, fwd, origin)
+                for forward_id, (fwd, origin) in sorted(self.forwards.items())]
+
+    def list_flows(self) -> list[dict[str, Any]]:
+        return self.stack.stats.flows(self.driver.loop.now())
+
+    def counters(self) -> dict[str, Any]:
+        stats = self.stack.stats
+        return {"frames": {"from_guest": self.driver.frames_in,
+                           "to_guest": self.driver.frames_out},
+                "drops": stats.drop_counts(),
+                "tap_errors": dict(getattr(self.device, "errors", {})),
+                "flows": stats.flow_counts(),
+                "forwards": len(self.forwards),
+                "blocked": stats.blocked_counts(),
+                "uptime_s": round(self.driver.loop.now() - self.driver.started, 3)}
+
+    def add_rule(self, rule: Rule) -> int:
+        return self.stack.control.add_rule(rule)
+
+    def remove_rule(self, rule_id: int) -> Rule | None:
+        return self.stack.control.remove_rule(rule_id)
+
+    def list_rules(self) -> list[tuple[int, Rule]]:
+        return self.stack.control.rules()
+
+    def posture(self) -> dict[str, bool]:
+        return self.stack.control.posture()
+
+    # --- diagnostics -----------------------------------------------------------------------------
+
+    def dump_state(self) -> None:
+        """SIGUSR1: counters and every TCP connection's state, to the log."""
+        stats, streams = self.stack.stats, self.driver.streams
+        log.warning("drops: %s; tap errors: %s; flows: %s", stats.drop_counts() or "none",
+                    dict(getattr(self.device, "errors", {})) or "none", stats.flow_counts())
+        for key, line in stats.describe_tcp():
+            sock = streams.by_key.get(key)
+            log.warning("%s; socket fd %s%s%s", line,
+                        sock.fileno() if sock is not None else "none",
+                        " connecting" if key in streams.connecting else "",
+                        " watching-out" if key in streams.watching_out else "")
+
+    def close(self) -> None:
+        log.debug("frames dropped: %s; tap errors: %s",
+                  self.stack.stats.drop_counts() or "none",
+                  dict(getattr(self.device, "errors", {})) or "none")
+        if self.api is not None:
+            self.api.close()
+        self.driver.close()
+
+
+def raise_fd_limit() -> None:
+    """Every flow is an fd: take the hard limit, as servers do, rather than 1024."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def serve(config: Config, tap_fd: int, *, stop_fds: Sequence[int] = (),
+          stop_signals: Sequence[int] = STOP_SIGNALS,
+          on_ready: Callable[[], None] | None = None,
+          device: DeviceFactory = TapDevice) -> None:
+    """Carry the guest's traffic until a stop fd fires or a stop signal arrives.
+
+    *on_ready* runs once everything the loop needs exists (slirp4netns's ready fd).
+    *device* makes the frame device from the tap fd (tests wrap it, e.g. to lose frames).
+    """
+    raise_fd_limit()
+    instance = Instance(config, device(tap_fd), secret=os.urandom(16))
+    try:
+        instance.start_forwards()
+        if config.api_socket is not None:
+            instance.start_api(config.api_socket)
+        for fd in stop_fds:
+            instance.driver.watch_stop_fd(fd)
+        if on_ready is not None:
+            on_ready()
+        instance.driver.run(stop_signals)
+    finally:
+        instance.close()

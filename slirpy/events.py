@@ -1,0 +1,184 @@
+"""What the world tells the sans-IO core: the one door in, as values.
+
+The runtime turns what happens outside (a frame on the tap, a datagram or an error on
+a host socket, a finished connect, bytes peeked, the clock, the host's addresses, the
+resolv.conf) into these events and feeds them, one at a time, to `Stack.feed`. What
+applying the core's effects produces comes back as events too, queued by the runtime
+and fed once the current effects are all applied. The core never calls out and is
+never re-entered while it runs.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from slirpy.flows.key import FlowKey
+
+Payload = bytes | bytearray | memoryview
+Endpoint = tuple[bytes, int]  # packed address (4 or 16 bytes), port
+IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class HostError(NamedTuple):
+    """What the host side reported for a flow.
+
+    From IP_RECVERR (struct sock_extended_err) when the kernel saw an ICMP error: the
+    ICMP type, code and info (the MTU for "fragmentation needed"). From a failed system
+    call: errno only, with icmp_type None.
+    """
+
+    errno: int
+    icmp_type: int | None = None
+    icmp_code: int | None = None
+    info: int = 0
+
+
+# --- the guest and the clock ---------------------------------------------------------
+
+
+@dataclass(slots=True)
+class GuestFrame:
+    """One Ethernet frame from the guest. *checksum_ok*: the tap's virtio-net header
+    says the guest's kernel vouches for the transport checksum."""
+
+    frame: Payload
+    checksum_ok: bool = False
+
+
+@dataclass(slots=True)
+class TimerDue:
+    """The core's next deadline (`Stack.next_deadline`) has come."""
+
+
+# --- datagram flows (UDP, ping, the DNS forwarder's and SRV lookups' sockets) ----------
+
+
+@dataclass(slots=True)
+class HostDatagram:
+    """A datagram the flow's host socket received."""
+
+    flow: FlowKey
+    data: bytes | memoryview
+
+
+@dataclass(slots=True)
+class HostFailed:
+    """The flow's host socket reported an error, or could not be made at all."""
+
+    flow: FlowKey
+    error: HostError
+
+
+# --- TCP: answers to Connect, Send, Peek and WatchWritable, and socket readiness --------
+
+
+@dataclass(slots=True)
+class Connected:
+    """The flow's connect() succeeded; *space*: free bytes in its send buffer."""
+
+    flow: FlowKey
+    space: int
+
+
+@dataclass(slots=True)
+class ConnectFailed:
+    flow: FlowKey
+    errno: int
+
+
+@dataclass(slots=True)
+class Sent:
+    """The socket took *nbytes* of the *wanted* bytes of the last Send; *space* left."""
+
+    flow: FlowKey
+    nbytes: int
+    wanted: int
+    space: int
+
+
+@dataclass(slots=True)
+class Writable:
+    """The socket a WatchWritable asked about can take more; *space* bytes now."""
+
+    flow: FlowKey
+    space: int
+
+
+@dataclass(slots=True)
+class Readable:
+    """The socket has something new to read: data, EOF or an error."""
+
+    flow: FlowKey
+
+
+@dataclass(slots=True)
+class HostData:
+    """Bytes a Peek read (a view valid only while this event is fed). *more*: the read
+    filled its limit or the peer hung up, so more may wait without a new readiness."""
+
+    flow: FlowKey
+    data: memoryview
+    more: bool = False
+
+
+@dataclass(slots=True)
+class HostEof:
+    """The peer closed its side and everything it sent has been peeked."""
+
+    flow: FlowKey
+
+
+@dataclass(slots=True)
+class HostReset:
+    """The connection failed on the host side (reset, timed out, unreachable)."""
+
+    flow: FlowKey
+
+
+# --- local forwards ---------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class ForwardAccepted:
+    """Local TCP forward *forward_id* accepted a client at *client* (or as its PROXY
+    header names it; *guest_port* from that header when the forward's port is 0).
+    *token* names the accepted socket in the AdoptStream or RefuseStream answer."""
+
+    token: int
+    forward_id: int
+    client: Endpoint
+    space: int
+    guest_port: int = 0
+
+
+@dataclass(slots=True)
+class ForwardDatagram:
+    """Local UDP forward *forward_id* received *data* from *peer*."""
+
+    forward_id: int
+    peer: Endpoint
+    data: bytes | memoryview
+
+
+# --- the host's environment -------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class HostNetworks:
+    """The host's own addresses (as /32 and /128) and its connected networks, afresh."""
+
+    networks: tuple[IpNetwork, ...]
+
+
+@dataclass(slots=True)
+class DnsUpstreams:
+    """The nameservers of the host's resolv.conf, in order, as (packed address, port)."""
+
+    servers: tuple[tuple[bytes, int], ...]
+
+
+Event = (GuestFrame | TimerDue | HostDatagram | HostFailed | Connected | ConnectFailed | Sent
+         | Writable | Readable | HostData | HostEof | HostReset | ForwardAccepted
+         | ForwardDatagram | HostNetworks | DnsUpstreams)
