@@ -3,6 +3,20 @@
 
     sudo -E python3 integration/bench.py            # or as any user who may unshare
     python3 integration/bench.py --quick            # shorter runs
+    python3 integration/bench.py --baseline base-11 # also slirpy at a git revision
+    python3 integration/bench.py --connectors slirp4netns,slirpy --json out.json
+
+Run it with an interpreter that has slirpy's dependencies (pyroute2, PyYAML), e.g. the
+project's .venv/bin/python: every slirpy runs under that same interpreter.
+
+--baseline REV exports REV (a tag, a branch, any commit-ish) with `git archive` into a
+temporary directory, removed at exit, and adds the connector `slirpy@REV`: it runs like
+`slirpy`, the working tree, and the table gains a `slirpy/base` ratio column (working
+tree over baseline), to show that a change costs nothing beyond noise. `slirpy@REV` may
+also be named in --connectors, to place it or to compare several revisions. Every slirpy
+is launched as `python -P -m slirpy` from its own tree with PYTHONPATH set to that tree,
+and which file `import slirpy` resolves to is checked once before measuring.
+--json FILE writes the raw numbers (per connector, per metric) for later comparison.
 
 The script re-runs itself inside a new user, network, mount and PID namespace (the
 "world"); nothing leaves it. In the world: the "host" services listen on loopback
@@ -20,13 +34,15 @@ and real clients run in the guest:
 - request/response latency: 64-byte ping-pong on one connection, client, server and
   connector pinned to CPU 0 (unpinned numbers on a small VM measure the scheduler);
 - peak RSS of the connector (VmHWM).
-It prints one table with ratios to slirp4netns. It asserts nothing: it is a benchmark.
+It prints one table with ratios to slirp4netns (and of slirpy to its baseline). It asserts
+nothing about the numbers: it is a benchmark.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import signal
@@ -34,6 +50,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 import time
@@ -56,6 +73,7 @@ S4N_API = "/tmp/slirp4netns-api.sock"
 CPS_PORT = 7001
 RR_PORT = 7002
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+SLIRPY = "slirpy"  # the working tree's connector; f"{SLIRPY}@{rev}" is slirpy at rev
 
 
 def sh(cmd: str) -> None:
@@ -64,10 +82,10 @@ def sh(cmd: str) -> None:
 
 # --- the world ---
 
-def enter_world(argv: list[str]) -> int:
+def enter_world(argv: list[str], pass_fds: tuple[int, ...] = ()) -> int:
     cmd = ["unshare", "--user", "--map-root-user", "--net", "--mount", "--pid", "--fork",
            "--mount-proc", "--kill-child=SIGTERM", sys.executable, __file__, "--inner", *argv]
-    return subprocess.run(cmd).returncode
+    return subprocess.run(cmd, pass_fds=pass_fds).returncode
 
 
 def build_world() -> None:
@@ -86,20 +104,47 @@ def build_world() -> None:
 
 # --- connectors ---
 
+def is_slirpy(name: str) -> bool:
+    return name == SLIRPY or name.startswith(SLIRPY + "@")
+
+
+def slirpy_python(tree: Path) -> tuple[list[str], dict[str, str]]:
+    """(interpreter argv, environment) that make `import slirpy` load *tree*'s package:
+    PYTHONPATH is the tree alone, and -P keeps `-m`/`-c` from putting the current
+    directory (maybe another checkout) ahead of it. Run it with cwd=*tree* as well."""
+    return [sys.executable, "-P"], {**os.environ, "PYTHONPATH": str(tree)}
+
+
+def check_slirpy_tree(name: str, tree: Path) -> None:
+    """Ask an interpreter launched like the connector which slirpy it imports: the
+    tree's, or the bench stops (a comparison with the wrong tree is worse than none).
+    A tree that does not import (mid-refactor) raises RuntimeError: that one is skipped."""
+    argv, env = slirpy_python(tree)
+    done = subprocess.run([*argv, "-c", "import slirpy; print(slirpy.__file__)"],
+                          env=env, cwd=tree, capture_output=True, text=True, timeout=60)
+    if done.returncode != 0:
+        raise RuntimeError(f"import slirpy failed: {done.stderr.strip()[-800:]}")
+    imported = Path(done.stdout.strip()).resolve()
+    print(f"bench: {name} imports {imported}", file=sys.stderr, flush=True)
+    if not imported.is_relative_to(tree.resolve()):
+        sys.exit(f"bench: {name} imports {imported}, not from {tree}")
+
+
 @dataclass
 class Connector:
     name: str
     loopback_addr: str  # what the guest dials to reach the world's loopback
+    tree: Path | None = None  # for slirpy: the source tree it runs from
     proc: subprocess.Popen[bytes] | None = None
     guest: subprocess.Popen[bytes] | None = None
 
     def command(self, pid: int, mtu: int, ready_fd: int) -> list[str]:
+        if self.tree is not None:  # slirpy, of the working tree or of a revision
+            return [*slirpy_python(self.tree)[0], "-m", "slirpy", "-c", "-6", "-m", str(mtu),
+                    "-r", str(ready_fd),
+                    "-L", f"{HOST_ADDR}:{FORWARD_PORT}:10.0.2.100:{IPERF_PORT}",
+                    str(pid), "tap0"]
         match self.name:
-            case "slirpy":
-                return [sys.executable, "-m", "slirpy", "-c", "-6", "-m", str(mtu),
-                        "-r", str(ready_fd),
-                        "-L", f"{HOST_ADDR}:{FORWARD_PORT}:10.0.2.100:{IPERF_PORT}",
-                        str(pid), "tap0"]
             case "slirp4netns":  # its forward is added through the API once it is ready
                 return ["slirp4netns", "-c", "-6", "-m", str(mtu), "-r", str(ready_fd),
                         "--api-socket", S4N_API, str(pid), "tap0"]
@@ -115,10 +160,10 @@ class Connector:
                                        "sleep", "infinity"])
         wait_for(lambda: ns_differs(self.guest.pid), "guest namespace")  # type: ignore[union-attr]
         read_fd, write_fd = os.pipe()
+        env = slirpy_python(self.tree)[1] if self.tree is not None else None
         self.proc = subprocess.Popen(self.command(self.guest.pid, mtu, write_fd),
                                      pass_fds=(write_fd,), stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE,
-                                     env={**os.environ, "PYTHONPATH": str(REPO)})
+                                     stderr=subprocess.PIPE, env=env, cwd=self.tree)
         os.close(write_fd)
         try:
             if self.name == "pasta":
@@ -315,9 +360,10 @@ def iperf_forward(conn: Connector, seconds: int) -> tuple[float, float]:
                                capture_output=True, text=True, timeout=seconds + 60).stdout)
 
 
-def measure(name: str, args: argparse.Namespace) -> Result:
-    loopback = {"slirpy": "10.0.2.2", "slirp4netns": "10.0.2.2", "pasta": UPLINK_GW}[name]
-    conn = Connector(name, loopback)
+def measure(name: str, args: argparse.Namespace, tree: Path | None = None) -> Result:
+    loopback = "10.0.2.2" if is_slirpy(name) else {"slirp4netns": "10.0.2.2",
+                                                    "pasta": UPLINK_GW}[name]
+    conn = Connector(name, loopback, tree)
     result = Result()
     seconds = 3 if args.quick else 8
     peak = 0.0
@@ -365,27 +411,65 @@ def measure(name: str, args: argparse.Namespace) -> Result:
 LOWER_IS_BETTER = ("CPU", "RR", "RSS")
 
 
-def report(results: dict[str, Result]) -> str:
+def ratio(value: float, base: float) -> float:
+    return value / base if base else float("nan")
+
+
+def report(results: dict[str, Result], baseline: str | None = None) -> str:
+    """The table: one column per connector, then each one's ratio to slirp4netns, then
+    the working tree's slirpy over *baseline* (a `slirpy@REV` column) if both ran."""
     names = list(results)
-    metrics = list(next(iter(results.values())).values)
-    lines = [f"{'metric':32}" + "".join(f"{n:>14}" for n in names)
-             + "".join(f"{n + '/s4n':>16}" for n in names if n != "slirp4netns")]
+    metrics = list(dict.fromkeys(m for r in results.values() for m in r.values))
+    width = max([14, *(len(n) + 2 for n in names)])
+    s4n = results.get("slirp4netns")
+    to_s4n = [n for n in names if n != "slirp4netns"] if s4n is not None else []
+    base = results.get(baseline) if baseline is not None and SLIRPY in results else None
+    rwidth = max([16, *(len(n) + 6 for n in to_s4n)])  # a ratio, its "x" and a gap
+    lines = [f"{'metric':32}" + "".join(f"{n:>{width}}" for n in names)
+             + "".join(f"{n + '/s4n':>{rwidth}}" for n in to_s4n)
+             + (f"{'slirpy/base':>{rwidth}}" if base is not None else "")]
     for metric in metrics:
-        row = f"{metric:32}" + "".join(f"{results[n].values.get(metric, float('nan')):14.2f}"
-                                       for n in names)
-        base = results.get("slirp4netns")
-        for n in names:
-            if n == "slirp4netns" or base is None:
-                continue
-            b = base.values.get(metric, float("nan"))
-            v = results[n].values.get(metric, float("nan"))
-            row += f"{(v / b if b else float('nan')):15.2f}x"
+        def value(name: str) -> float:
+            return results[name].values.get(metric, float("nan"))
+        row = f"{metric:32}" + "".join(f"{value(n):{width}.2f}" for n in names)
+        for n in to_s4n:
+            row += f"{ratio(value(n), value('slirp4netns')):{rwidth - 1}.2f}x"
+        if base is not None:
+            row += f"{ratio(value(SLIRPY), value(baseline)):{rwidth - 1}.2f}x"  # type: ignore[arg-type]
         lines.append(row)
-    lines.append("(ratios are value / slirp4netns; for CPU, RR and RSS lower is better)")
+    note = "ratios are value / slirp4netns"
+    if base is not None:
+        note += f"; slirpy/base is the working tree / {baseline}"
+    lines.append(f"({note}; for CPU, RR and RSS lower is better)")
     return "\n".join(lines)
 
 
+def connector_names(args: argparse.Namespace) -> list[str]:
+    names = list(dict.fromkeys(n for n in args.connectors.split(",") if n))
+    if args.baseline is not None and f"{SLIRPY}@{args.baseline}" not in names:
+        names.append(f"{SLIRPY}@{args.baseline}")
+    return names
+
+
+def baseline_name(args: argparse.Namespace, names: list[str]) -> str | None:
+    if args.baseline is not None:
+        return f"{SLIRPY}@{args.baseline}"
+    return next((n for n in names if n.startswith(SLIRPY + "@")), None)
+
+
 def inner(args: argparse.Namespace) -> int:
+    names = connector_names(args)
+    trees = {SLIRPY: REPO}
+    for spec in args.tree:  # NAME=DIR, from outer()
+        name, _, path = spec.rpartition("=")
+        trees[name] = Path(path)
+    broken = {}
+    for name in names:  # once, before measuring anything: a wrong tree stops the bench
+        if is_slirpy(name):
+            try:
+                check_slirpy_tree(name, trees[name])
+            except (RuntimeError, subprocess.TimeoutExpired) as exc:
+                broken[name] = exc
     build_world()
     os.environ["PATH"] += ":/usr/sbin:/sbin"
     subprocess.run(["taskset", "-cp", "1", str(os.getpid())], stdout=subprocess.DEVNULL,
@@ -395,32 +479,122 @@ def inner(args: argparse.Namespace) -> int:
     subprocess.run(["taskset", "-acp", "0", str(os.getpid())], stdout=subprocess.DEVNULL,
                    check=False)
     results = {}
-    for name in args.connectors.split(","):
-        if name != "slirpy" and shutil.which(name) is None:
+    for name in names:
+        if name in broken:
+            print(f"bench: {name} failed: {broken[name]}", file=sys.stderr)
+            continue
+        if not is_slirpy(name) and shutil.which(name) is None:
             print(f"bench: {name} not installed, skipped", file=sys.stderr)
             continue
         print(f"bench: measuring {name}...", file=sys.stderr, flush=True)
         try:
-            results[name] = measure(name, args)
+            results[name] = measure(name, args, trees.get(name))
         except (RuntimeError, subprocess.TimeoutExpired) as exc:
             print(f"bench: {name} failed: {exc}", file=sys.stderr)
     for server in servers:
         server.close()
+    if args.json_fd is not None:  # first: the raw numbers survive a bug in report()
+        with os.fdopen(args.json_fd, "w") as out:
+            json.dump({name: r.values for name, r in results.items()}, out)
     if results:
-        print(report(results))
+        print(report(results, baseline_name(args, names)))
     return 0
+
+
+def git(*argv: str) -> str:
+    return subprocess.run(["git", "-C", str(REPO), *argv], check=True, capture_output=True,
+                          text=True).stdout.strip()
+
+
+def export_revision(rev: str, into: Path) -> str:
+    """Extract the files of *rev* (any commit-ish) into *into*; return its commit."""
+    try:
+        commit = git("rev-parse", "--verify", "--end-of-options", f"{rev}^{{commit}}")
+    except subprocess.CalledProcessError:
+        raise SystemExit(f"bench: {rev!r} is not a commit in {REPO}") from None
+    archive = subprocess.Popen(["git", "-C", str(REPO), "archive", "--format=tar", commit],
+                               stdout=subprocess.PIPE)
+    assert archive.stdout is not None
+    tar = subprocess.run(["tar", "-x", "-C", str(into)], stdin=archive.stdout)
+    archive.stdout.close()
+    if archive.wait() != 0 or tar.returncode != 0:
+        raise SystemExit(f"bench: could not export {rev} into {into}")
+    print(f"bench: {SLIRPY}@{rev} is {commit[:12]}, exported to {into}", file=sys.stderr)
+    return commit
+
+
+def scratch_dir() -> Path:
+    """A temporary directory the world can see: the world mounts its own /tmp."""
+    base = Path(tempfile.gettempdir()).resolve()
+    if base == Path("/tmp") or base.is_relative_to("/tmp"):
+        base = Path("/var/tmp")
+    return Path(tempfile.mkdtemp(prefix="slirpy-bench-", dir=base))
+
+
+def finite_or_none(values: dict[str, float]) -> dict[str, float | None]:
+    return {k: (v if math.isfinite(v) else None) for k, v in values.items()}
+
+
+def outer(args: argparse.Namespace) -> int:
+    # SIGTERM, like ^C, unwinds: the world is killed and the exported trees removed.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    names = connector_names(args)
+    revs = [n.partition("@")[2] for n in names if n.startswith(SLIRPY + "@")]
+    argv = sys.argv[1:]
+    scratch = scratch_dir() if revs else None
+    commits = {}
+    try:
+        with tempfile.TemporaryFile("w+") as raw:
+            for i, rev in enumerate(revs):
+                assert scratch is not None
+                tree = scratch / str(i)
+                tree.mkdir()
+                commits[f"{SLIRPY}@{rev}"] = export_revision(rev, tree)
+                argv += ["--tree", f"{SLIRPY}@{rev}={tree}"]
+            if args.json is not None:
+                argv += ["--json-fd", str(raw.fileno())]
+            code = enter_world(argv, pass_fds=(raw.fileno(),) if args.json else ())
+            if args.json is not None:
+                raw.seek(0)
+                results = json.loads(raw.read() or "{}")
+                head = git("rev-parse", "HEAD")
+                dirty = subprocess.run(["git", "-C", str(REPO), "diff", "--quiet", "HEAD",
+                                        "--", "slirpy"]).returncode != 0
+                Path(args.json).write_text(json.dumps({
+                    "quick": args.quick,
+                    "python": sys.version.split()[0],
+                    "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                    "revisions": {SLIRPY: {"head": head, "slirpy_modified": dirty}}
+                    | {name: {"commit": c} for name, c in commits.items()},
+                    "baseline": baseline_name(args, names),
+                    "results": {name: finite_or_none(v) for name, v in results.items()},
+                }, indent=2) + "\n")
+                print(f"bench: raw results written to {args.json}", file=sys.stderr)
+            return code
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="shorter runs")
-    parser.add_argument("--connectors", default="slirp4netns,pasta,slirpy")
+    parser.add_argument("--connectors", default="slirp4netns,pasta,slirpy",
+                        help="comma-separated: slirp4netns, pasta, slirpy (the working "
+                             "tree), slirpy@REV (slirpy at a git revision)")
+    parser.add_argument("--baseline", metavar="REV",
+                        help="also run slirpy@REV and print the working tree's slirpy "
+                             "over it (slirpy/base)")
+    parser.add_argument("--json", metavar="FILE",
+                        help="write the raw results, per connector and metric, to FILE")
     parser.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--tree", action="append", default=[], help=argparse.SUPPRESS)
+    parser.add_argument("--json-fd", type=int, help=argparse.SUPPRESS)
     args, rest = parser.parse_known_args()
     if args.inner:
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
         return inner(args)
-    return enter_world(sys.argv[1:])
+    return outer(args)
 
 
 if __name__ == "__main__":
