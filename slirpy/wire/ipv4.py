@@ -57,6 +57,8 @@ class Ipv4Header(NamedTuple):
             raise Malformed("ipv4-bad-length")
         if checksum(packet[:header_len]) != 0:
             raise Malformed("ipv4-checksum")
+        if src[0] & 0xF0 == 0xE0:  # 224.0.0.0/4: a group is never a sender (RFC 1122 3.2.1.3)
+            raise Malformed("ipv4-multicast-src")
         return cls(src, dst, proto, ttl, ident, bool(frag & FLAG_MF),
                    (frag & _OFFSET_MASK) * 8, packet[:header_len], packet[header_len:total_len])
 
