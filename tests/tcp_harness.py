@@ -5,18 +5,24 @@ peeks start at the peek offset, Consume drops acknowledged bytes and moves the
 offset back, Rewind sets it to zero, EOF shows once all queued bytes were peeked.
 Effects are applied as the runtime's loop applies them: in order, with what they
 produce (Sent, a Peek's data) queued as events and fed once the list is applied.
+
+Either family: `TcpHarness(family=6)` is a guest at fd00::100 talking to 2001:db8::1
+through a stack with IPv6 on; `t.key`, `t.ip`, `t.guest_ip` and `t.remote` are the
+instance's. Every frame to the guest goes through the strict checker (tests/strict.py)
+and, router advertisements aside, must be addressed to the guest's MAC, learnt from
+its own frames.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections import deque
 
 from scapy.layers.inet import IP, TCP  # type: ignore[import-untyped]
+from scapy.layers.inet6 import ICMPv6ND_RA, IPv6  # type: ignore[import-untyped]
 from scapy.layers.l2 import Ether  # type: ignore[import-untyped]
 
 from slirpy.config import Config
-from collections import deque
-
 from slirpy.effects import (Close, Connect, Consume, Effect, Peek, Rewind, Send, ShutdownWrite,
                             ToGuest, WatchWritable)
 from slirpy.events import (Connected, Event, GuestFrame, HostData, HostEof, HostReset,
@@ -24,11 +30,16 @@ from slirpy.events import (Connected, Event, GuestFrame, HostData, HostEof, Host
 from slirpy.flows.key import FlowKey
 from slirpy.stack import Stack
 from tests.harness import GUEST_IP, GUEST_MAC, OUR_MAC, packed
+from tests.strict import check_to_guest
 
 REMOTE = "192.0.2.1"
+GUEST_IP6 = "fd00::100"
+REMOTE6 = "2001:db8::1"
 GUEST_PORT = 40000
 REMOTE_PORT = 80
-KEY = FlowKey(6, packed(GUEST_IP), GUEST_PORT, packed(REMOTE), REMOTE_PORT)
+KEY = FlowKey(6, packed(GUEST_IP), GUEST_PORT, packed(REMOTE), REMOTE_PORT)  # IPv4's
+KEY6 = FlowKey(6, packed(GUEST_IP6), GUEST_PORT, packed(REMOTE6), REMOTE_PORT)
+FAMILIES = (4, 6)
 
 
 @dataclasses.dataclass
@@ -46,9 +57,18 @@ class HostSocket:
 
 
 class TcpHarness:
-    def __init__(self, config: Config | None = None, *, guest_isn: int = 1000,
+    def __init__(self, config: Config | None = None, *, family: int = 4, guest_isn: int = 1000,
                  mss: int = 1460, wscale: int | None = 7, window: int = 65535) -> None:
-        self.stack = Stack(config or Config(), secret=b"test")
+        if family not in FAMILIES:
+            raise ValueError(f"family {family!r} is neither 4 nor 6")
+        config = config or Config()
+        if family == 6 and not config.ipv6:
+            config = dataclasses.replace(config, ipv6=True)
+        self.family = family
+        self.ip = IPv6 if family == 6 else IP  # the scapy layer, to index frames with
+        self.guest_ip, self.remote = (GUEST_IP6, REMOTE6) if family == 6 else (GUEST_IP, REMOTE)
+        self.key = KEY6 if family == 6 else KEY
+        self.stack = Stack(config, secret=b"test")
         self.now = 1000.0
         self.host = HostSocket()
         self.guest_seq = guest_isn
@@ -57,12 +77,19 @@ class TcpHarness:
         self.window = window
         self.effects: list[Effect] = []
         self.to_guest: list[Ether] = []
+        # With IPv6 on, the stack's timer also sends router advertisements to all nodes:
+        # checked like every frame, kept here, not among the connection's frames.
+        self.router_adverts: list[Ether] = []
+
+    @property
+    def ipv6(self) -> bool:
+        return self.family == 6
 
     # --- the guest side ---------------------------------------------------------------------
 
     def segment(self, flags: str, payload: bytes = b"", *, seq: int | None = None,
                 ack: int | None = None, window: int | None = None, **tcp: object) -> list[Ether]:
-        seg = (Ether(src=GUEST_MAC, dst=OUR_MAC) / IP(src=GUEST_IP, dst=REMOTE)
+        seg = (Ether(src=GUEST_MAC, dst=OUR_MAC) / self.ip(src=self.guest_ip, dst=self.remote)
                / TCP(**{"sport": GUEST_PORT, "dport": REMOTE_PORT, **tcp}, flags=flags,
                      seq=self.guest_seq if seq is None else seq, ack=ack or 0,
                      window=self.window if window is None else window) / payload)
@@ -101,21 +128,21 @@ class TcpHarness:
 
     def host_connected(self) -> list[Ether]:
         self.host.connected = True
-        return self.feed(Connected(KEY, self.host.space))
+        return self.feed(Connected(self.key, self.host.space))
 
     def host_writes(self, data: bytes) -> list[Ether]:
         self.host.queued += data
-        return self.feed(Readable(KEY))
+        return self.feed(Readable(self.key))
 
     def host_closes(self) -> list[Ether]:
         self.host.eof = True
-        return self.feed(Readable(KEY))
+        return self.feed(Readable(self.key))
 
     def host_resets(self) -> list[Ether]:
-        return self.feed(HostReset(KEY))
+        return self.feed(HostReset(self.key))
 
     def host_writable(self) -> list[Ether]:
-        return self.feed(Writable(KEY, self.host.space))
+        return self.feed(Writable(self.key, self.host.space))
 
     def advance(self, seconds: float) -> list[Ether]:
         self.now += seconds
@@ -130,13 +157,16 @@ class TcpHarness:
             return None
         chunk = bytes(self.host.queued[self.host.peek_offset:self.host.peek_offset + limit])
         if not chunk:
-            return HostEof(KEY) if self.host.eof else None
+            return HostEof(self.key) if self.host.eof else None
         self.host.peek_offset += len(chunk)
-        return HostData(KEY, memoryview(chunk), more=len(chunk) == limit)
+        return HostData(self.key, memoryview(chunk), more=len(chunk) == limit)
 
     def feed(self, event: Event) -> list[Ether]:
         """Feed *event* and everything applying the effects produces, as the runtime's
-        loop does; frames to the guest are returned, all effects kept in self.effects."""
+        loop does; frames to the guest are returned, all effects kept in self.effects.
+        Every frame to the guest must satisfy the strict receiver; all but router
+        advertisements (kept in self.router_adverts, not returned) must be addressed to
+        the guest's MAC, which the stack learns from its frames in either family."""
         out: list[Ether] = []
         self.effects = []
         queue: deque[Event | Peek] = deque([event])
@@ -151,11 +181,18 @@ class TcpHarness:
                 self.effects.append(effect)
                 match effect:
                     case ToGuest():
-                        out.append(Ether(effect.frame))
+                        check_to_guest(effect)
+                        frame = Ether(effect.frame)
+                        if ICMPv6ND_RA in frame:  # the link's, to all nodes, on its timer
+                            self.router_adverts.append(frame)
+                            continue
+                        assert frame.dst == GUEST_MAC, \
+                            f"a frame to {frame.dst}, not the guest's {GUEST_MAC}"
+                        out.append(frame)
                     case Send(_, data):
                         took = min(len(data), self.host.accept)
                         self.host.received += bytes(data[:took])
-                        queue.append(Sent(KEY, took, len(data), self.host.space))
+                        queue.append(Sent(self.key, took, len(data), self.host.space))
                     case Consume(_, nbytes):
                         assert nbytes <= self.host.peek_offset or self.host.peek_offset == 0
                         del self.host.queued[:nbytes]
