@@ -4,7 +4,7 @@ Owns the neighbour table learnt from the guest's own frames (its MAC per IPv4 or
 IPv6 address), the identification counters, and fragmentation of datagrams larger
 than the link MTU (RFC 791; for IPv6, RFC 8200 4.5, slirpy being the source of what
 it sends the guest). Everything slirpy sends to the guest leaves through here, and
-`ip` is the one builder for both families: the length of the addresses picks one.
+`ip` is the one builder for both families: the source address's family picks one.
 """
 
 from __future__ import annotations
@@ -13,11 +13,14 @@ import logging
 from collections.abc import Callable
 from typing import Final
 
+from slirpy.addresses import is_ipv6
 from slirpy.effects import ToGuest
-from slirpy.wire.ethernet import BROADCAST, HEADER_LEN as ETH_LEN, EtherType, build_ethernet
+from slirpy.wire.ethernet import (BROADCAST, GROUP_BIT, HEADER_LEN as ETH_LEN, MAC_LEN,
+                                  EtherType, build_ethernet)
 from slirpy.wire.checksum import pseudo_header_sum
-from slirpy.wire.icmp import build_icmp
-from slirpy.wire.ipv4 import FLAG_DF, HEADER_LEN as IP_LEN, IpProto, build_ipv4, fragment_offsets
+from slirpy.wire.icmp import HEADER_LEN as ICMP_LEN, build_icmp
+from slirpy.wire.ipv4 import (DEFAULT_TTL, FLAG_DF, FLAG_MF, FRAGMENT_UNIT, HEADER_LEN as IP_LEN,
+                              IpProto, build_ipv4, fragment_offsets)
 from slirpy.wire.ipv6 import (FRAGMENT, FRAGMENT_LEN, HEADER_LEN as IP6_LEN,
                               build_fragment_header, build_ipv6, fragment_offsets6,
                               is_multicast, multicast_mac)
@@ -29,10 +32,24 @@ NEIGHBOUR_LIMIT: Final = 256  # one guest, a few addresses; a flood must not gro
 HELD_FRAMES_MAX: Final = 32  # frames waiting for one address's ARP answer
 HELD_ADDRESSES_MAX: Final = 16
 ARP_RETRY_S: Final = 1.0
+IDENT_MASK: Final = 0xFFFF  # IPv4's identification field: 16 bits
+IDENT6_MASK: Final = 0xFFFFFFFF  # the IPv6 fragment header's: 32 bits
 Payload = bytes | bytearray | memoryview
 
 
 class GuestLink:
+    """The guest's end of the Ethernet link, as every frame slirpy sends sees it.
+
+    Owns what the link needs to address and fit a frame: our MAC and the MTU, whether
+    the tap takes offloads, the neighbour table learnt from the guest's own frames, the
+    IPv4 and IPv6 fragment identification counters, and frames held for an address
+    whose MAC is being asked for (with when each was last asked).
+
+    Builds frames and hands them back as ToGuest effects: it never writes to the tap
+    nor reads a clock (callers pass *now*), never decides what to send or whether a
+    datagram may go (the flows and the stack do), and keeps no per-flow state.
+    """
+
     def __init__(self, our_mac: bytes, mtu: int, *, offload: bool = False) -> None:
         self.our_mac = our_mac
         self.mtu = mtu
@@ -91,12 +108,12 @@ class GuestLink:
         if mac is None:
             return []
         for frame in frames:
-            memoryview(frame.headers)[0:6] = mac
+            memoryview(frame.headers)[0:MAC_LEN] = mac  # the destination, first
         return frames
 
     def learn(self, ip: bytes, mac: bytes) -> None:
         """Remember *mac* for *ip* from a frame the guest sent."""
-        if mac[0] & 1:  # a multicast source MAC is never a neighbour
+        if mac[0] & GROUP_BIT:  # a multicast source MAC is never a neighbour
             return
         self.last_mac = mac
         if not any(ip) or self.neighbours.get(ip) == mac:  # 0.0.0.0 or ::: not an address
@@ -106,7 +123,7 @@ class GuestLink:
         self.neighbours[ip] = mac
 
     def mac_for(self, ip: bytes) -> bytes:
-        if len(ip) == 16 and is_multicast(ip):
+        if is_ipv6(ip) and is_multicast(ip):
             return multicast_mac(ip)
         return self.neighbours.get(ip) or self.last_mac or BROADCAST
 
@@ -118,7 +135,8 @@ class GuestLink:
 
     def ip(self, *, src: bytes, dst: bytes, proto: int, l4: Payload,
            payload: Payload = b"", dst_mac: bytes | None = None,
-           csum_offset: int = 0, gso_size: int = 0, hop_limit: int = 64) -> list[ToGuest]:
+           csum_offset: int = 0, gso_size: int = 0,
+           hop_limit: int = DEFAULT_TTL) -> list[ToGuest]:
         """Frames carrying one IPv4 or IPv6 datagram whose payload is *l4* then *payload*.
 
         Fits in one frame: headers and *payload* leave gathered, never joined.
@@ -128,7 +146,7 @@ class GuestLink:
         """
         mac = dst_mac or self.mac_for(dst)
         size = len(l4) + len(payload)
-        v6 = len(src) == 16
+        v6 = is_ipv6(src)
         ip_len = IP6_LEN if v6 else IP_LEN
         if ip_len + size <= self.mtu or gso_size:
             if v6:
@@ -136,7 +154,7 @@ class GuestLink:
                 build_ipv6(buf, ETH_LEN, src=src, dst=dst, next_header=proto,
                            payload_len=size, hop_limit=hop_limit)
             else:
-                self._ident = (self._ident + 1) & 0xFFFF
+                self._ident = (self._ident + 1) & IDENT_MASK
                 buf = self.ethernet(mac, EtherType.IPV4, ETH_LEN + ip_len + len(l4))
                 build_ipv4(buf, ETH_LEN, src=src, dst=dst, proto=proto, payload_len=size,
                            ident=self._ident, frag=FLAG_DF, ttl=hop_limit)
@@ -150,18 +168,19 @@ class GuestLink:
 
     def _fragments4(self, mac: bytes, src: bytes, dst: bytes, proto: int,
                     whole: memoryview, ttl: int) -> list[ToGuest]:
-        self._ident = (self._ident + 1) & 0xFFFF
+        self._ident = (self._ident + 1) & IDENT_MASK
         frames = []
         for start, end, more in fragment_offsets(len(whole), self.mtu):
             buf = self.ethernet(mac, EtherType.IPV4, ETH_LEN + IP_LEN)
             build_ipv4(buf, ETH_LEN, src=src, dst=dst, proto=proto, payload_len=end - start,
-                       ident=self._ident, frag=(0x2000 if more else 0) | start // 8, ttl=ttl)
+                       ident=self._ident, frag=(FLAG_MF if more else 0) | start // FRAGMENT_UNIT,
+                       ttl=ttl)
             frames.append(ToGuest(buf, whole[start:end]))
         return frames
 
     def _fragments6(self, mac: bytes, src: bytes, dst: bytes, proto: int,
                     whole: memoryview, hop_limit: int) -> list[ToGuest]:
-        self._ident6 = (self._ident6 + 1) & 0xFFFFFFFF
+        self._ident6 = (self._ident6 + 1) & IDENT6_MASK
         frames = []
         for start, end, more in fragment_offsets6(len(whole), self.mtu):
             buf = self.ethernet(mac, EtherType.IPV6, ETH_LEN + IP6_LEN + FRAGMENT_LEN)
@@ -182,12 +201,12 @@ class GuestLink:
 
     def icmp(self, *, src: bytes, dst: bytes, icmp_type: int, code: int, rest: bytes,
              payload: Payload, dst_mac: bytes | None = None,
-             hop_limit: int = 64) -> list[ToGuest]:
+             hop_limit: int = DEFAULT_TTL) -> list[ToGuest]:
         """An ICMP message, or an ICMPv6 one (with its pseudo-header) between IPv6 ends."""
-        if len(src) == 4:
+        if not is_ipv6(src):
             return self.ip(src=src, dst=dst, proto=IpProto.ICMP, dst_mac=dst_mac,
                            l4=build_icmp(icmp_type, code, rest, payload), hop_limit=hop_limit)
-        pseudo = pseudo_header_sum(src, dst, IpProto.ICMPV6, 8 + len(payload))
+        pseudo = pseudo_header_sum(src, dst, IpProto.ICMPV6, ICMP_LEN + len(payload))
         return self.ip(src=src, dst=dst, proto=IpProto.ICMPV6, dst_mac=dst_mac,
                        l4=build_icmp(icmp_type, code, rest, payload, pseudo),
                        hop_limit=hop_limit)

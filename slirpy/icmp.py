@@ -3,36 +3,40 @@ otherwise.
 
 Model: an echo request to the gateway or the DNS address is answered here. Any other
 destination is pinged for real through an unprivileged ping socket (SOCK_DGRAM,
-IPPROTO_ICMP, or IPPROTO_ICMPV6), one per (guest, echo id, destination); the kernel rewrites the echo id
-to the socket's own, so replies get the guest's id back before they go to the guest.
-A reply is never invented for a host that did not answer: no answer, no reply.
+IPPROTO_ICMP, or IPPROTO_ICMPV6), one per (guest, echo id, destination); the kernel
+rewrites the echo id to the socket's own, so replies get the guest's id back before they
+go to the guest. A reply is never invented for a host that did not answer: no answer, no
+reply.
 Host-side errors (host unreachable, TTL exceeded) reach the guest as ICMP errors.
 """
 
 from __future__ import annotations
 
 import logging
-import struct
+from typing import Final
 
+from slirpy.addresses import is_ipv6
 from slirpy.effects import Close, Effect, OpenPing, SendDatagram
 from slirpy.events import HostError
-from slirpy.flows.key import FlowKey
+from slirpy.flows.key import ECHO_REMOTE_PORT, FlowKey
 from slirpy.flows.table import FlowTable
 from slirpy.guest import GuestLink
 from slirpy.udp import icmp_error_for
 from slirpy.wire import Malformed
-from slirpy.wire.icmp import IcmpHeader, IcmpType, build_icmp
+from slirpy.wire.icmp import IcmpHeader, IcmpType, build_icmp, echo_rest
 from slirpy.wire.icmpv6 import Icmp6Type
 from slirpy.wire.ipv4 import IpProto
+
+log = logging.getLogger(__name__)
+
+ECHO_CODE: Final = 0  # echo requests and replies have no other code, in either family
 
 
 def _echo_types(addr: bytes) -> tuple[int, int, int]:
     """(protocol, request type, reply type) of echo in *addr*'s family."""
-    if len(addr) == 4:
-        return IpProto.ICMP, IcmpType.ECHO_REQUEST, IcmpType.ECHO_REPLY
-    return IpProto.ICMPV6, Icmp6Type.ECHO_REQUEST, Icmp6Type.ECHO_REPLY
-
-log = logging.getLogger(__name__)
+    if is_ipv6(addr):
+        return IpProto.ICMPV6, Icmp6Type.ECHO_REQUEST, Icmp6Type.ECHO_REPLY
+    return IpProto.ICMP, IcmpType.ECHO_REQUEST, IcmpType.ECHO_REPLY
 
 
 class EchoFlows:
@@ -41,18 +45,18 @@ class EchoFlows:
         self.table: FlowTable[bool] = FlowTable(limit, idle_s)
 
     def answer_ourselves(self, src: bytes, dst: bytes, echo: IcmpHeader) -> list[Effect]:
-        return list(self.link.icmp(src=dst, dst=src, icmp_type=_echo_types(src)[2], code=0,
-                                   rest=echo.rest, payload=echo.payload))
+        return list(self.link.icmp(src=dst, dst=src, icmp_type=_echo_types(src)[2],
+                                   code=ECHO_CODE, rest=echo.rest, payload=echo.payload))
 
     def from_guest(self, src: bytes, dst: bytes, echo: IcmpHeader, now: float) -> list[Effect]:
         proto, request_type, _ = _echo_types(src)
-        key = FlowKey(proto, src, echo.echo_id, dst, 0)
+        key = FlowKey(proto, src, echo.echo_id, dst, ECHO_REMOTE_PORT)
         effects: list[Effect] = []
         if not self.table.get(key, now):
             effects += [Close(old) for old in self.table.add(key, True, now)]
             effects.append(OpenPing(key, dst))
         # The kernel sets the id and, for ICMPv6 too, the checksum.
-        request = build_icmp(request_type, 0, echo.rest, echo.payload)
+        request = build_icmp(request_type, ECHO_CODE, echo.rest, echo.payload)
         effects.append(SendDatagram(key, request))
         return effects
 
@@ -67,9 +71,9 @@ class EchoFlows:
         reply_type = _echo_types(key.guest_addr)[2]
         if reply.type != reply_type:
             return []
-        rest = struct.pack("!HH", key.guest_port, reply.echo_seq)
+        rest = echo_rest(key.guest_port, reply.echo_seq)  # the guest's id back
         return list(self.link.icmp(src=key.remote_addr, dst=key.guest_addr,
-                                   icmp_type=reply_type, code=0, rest=rest,
+                                   icmp_type=reply_type, code=ECHO_CODE, rest=rest,
                                    payload=reply.payload))
 
     def on_host_error(self, key: FlowKey, error: HostError, now: float) -> list[Effect]:

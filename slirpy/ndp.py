@@ -22,7 +22,6 @@ unspecified address sent to a solicited-node group and without a link-layer opti
 from __future__ import annotations
 
 import logging
-import struct
 from typing import Final
 
 from slirpy.addresses import Network
@@ -30,9 +29,9 @@ from slirpy.effects import Effect, ToGuest
 from slirpy.guest import GuestLink
 from slirpy.wire import Malformed
 from slirpy.wire.icmp import IcmpHeader
-from slirpy.wire.icmpv6 import (NA_OVERRIDE, NA_ROUTER, NA_SOLICITED, ND_HOP_LIMIT, Icmp6Type,
-                                NdOption, NeighborMessage, neighbor_body, parse_options,
-                                router_advertisement)
+from slirpy.wire.icmpv6 import (NA_OVERRIDE, NA_ROUTER, NA_SOLICITED, ND_CODE, ND_HOP_LIMIT,
+                                NS_REST, Icmp6Type, NdOption, NeighborMessage, na_rest,
+                                neighbor_body, parse_options, router_advertisement)
 from slirpy.wire.ipv6 import ALL_NODES, UNSPECIFIED, Ipv6Header, solicited_node
 
 log = logging.getLogger(__name__)
@@ -56,7 +55,7 @@ class NeighborDiscovery:
     def on_message(self, ip: Ipv6Header, icmp: IcmpHeader, eth_src: bytes,
                    ours: frozenset[bytes], now: float) -> list[Effect]:
         """A router or neighbour solicitation, or a neighbour advertisement."""
-        if ip.ttl != ND_HOP_LIMIT or icmp.code != 0:
+        if ip.ttl != ND_HOP_LIMIT or icmp.code != ND_CODE:
             raise Malformed("nd-not-from-link")
         match icmp.type:
             case Icmp6Type.ROUTER_SOLICITATION:
@@ -94,8 +93,8 @@ class NeighborDiscovery:
         flags = NA_ROUTER | NA_OVERRIDE | (0 if dad else NA_SOLICITED)
         dst = ALL_NODES if dad else ip.src
         return list(self.link.icmp(
-            src=message.target, dst=dst, icmp_type=Icmp6Type.NEIGHBOR_ADVERTISEMENT, code=0,
-            rest=struct.pack("!I", flags), hop_limit=ND_HOP_LIMIT,
+            src=message.target, dst=dst, icmp_type=Icmp6Type.NEIGHBOR_ADVERTISEMENT,
+            code=ND_CODE, rest=na_rest(flags), hop_limit=ND_HOP_LIMIT,
             payload=neighbor_body(message.target, NdOption.TARGET_LINK_ADDR,
                                   self.link.our_mac)))
 
@@ -103,7 +102,7 @@ class NeighborDiscovery:
         """A neighbour solicitation for a guest address we have not heard from."""
         (frame,) = self.link.icmp(
             src=self.router, dst=solicited_node(target),
-            icmp_type=Icmp6Type.NEIGHBOR_SOLICITATION, code=0, rest=bytes(4),
+            icmp_type=Icmp6Type.NEIGHBOR_SOLICITATION, code=ND_CODE, rest=NS_REST,
             hop_limit=ND_HOP_LIMIT,
             payload=neighbor_body(target, NdOption.SOURCE_LINK_ADDR, self.link.our_mac))
         return frame
@@ -115,8 +114,8 @@ class NeighborDiscovery:
             prefix_len=self.prefix_len, dns=self.dns, router_lifetime_s=ROUTER_LIFETIME_S,
             valid_s=PREFIX_VALID_S, preferred_s=PREFIX_PREFERRED_S)
         return list(self.link.icmp(src=self.router, dst=ALL_NODES,
-                                   icmp_type=Icmp6Type.ROUTER_ADVERTISEMENT, code=0, rest=rest,
-                                   payload=body, hop_limit=ND_HOP_LIMIT))
+                                   icmp_type=Icmp6Type.ROUTER_ADVERTISEMENT, code=ND_CODE,
+                                   rest=rest, payload=body, hop_limit=ND_HOP_LIMIT))
 
     def expire(self, now: float) -> list[Effect]:
         return self.advertise(now) if now >= self.next_advert else []

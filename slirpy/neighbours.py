@@ -9,14 +9,16 @@ address, releases them. Timed: the re-asking is this component's deadline.
 
 from __future__ import annotations
 
+from typing import Final
+
+from slirpy.addresses import is_ipv6
 from slirpy.effects import Effect, ToGuest
 from slirpy.guest import GuestLink
 from slirpy.ndp import NeighborDiscovery
 from slirpy.wire.arp import ArpOp, PACKET_LEN as ARP_LEN, build_arp
-from slirpy.wire.ethernet import BROADCAST, HEADER_LEN as ETH_LEN, EtherType
-from slirpy.addresses import is_ipv6
+from slirpy.wire.ethernet import BROADCAST, HEADER_LEN as ETH_LEN, MAC_LEN, EtherType
 
-NO_MAC = bytes(6)
+NO_MAC: Final = bytes(MAC_LEN)  # an ARP request's target MAC: the unknown
 
 
 class Neighbours:

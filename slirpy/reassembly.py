@@ -1,12 +1,16 @@
-"""Bounded reassembly of IPv4 fragments from the guest (RFC 791 section 3.2, RFC 815).
+"""Bounded reassembly of IPv4 and IPv6 fragments from the guest (IPv4: RFC 791 section
+3.2, RFC 815; IPv6: RFC 8200 section 4.5).
 
-A queue per (src, dst, proto, id) holds the pieces seen so far; a datagram is handed
-on once pieces cover 0..end with the last one (MF clear) present. Everything is capped
-so a guest cannot grow our memory: the number of queues (the oldest is evicted), the
-bytes held across all queues, the pieces per queue, the datagram size (65535), and the
-time a queue may wait (Linux's ipfrag_time, 30 s). Overlapping pieces drop the whole
-queue, as Linux has done since FragmentSmack (CVE-2018-5391) and RFC 5722 asks for
-IPv6; an exact duplicate is only ignored, since a retransmission can repeat one.
+A queue per (src, dst, proto, id) holds the pieces seen so far, for either family (the
+address lengths keep them apart); a datagram is handed on once pieces cover 0..end with
+the last one (MF clear, or M for IPv6) present. For IPv6 the pieces are the fragmentable
+part: the caller walks the extension headers at its start once it is whole. Everything
+is capped so a guest cannot grow our memory: the number of queues (the oldest is
+evicted), the bytes held across all queues, the pieces per queue, the datagram size
+(65535: IPv4's total length, IPv6's payload length), and the time a queue may wait
+(Linux's ipfrag_time, 30 s). Overlapping pieces drop the whole queue, as RFC 5722 asks
+for IPv6 and Linux has done for IPv4 too since FragmentSmack (CVE-2018-5391); an exact
+duplicate is only ignored, since a retransmission can repeat one.
 """
 
 from __future__ import annotations
@@ -16,8 +20,9 @@ import logging
 from collections import Counter
 from typing import Final, NamedTuple
 
+from slirpy.addresses import is_ipv6
 from slirpy.effects import Effect
-from slirpy.wire.ipv4 import MAX_DATAGRAM, HEADER_LEN
+from slirpy.wire.ipv4 import FRAGMENT_UNIT, HEADER_LEN, MAX_DATAGRAM
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +65,9 @@ class Reassembler:
         end = offset + len(data)
         # The whole must fit a datagram: IPv4's total length counts its header, IPv6's
         # payload length only what follows the fixed header.
-        if end + (HEADER_LEN if len(key.src) == 4 else 0) > MAX_DATAGRAM:
+        if end + (0 if is_ipv6(key.src) else HEADER_LEN) > MAX_DATAGRAM:
             return self._drop(key, "frag-too-big")
-        if more and (len(data) % 8 or not data):
+        if more and (len(data) % FRAGMENT_UNIT or not data):
             return self._drop(key, "frag-bad-length")
         queue = self.queues.get(key)
         if queue is None:

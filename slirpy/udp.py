@@ -17,6 +17,7 @@ import logging
 import struct
 from typing import Final
 
+from slirpy.addresses import is_ipv6
 from slirpy.effects import Close, Effect, OpenUdp, SendDatagram
 from slirpy.events import HostError
 from slirpy.flows.key import FlowKey, FlowRecord, Traffic
@@ -26,10 +27,20 @@ from slirpy.wire.icmp import IcmpType, UnreachCode
 from slirpy.wire.icmpv6 import Icmp6Type, Unreach6Code
 from slirpy.wire.ipv4 import HEADER_LEN as IP_LEN, IpProto, build_ipv4
 from slirpy.wire.ipv6 import HEADER_LEN as IP6_LEN, build_ipv6
+from slirpy.wire.udp import HEADER_LEN as UDP_LEN
 
 log = logging.getLogger(__name__)
 
-_UDP_QUOTE: Final = struct.Struct("!HHHH")
+# An ICMP error quotes the IP header and the first 8 bytes after it (RFC 792): what the
+# guest's kernel needs of the transport header to find its socket.
+QUOTED_L4_LEN: Final = 8
+_ECHO_QUOTE: Final = struct.Struct("!BBHHH")  # type, code, checksum, id, sequence
+_TCP_QUOTE: Final = struct.Struct("!HHI")  # ports, sequence number
+_UDP_QUOTE: Final = struct.Struct("!HHHH")  # ports, length, checksum
+_NO_CHECKSUM: Final = 0
+_PTB_REST: Final = struct.Struct("!I")  # ICMPv6 packet too big: the MTU (RFC 4443 3.2)
+_FRAG_NEEDED_REST: Final = struct.Struct("!HH")  # unused, next-hop MTU (RFC 1191)
+_NEXT_HOP_MTU_MASK: Final = 0xFFFF  # the low 16 bits of the four
 
 
 class UdpFlows:
@@ -90,22 +101,23 @@ def quoted_header(key: FlowKey, seq: int = 0) -> bytes:
 
     For TCP, *seq* is the sequence number the guest's kernel checks the error against.
     """
-    v6 = len(key.guest_addr) == 16
+    v6 = is_ipv6(key.guest_addr)
     ip_len = IP6_LEN if v6 else IP_LEN
-    quote = bytearray(ip_len + 8)
+    quote = bytearray(ip_len + QUOTED_L4_LEN)
     if v6:
         build_ipv6(quote, 0, src=key.guest_addr, dst=key.remote_addr, next_header=key.proto,
-                   payload_len=8)
+                   payload_len=QUOTED_L4_LEN)
     else:
         build_ipv4(quote, 0, src=key.guest_addr, dst=key.remote_addr, proto=key.proto,
-                   payload_len=8)
+                   payload_len=QUOTED_L4_LEN)
     if key.proto in (IpProto.ICMP, IpProto.ICMPV6):
         echo = IcmpType.ECHO_REQUEST if key.proto == IpProto.ICMP else Icmp6Type.ECHO_REQUEST
-        struct.pack_into("!BBHHH", quote, ip_len, echo, 0, 0, key.guest_port, 0)
+        _ECHO_QUOTE.pack_into(quote, ip_len, echo, 0, _NO_CHECKSUM, key.guest_port, 0)
     elif key.proto == IpProto.TCP:
-        struct.pack_into("!HHI", quote, ip_len, key.guest_port, key.remote_port, seq)
+        _TCP_QUOTE.pack_into(quote, ip_len, key.guest_port, key.remote_port, seq)
     else:
-        _UDP_QUOTE.pack_into(quote, ip_len, key.guest_port, key.remote_port, 8, 0)
+        _UDP_QUOTE.pack_into(quote, ip_len, key.guest_port, key.remote_port, UDP_LEN,
+                             _NO_CHECKSUM)
     return bytes(quote)
 
 
@@ -116,17 +128,18 @@ def icmp_error_for(link: GuestLink, key: FlowKey, icmp_type: int, code: int,
     *icmp_type* and *code* are of the key's family (ICMPv6's for an IPv6 flow), as the
     host's error queue reports them; `unreachable` speaks for both families.
     """
-    if len(key.guest_addr) == 16:
+    if is_ipv6(key.guest_addr):
         if icmp_type not in (Icmp6Type.DEST_UNREACHABLE, Icmp6Type.PACKET_TOO_BIG,
                              Icmp6Type.TIME_EXCEEDED):
             return []
         # "Packet too big" carries the MTU (RFC 4443 3.2).
-        rest = struct.pack("!I", info if icmp_type == Icmp6Type.PACKET_TOO_BIG else 0)
+        rest = _PTB_REST.pack(info if icmp_type == Icmp6Type.PACKET_TOO_BIG else 0)
     else:
         if icmp_type not in (IcmpType.DEST_UNREACHABLE, IcmpType.TIME_EXCEEDED):
             return []
         # "Fragmentation needed" carries the next-hop MTU in the low 16 bits (RFC 1191).
-        rest = struct.pack("!HH", 0, info & 0xFFFF if code == UnreachCode.FRAG_NEEDED else 0)
+        rest = _FRAG_NEEDED_REST.pack(
+            0, info & _NEXT_HOP_MTU_MASK if code == UnreachCode.FRAG_NEEDED else 0)
     return list(link.icmp(src=key.remote_addr, dst=key.guest_addr, icmp_type=icmp_type,
                           code=code, rest=rest, payload=quoted_header(key, seq)))
 
@@ -141,6 +154,6 @@ _UNREACH6: Final = {UnreachCode.NET: Unreach6Code.NO_ROUTE, UnreachCode.HOST: Un
 def unreachable(link: GuestLink, key: FlowKey, code: UnreachCode, seq: int = 0) -> list[Effect]:
     """"Destination unreachable" about *key*, in its family: *code* is named as ICMPv4's
     and becomes its ICMPv6 counterpart (RFC 4443 3.1) for an IPv6 flow."""
-    if len(key.guest_addr) == 16:
+    if is_ipv6(key.guest_addr):
         return icmp_error_for(link, key, Icmp6Type.DEST_UNREACHABLE, _UNREACH6[code], 0, seq)
     return icmp_error_for(link, key, IcmpType.DEST_UNREACHABLE, code, 0, seq)

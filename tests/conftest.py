@@ -5,31 +5,41 @@ drives it: the harnesses or a test directly) goes through `tests.strict.check_to
 slirpy's own parsers and an independent check of every length and checksum, partial
 checksums of offloaded frames included. A frame a strict guest would drop fails the test
 that produced it, whatever that test asserts about it.
+
+Tests get a `StrictStack` wherever they import `slirpy.stack.Stack`: it wraps a real
+stack and checks what `feed` returns. It wraps rather than patches, because in the
+compiled build `Stack` is a native class whose methods cannot be replaced. (The
+composition root, `slirpy.app`, keeps the real class: it imported it itself.)
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from typing import Any
 
-import pytest
-
+import slirpy.app  # noqa: F401  (binds the real Stack before the name is replaced below)
+import slirpy.stack
 from slirpy.effects import Effect, ToGuest
 from slirpy.events import Event
-from slirpy.stack import Stack
 from tests.strict import check_to_guest
 
-_FEED = Stack.feed
+CoreStack = slirpy.stack.Stack
 
 
-def _strict_feed(self: Stack, event: Event, now: float) -> list[Effect]:
-    effects = _FEED(self, event, now)
-    for effect in effects:
-        if isinstance(effect, ToGuest):
-            check_to_guest(effect)
-    return effects
+class StrictStack:
+    """A Stack whose every frame to the guest is checked on the way out."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.core = CoreStack(*args, **kwargs)
+
+    def feed(self, event: Event, now: float) -> list[Effect]:
+        effects = self.core.feed(event, now)
+        for effect in effects:
+            if isinstance(effect, ToGuest):
+                check_to_guest(effect)
+        return effects
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.core, name)
 
 
-@pytest.fixture(autouse=True)
-def strict_frames_to_guest(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.setattr(Stack, "feed", _strict_feed)
-    yield
+slirpy.stack.Stack = StrictStack  # type: ignore[misc, assignment]

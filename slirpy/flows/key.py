@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Final, NamedTuple
+
+from slirpy.addresses import address_text
+from slirpy.wire.ipv4 import IpProto
+
+# How a flow's protocol reads in logs: IpProto's names, ICMPv6's shortened to "icmp6".
+_PROTO_NAMES: Final[dict[int, str]] = {
+    proto: "icmp6" if proto is IpProto.ICMPV6 else proto.name.lower()
+    for proto in IpProto}
+ECHO_REMOTE_PORT: Final = 0  # an ICMP echo flow's remote_port: echo has none
 
 
 class FlowKey(NamedTuple):
     """One guest conversation: protocol, the guest's end, the far end as the guest named it.
 
     Addresses are packed bytes (4 or 16). For ICMP echo, guest_port is the echo id and
-    remote_port is 0. Services of slirpy's own that talk to the host (the DNS forwarder)
-    use their own address as guest_addr, so their keys never collide with the guest's.
+    remote_port is ECHO_REMOTE_PORT (0). Services of slirpy's own that talk to the host
+    (the DNS forwarder) use their own address as guest_addr, so their keys never collide
+    with the guest's.
     """
 
     proto: int
@@ -22,11 +31,9 @@ class FlowKey(NamedTuple):
     remote_port: int
 
     def __str__(self) -> str:
-        names = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmp6"}
-        guest = ipaddress.ip_address(self.guest_addr)
-        remote = ipaddress.ip_address(self.remote_addr)
-        return (f"{names.get(self.proto, self.proto)} {guest}:{self.guest_port}"
-                f" -> {remote}:{self.remote_port}")
+        return (f"{_PROTO_NAMES.get(self.proto, self.proto)} "
+                f"{address_text(self.guest_addr)}:{self.guest_port}"
+                f" -> {address_text(self.remote_addr)}:{self.remote_port}")
 
 
 @dataclass(slots=True)

@@ -46,6 +46,11 @@ _FORWARDED: Final = (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUS
 _RESTORED: Final = (signal.SIGINT, signal.SIGPIPE, signal.SIGXFSZ, *_FORWARDED)
 _READY: Final = b"ok"
 _GO: Final = b"g"
+# Exit statuses, as a shell gives them.
+_EXIT_SIGNALLED: Final = 128  # plus the signal's number
+_EXIT_NOT_EXECUTABLE: Final = 126
+_EXIT_NOT_FOUND: Final = 127
+_EX_SOFTWARE: Final = 70  # <sysexits.h>: an internal error (a bug in a forked child)
 
 
 class Guest:
@@ -79,7 +84,7 @@ class Guest:
 def exit_status(raw: int) -> int:
     """A shell's view of a wait status: the exit code, or 128 + the signal."""
     code = os.waitstatus_to_exitcode(raw)
-    return 128 - code if code < 0 else code
+    return _EXIT_SIGNALLED - code if code < 0 else code
 
 
 def spawn(cmd: list[str], nameservers: list[str]) -> Guest:
@@ -156,7 +161,7 @@ def _fork(start: Callable[[], NoReturn]) -> int:
             start()
         except BaseException:  # a bug: show it, but never unwind into slirpy's own code
             traceback.print_exc()
-        os._exit(70)  # EX_SOFTWARE
+        os._exit(_EX_SOFTWARE)
     return pid
 
 
@@ -197,10 +202,10 @@ def _exec(cmd: list[str]) -> NoReturn:
         os.execvp(cmd[0], cmd)
     except FileNotFoundError:
         _say(f"{cmd[0]}: command not found")
-        os._exit(127)
+        os._exit(_EXIT_NOT_FOUND)
     except OSError as exc:
         _say(f"{cmd[0]}: {exc.strerror}")
-        os._exit(126)
+        os._exit(_EXIT_NOT_EXECUTABLE)
 
 
 def _bind_resolv_conf(nameservers: list[str]) -> None:

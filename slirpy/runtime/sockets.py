@@ -10,7 +10,6 @@ namespaces slirpy was started in, never the guest's.
 from __future__ import annotations
 
 import errno
-import ipaddress
 import logging
 import os
 import select
@@ -19,6 +18,7 @@ import struct
 from collections.abc import Callable
 from typing import Final
 
+from slirpy.addresses import address_text, is_ipv6
 from slirpy.config import Config
 from slirpy.events import Event, HostDatagram, HostError, HostFailed
 from slirpy.flows.key import FlowKey
@@ -33,7 +33,8 @@ _SOCK_EE: Final = struct.Struct("=IBBBBII")  # struct sock_extended_err
 SO_EE_ORIGIN_ICMP: Final = 2
 SO_EE_ORIGIN_ICMP6: Final = 3
 RECV_BATCH: Final = 64
-MAX_DATAGRAM: Final = 65535
+MAX_DATAGRAM: Final = 65535  # a read buffer any UDP payload fits in
+_ERRQUEUE_CONTROL_BYTES: Final = 512  # room for sock_extended_err and the offender's address
 
 Post = Callable[[Event], None]
 
@@ -54,12 +55,12 @@ class HostSockets:
         self._open(key, socket.SOCK_DGRAM, socket.IPPROTO_UDP, host_addr, host_port)
 
     def open_ping(self, key: FlowKey, host_addr: bytes) -> None:
-        proto = socket.IPPROTO_ICMP if len(host_addr) == 4 else socket.IPPROTO_ICMPV6
+        proto = socket.IPPROTO_ICMPV6 if is_ipv6(host_addr) else socket.IPPROTO_ICMP
         self._open(key, socket.SOCK_DGRAM, proto, host_addr, 0)
 
     def _open(self, key: FlowKey, kind: int, proto: int, host_addr: bytes, port: int) -> None:
-        family = socket.AF_INET if len(host_addr) == 4 else socket.AF_INET6
-        address = str(ipaddress.ip_address(host_addr))
+        family = socket.AF_INET6 if is_ipv6(host_addr) else socket.AF_INET
+        address = address_text(host_addr)
         try:
             sock = socket.socket(family, kind | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC, proto)
         except OSError as exc:
@@ -134,7 +135,7 @@ class HostSockets:
     def _read_errors(self, key: FlowKey, sock: socket.socket) -> None:
         while self.by_key.get(key) is sock:
             try:
-                _, ancdata, _, _ = sock.recvmsg(1, 512, socket.MSG_ERRQUEUE)
+                _, ancdata, _, _ = sock.recvmsg(1, _ERRQUEUE_CONTROL_BYTES, socket.MSG_ERRQUEUE)
             except OSError:
                 return  # BlockingIOError: the queue is empty
             for level, kind, data in ancdata:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import ipaddress
 import logging
 import select
 import socket
@@ -25,6 +24,7 @@ import struct
 from collections.abc import Callable
 from typing import Final
 
+from slirpy.addresses import address_text, is_ipv6
 from slirpy.config import Config
 from slirpy.events import (ConnectFailed, Connected, Event, HostData, HostEof, HostReset,
                            Readable, Sent, Writable)
@@ -33,8 +33,9 @@ from slirpy.runtime.loop import EventLoop
 
 log = logging.getLogger(__name__)
 
+# <asm-generic/socket.h>, <asm-generic/ioctls.h>: Python's socket module lacks them.
 SO_PEEK_OFF: Final = 42
-SIOCOUTQ: Final = 0x5411
+SIOCOUTQ: Final = 0x5411  # TIOCOUTQ: bytes in the send queue, not yet acknowledged
 PEEK_BUFFER_BYTES: Final = 1 << 20
 SPACE_REFRESH_BYTES: Final = 1 << 16  # below this estimate (a super-segment), ask again
 _EDGE: Final = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLET
@@ -86,7 +87,7 @@ class HostStreams:
         self.loop.add(sock.fileno(), lambda mask: self._ready(key, sock, mask), _EDGE)
 
     def connect(self, key: FlowKey, host_addr: bytes, host_port: int) -> None:
-        family = socket.AF_INET if len(host_addr) == 4 else socket.AF_INET6
+        family = socket.AF_INET6 if is_ipv6(host_addr) else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK
                              | socket.SOCK_CLOEXEC)
         try:
@@ -94,7 +95,7 @@ class HostStreams:
             bind = self.bind4 if family == socket.AF_INET else self.bind6
             if bind is not None:
                 sock.bind((bind, 0))
-            error = sock.connect_ex((str(ipaddress.ip_address(host_addr)), host_port))
+            error = sock.connect_ex((address_text(host_addr), host_port))
         except OSError as exc:
             error = exc.errno or errno.EIO
         if error not in (0, errno.EINPROGRESS):
@@ -231,5 +232,5 @@ class HostStreams:
         which the guest recovers from; underestimating only a smaller window.
         """
         sndbuf = sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
-        queued = _INT.unpack(fcntl.ioctl(sock.fileno(), SIOCOUTQ, b"\0\0\0\0"))[0]
+        queued = _INT.unpack(fcntl.ioctl(sock.fileno(), SIOCOUTQ, bytes(_INT.size)))[0]
         return max(0, int(sndbuf) * 7 // 8 - int(queued))

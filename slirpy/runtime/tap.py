@@ -26,12 +26,17 @@ from collections import Counter
 from typing import Final, NamedTuple, Protocol
 
 from slirpy.effects import ToGuest
+from slirpy.wire.ethernet import ETHERTYPE_OFFSET, EtherType
 
 log = logging.getLogger(__name__)
 
+# <linux/if_tun.h>, <linux/virtio_net.h>, <linux/if.h>
 TUNGETIFF: Final = 0x800454D2
 TUNSETOFFLOAD: Final = 0x400454D0
 IFF_VNET_HDR: Final = 0x4000
+_IFREQ_LEN: Final = 40  # struct ifreq
+_IFR_FLAGS: Final = struct.Struct("=H")  # ifr_flags, after the 16-byte name
+_IFR_FLAGS_OFFSET: Final = 16  # IFNAMSIZ
 TUN_F_CSUM: Final = 0x01
 TUN_F_TSO4: Final = 0x02
 TUN_F_TSO6: Final = 0x04
@@ -41,7 +46,9 @@ VNET_F_DATA_VALID: Final = 2
 VNET_GSO_TCPV4: Final = 1
 VNET_GSO_TCPV6: Final = 4
 _PLAIN_HDR: Final = bytes(VNET_HDR.size)
-MAX_FRAME: Final = 65536 + 256
+MAX_FRAME: Final = 65536 + 256  # a 64 KiB super-segment and its headers
+_ETHERTYPE_IPV4: Final = EtherType.IPV4.to_bytes(2, "big")
+_ETHERTYPE_AT: Final = slice(ETHERTYPE_OFFSET, ETHERTYPE_OFFSET + len(_ETHERTYPE_IPV4))
 
 
 class Frame(NamedTuple):
@@ -61,10 +68,10 @@ class FrameDevice(Protocol):
 
 def has_vnet_header(fd: int) -> bool:
     try:
-        ifreq = fcntl.ioctl(fd, TUNGETIFF, bytes(40))
+        ifreq = fcntl.ioctl(fd, TUNGETIFF, bytes(_IFREQ_LEN))
     except OSError:
         return False  # not a tun/tap fd (a socketpair in tests)
-    return bool(struct.unpack_from("H", ifreq, 16)[0] & IFF_VNET_HDR)
+    return bool(_IFR_FLAGS.unpack_from(ifreq, _IFR_FLAGS_OFFSET)[0] & IFF_VNET_HDR)
 
 
 class TapDevice:
@@ -112,7 +119,8 @@ class TapDevice:
             return _PLAIN_HDR
         gso_type = 0
         if frame.gso_size:
-            gso_type = VNET_GSO_TCPV4 if frame.headers[12:14] == b"\x08\x00" else VNET_GSO_TCPV6
+            ipv4 = frame.headers[_ETHERTYPE_AT] == _ETHERTYPE_IPV4
+            gso_type = VNET_GSO_TCPV4 if ipv4 else VNET_GSO_TCPV6
         return VNET_HDR.pack(VNET_F_NEEDS_CSUM, gso_type, len(frame.headers), frame.gso_size,
                              frame.csum_start, frame.csum_offset)
 

@@ -15,9 +15,10 @@ continued by an ordinary host socket.
   the runtime to MSG_PEEK (a Peek effect) at SO_PEEK_OFF (which sits at snd_nxt -
   snd_una) as many bytes as the guest's window has room for, cut what comes back
   into segments, and acknowledged bytes are dropped with MSG_TRUNC. A read is asked
-  for when the socket reports data, when the window opens, and after a rewind. A retransmission is "rewind the peek offset to snd_una and
-  send again" (go-back-N, after a timeout or three duplicate ACKs). No retransmit
-  queue: memory is bounded by the kernel's socket buffers.
+  for when the socket reports data, when the window opens, and after a rewind. A
+  retransmission is "rewind the peek offset to snd_una and send again" (go-back-N,
+  after a timeout or three duplicate ACKs). No retransmit queue: memory is bounded by
+  the kernel's socket buffers.
 - The handshake waits for the host: the guest's SYN starts a non-blocking connect()
   and the SYN-ACK goes out only once it succeeded; a refusal becomes an RST, an
   unreachable network an ICMP error, a timeout an RST. So the guest's client sees
@@ -38,12 +39,14 @@ from slirpy.effects import (Close, Consume, Effect, Peek, Rewind, Send, Shutdown
                             ToGuest, WatchWritable)
 from slirpy.flows.key import FlowKey, FlowRecord, Traffic
 from slirpy.guest import GuestLink
-from slirpy.tcp.seq import seq_add, seq_diff, seq_le, seq_lt
+from slirpy.tcp.seq import MOD as SEQ_MOD, seq_add, seq_diff, seq_le, seq_lt
 from slirpy.tcp.timers import RtoEstimator
 from slirpy.udp import unreachable as icmp_unreachable
 from slirpy.wire.icmp import UnreachCode
-from slirpy.wire.tcp import (ACK, FIN, HEADER_LEN as TCP_LEN, PSH, RST, SYN, TcpHeader,
-                             build_tcp, syn_options)
+from slirpy.wire.ipv4 import HEADER_LEN as IP_LEN, MAX_DATAGRAM, IpProto
+from slirpy.wire.tcp import (ACK, CHECKSUM_OFFSET as TCP_CHECKSUM_OFFSET, FIN,
+                             HEADER_LEN as TCP_LEN, PSH, RST, SYN, TcpHeader, build_tcp,
+                             mss_option, syn_options)
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +59,10 @@ MAX_SYN_RETRIES: Final = 5  # a forwarded SYN: 1+2+4+8+16+32 s, then the client 
 DUPACK_THRESHOLD: Final = 3  # RFC 5681 3.2
 PERSIST_MAX_S: Final = 60.0
 REORDER_MAX_BYTES: Final = 512 * 1024  # per connection: data held beyond a hole
-GSO_MAX_PAYLOAD: Final = 65535 - 20 - 20  # an IPv4 datagram's worth of TCP payload
+# An IPv4 datagram's worth of TCP payload (IPv6's would be 20 bytes more: one size serves).
+GSO_MAX_PAYLOAD: Final = MAX_DATAGRAM - IP_LEN - TCP_LEN
+_PROTO: Final = int(IpProto.TCP)  # a plain int: an enum member's lookup costs per segment
+ISN_CLOCK_HZ: Final = 250_000  # RFC 6528: the ISN clock ticks every 4 microseconds
 
 
 class State(enum.Enum):
@@ -76,14 +82,12 @@ class State(enum.Enum):
 
 _RECEIVING: Final = frozenset({State.ESTABLISHED, State.FIN_WAIT_1, State.FIN_WAIT_2})
 _SENDING: Final = frozenset({State.ESTABLISHED, State.CLOSE_WAIT})
-_FIN_SENT: Final = frozenset({State.FIN_WAIT_1, State.FIN_WAIT_2, State.CLOSING,
-                              State.LAST_ACK})
 
 
 def initial_sequence(secret: bytes, key: FlowKey, now: float) -> int:
     """RFC 6528: a keyed hash of the connection plus a 4 microsecond clock."""
     digest = hashlib.blake2s(repr(tuple(key)).encode(), key=secret, digest_size=4).digest()
-    return (int.from_bytes(digest, "big") + int(now * 250_000)) % (1 << 32)
+    return (int.from_bytes(digest, "big") + int(now * ISN_CLOCK_HZ)) % SEQ_MOD
 
 
 class ReorderBudget:
@@ -104,6 +108,21 @@ class ReorderBudget:
 
 
 class TcpConn:
+    """One connection between the guest and a host socket: its state machine (RFC 9293
+    3.3.2) and both sequence spaces, turning each event into segments for the guest and
+    effects for the runtime.
+
+    Owns the state, the sequence and window variables, the retransmission timer's
+    deadline and estimator, the wanted read, and the bounded reorder store for guest
+    data beyond a hole (its share of the stack-wide ReorderBudget).
+
+    Never touches a socket (it asks for Send, Peek, Consume, Rewind and the like as
+    effects), never keeps a copy of host bytes (they stay in the host socket until the
+    guest acknowledges them) nor of guest bytes but the reorder store, and never reads
+    a clock: every event brings *now*, and the deadline is only stored for `TcpFlows`'
+    timer heap to act on.
+    """
+
     def __init__(self, key: FlowKey, link: GuestLink, syn: TcpHeader | None, iss: int,
                  our_mss: int, now: float, budget: ReorderBudget | None = None) -> None:
         """A connection the guest opens with *syn*; with None, one we open (see `active`)."""
@@ -136,7 +155,6 @@ class TcpConn:
         self.rto = RtoEstimator()
         self.rtt_probe: tuple[int, float] | None = None  # (sequence to be acked, sent at)
         self.deadline: float | None = None
-        self.last_activity = now
         self.created = now
 
     def __repr__(self) -> str:
@@ -230,13 +248,12 @@ class TcpConn:
 
     def _syn_ack(self) -> Effect:
         options = syn_options(self.our_mss, OUR_WSCALE) if self.our_wscale else \
-            syn_options(self.our_mss, 0)[:4]
+            mss_option(self.our_mss)
         return self._segment(SYN | ACK, seq=self.iss, options=options)
 
     # --- segments from the guest ----------------------------------------------------------
 
     def on_segment(self, seg: TcpHeader, now: float) -> list[Effect]:
-        self.last_activity = now
         if seg.flags & RST:
             return self._on_rst(seg)
         match self.state:
@@ -428,7 +445,8 @@ class TcpConn:
             # The guest holds bytes we did not ACK; a window update plus duplicates
             # make it resend them now (RFC 5681 fast retransmit), not after its RTO.
             self.short_write = False
-            return [ack, self._ack(), self._ack(), self._ack(), *rewatch]
+            dupacks = [self._ack() for _ in range(DUPACK_THRESHOLD)]
+            return [ack, *dupacks, *rewatch]
         return [ack, *rewatch]  # still no room for a segment: wait for the next wake-up
 
     def _on_guest_fin(self) -> list[Effect]:
@@ -594,8 +612,9 @@ class TcpConn:
                   ack=ack, flags=flags, window=window, options=options, payload=payload,
                   checksum=not offload)
         gso_size = self.send_mss if offload and len(payload) > self.send_mss else 0
-        (frame,) = self.link.ip(src=self.key.remote_addr, dst=self.key.guest_addr, proto=6,
-                                l4=header, payload=payload, csum_offset=16 if offload else 0,
+        (frame,) = self.link.ip(src=self.key.remote_addr, dst=self.key.guest_addr,
+                                proto=_PROTO, l4=header, payload=payload,
+                                csum_offset=TCP_CHECKSUM_OFFSET if offload else 0,
                                 gso_size=gso_size)
         return frame
 
@@ -613,6 +632,6 @@ def reset_for(link: GuestLink, key: FlowKey, seg: TcpHeader) -> list[Effect]:
         seq, ack, flags = 0, seq_add(seg.seq, length), RST | ACK
     build_tcp(header, 0, src=key.remote_addr, dst=key.guest_addr, src_port=key.remote_port,
               dst_port=key.guest_port, seq=seq, ack=ack, flags=flags, window=0)
-    return list(link.ip(src=key.remote_addr, dst=key.guest_addr, proto=6, l4=header))
+    return list(link.ip(src=key.remote_addr, dst=key.guest_addr, proto=_PROTO, l4=header))
 
 

@@ -14,18 +14,21 @@ import heapq
 import logging
 from typing import Final, assert_never
 
+from slirpy.addresses import is_ipv6
 from slirpy.effects import Connect, Effect
 from slirpy.events import (ConnectFailed, Connected, HostData, HostEof, HostReset, Readable,
                            Sent, Writable)
 from slirpy.flows.key import FlowKey
 from slirpy.guest import GuestLink
 from slirpy.tcp.conn import ReorderBudget, State, TcpConn, initial_sequence, reset_for
-from slirpy.wire.tcp import ACK, RST, SYN, TcpHeader
+from slirpy.wire.ipv4 import HEADER_LEN as IP_LEN
+from slirpy.wire.ipv6 import HEADER_LEN as IP6_LEN
+from slirpy.wire.tcp import ACK, HEADER_LEN as TCP_LEN, RST, SYN, TcpHeader
 
 log = logging.getLogger(__name__)
 
-IP_TCP_HEADERS: Final = 40
-IPV6_EXTRA: Final = 20  # an IPv6 header is 40 bytes, IPv4's 20
+IP_TCP_HEADERS: Final = IP_LEN + TCP_LEN  # 40: the MSS is the MTU less these
+IPV6_EXTRA: Final = IP6_LEN - IP_LEN  # 20: over IPv6 the MSS is that much smaller
 CONNECT_TIMEOUT_S: Final = 30.0  # then RST: the guest's connect() fails, as on a network
 REORDER_TOTAL_BYTES: Final = 32 * 1024 * 1024  # all connections' out-of-order data together
 
@@ -92,7 +95,7 @@ class TcpFlows:
         return [syn]
 
     def _mss(self, key: FlowKey) -> int:
-        return self.our_mss - (IPV6_EXTRA if len(key.guest_addr) == 16 else 0)
+        return self.our_mss - (IPV6_EXTRA if is_ipv6(key.guest_addr) else 0)
 
     def _full(self) -> bool:
         """At the cap: count the refusal, and say so once until some connections close."""

@@ -16,6 +16,11 @@ SERVER_PORT: Final = 67
 CLIENT_PORT: Final = 68
 _OP_REQUEST: Final = 1
 _OP_REPLY: Final = 2
+_HTYPE_ETHERNET: Final = 1
+_HLEN_ETHERNET: Final = 6
+_CHADDR_LEN: Final = 16  # the client hardware address field; a MAC fills its first 6
+_BOOTP_MIN_LEN: Final = 300  # BOOTP's minimum message; some clients insist on it
+_IPV4_LEN: Final = 4
 
 
 class DhcpOption(enum.IntEnum):
@@ -63,7 +68,7 @@ class DhcpMessage(NamedTuple):
 
     def option_ip(self, code: int) -> bytes | None:
         value = self.options.get(code)
-        return value if value is not None and len(value) == 4 else None
+        return value if value is not None and len(value) == _IPV4_LEN else None
 
     @classmethod
     def parse(cls, payload: memoryview) -> DhcpMessage:
@@ -71,11 +76,11 @@ class DhcpMessage(NamedTuple):
             raise Malformed("dhcp-short")
         (op, htype, hlen, _, xid, _, flags, ciaddr, yiaddr, _, giaddr, chaddr,
          _, _, cookie) = _FIXED.unpack_from(payload)
-        if op != _OP_REQUEST or htype != 1 or hlen != 6:
+        if op != _OP_REQUEST or htype != _HTYPE_ETHERNET or hlen != _HLEN_ETHERNET:
             raise Malformed("dhcp-unsupported")
         if cookie != MAGIC_COOKIE:
             raise Malformed("dhcp-no-cookie")
-        return cls(op, xid, flags, ciaddr, yiaddr, giaddr, chaddr[:6],
+        return cls(op, xid, flags, ciaddr, yiaddr, giaddr, chaddr[:_HLEN_ETHERNET],
                    _parse_options(payload[FIXED_LEN:]))
 
 
@@ -102,9 +107,10 @@ def build_dhcp_reply(*, xid: int, flags: int, ciaddr: bytes, yiaddr: bytes, siad
                      chaddr: bytes, options: list[tuple[int, bytes]]) -> bytearray:
     """A BOOTREPLY with *options* in order, then END."""
     size = FIXED_LEN + sum(2 + len(value) for _, value in options) + 1
-    message = bytearray(max(size, 300))  # BOOTP's minimum; some clients insist on it
-    _FIXED.pack_into(message, 0, _OP_REPLY, 1, 6, 0, xid, 0, flags, ciaddr, yiaddr, siaddr,
-                     b"\0" * 4, chaddr.ljust(16, b"\0"), b"", b"", MAGIC_COOKIE)
+    message = bytearray(max(size, _BOOTP_MIN_LEN))
+    _FIXED.pack_into(message, 0, _OP_REPLY, _HTYPE_ETHERNET, _HLEN_ETHERNET, 0, xid, 0, flags,
+                     ciaddr, yiaddr, siaddr, bytes(_IPV4_LEN), chaddr.ljust(_CHADDR_LEN, b"\0"),
+                     b"", b"", MAGIC_COOKIE)
     offset = FIXED_LEN
     for code, value in options:
         message[offset] = code

@@ -14,7 +14,10 @@ _FLAG_RD: Final = 0x0100
 _FLAG_RA: Final = 0x0080
 _OPCODE_MASK: Final = 0x7800
 RCODE_SERVFAIL: Final = 2
-RCODE_FORMERR: Final = 1
+_QUESTION: Final = struct.Struct("!HH")  # QTYPE, QCLASS after the name
+_LABEL_KIND: Final = 0xC0  # a length octet's top two bits: 00 a label, 11 a pointer
+_POINTER: Final = 0xC0
+_POINTER_LEN: Final = 2  # 14 bits of offset, the kind bits above them
 
 
 class DnsQuery(NamedTuple):
@@ -32,7 +35,7 @@ class DnsQuery(NamedTuple):
             raise Malformed("dns-not-query")
         end = HEADER_LEN
         for _ in range(qdcount):
-            end = _skip_name(message, end) + 4  # QTYPE, QCLASS
+            end = _skip_name(message, end) + _QUESTION.size
             if end > len(message):
                 raise Malformed("dns-short")
         return cls(ident, flags, qdcount, message[HEADER_LEN:end])
@@ -43,9 +46,9 @@ def _skip_name(message: memoryview, offset: int) -> int:
         if offset >= len(message):
             raise Malformed("dns-short")
         length = message[offset]
-        if length & 0xC0 == 0xC0:
-            return offset + 2  # a compression pointer ends the name
-        if length & 0xC0:
+        if length & _LABEL_KIND == _POINTER:
+            return offset + _POINTER_LEN  # a compression pointer ends the name
+        if length & _LABEL_KIND:
             raise Malformed("dns-bad-label")
         offset += 1 + length
         if length == 0:
@@ -84,6 +87,9 @@ _FLAG_TC: Final = 0x0200
 _RCODE_MASK: Final = 0x000F
 _RR_FIXED: Final = struct.Struct("!HHIH")  # TYPE, CLASS, TTL, RDLENGTH
 _SRV_FIXED: Final = struct.Struct("!HHH")  # PRIORITY, WEIGHT, PORT
+_A_LEN: Final = 4  # an A record's data: an IPv4 address
+_AAAA_LEN: Final = 16
+_TTL_SIGN: Final = 0x80000000  # RFC 2181 8: a TTL with it set counts as 0
 _MAX_NAME_WIRE: Final = 255  # RFC 1035 2.3.4, length octets included
 _MAX_NAME_TEXT: Final = 253  # the same limit in dotted text without the trailing dot
 _MAX_LABEL: Final = 63
@@ -138,7 +144,7 @@ def build_query(ident: int, name: str, qtype: int) -> bytes:
     return (
         _HEADER.pack(ident, _FLAG_RD, 1, 0, 0, 0)
         + _encode_name(name)
-        + struct.pack("!HH", qtype, CLASS_IN)
+        + _QUESTION.pack(qtype, CLASS_IN)
     )
 
 
@@ -182,7 +188,7 @@ def parse_response(message: bytes | bytearray | memoryview) -> DnsResponse:
     offset = HEADER_LEN
     for _ in range(qdcount):
         _, offset = _read_labels(view, offset)
-        offset += 4  # QTYPE, QCLASS
+        offset += _QUESTION.size
         if offset > len(view):
             raise Malformed("dns-short")
     answers: list[Record] = []
@@ -208,11 +214,11 @@ def _read_record(message: bytes | bytearray | memoryview, offset: int) -> tuple[
         return None, end
     data: SrvData | bytes
     if rtype == TYPE_A:
-        if rdlength != 4:
+        if rdlength != _A_LEN:
             raise Malformed("dns-bad-a")
         data = bytes(message[start:end])
     elif rtype == TYPE_AAAA:
-        if rdlength != 16:
+        if rdlength != _AAAA_LEN:
             raise Malformed("dns-bad-aaaa")
         data = bytes(message[start:end])
     elif rtype == TYPE_SRV:
@@ -232,7 +238,7 @@ def _read_record(message: bytes | bytearray | memoryview, offset: int) -> tuple[
         data = _labels_to_wire(target)
     else:
         data = bytes(message[start:end])
-    ttl = 0 if ttl & 0x80000000 else ttl
+    ttl = 0 if ttl & _TTL_SIGN else ttl
     return Record(_labels_to_text(labels), rtype, int(ttl), data), end
 
 
@@ -254,8 +260,8 @@ def _read_labels(message: bytes | bytearray | memoryview, offset: int) -> tuple[
         if pos >= size:
             raise Malformed("dns-short")
         length = message[pos]
-        kind = length & 0xC0
-        if kind == 0xC0:
+        kind = length & _LABEL_KIND
+        if kind == _POINTER:
             if pos + 1 >= size:
                 raise Malformed("dns-short")
             if pos in seen:
@@ -263,13 +269,13 @@ def _read_labels(message: bytes | bytearray | memoryview, offset: int) -> tuple[
             seen.add(pos)
             if len(seen) > _MAX_POINTER_JUMPS:
                 raise Malformed("dns-pointer-jumps")
-            target = (length & 0x3F) << 8 | message[pos + 1]
+            target = (length & ~_LABEL_KIND) << 8 | message[pos + 1]
             if target < HEADER_LEN or target >= size:
                 raise Malformed("dns-pointer-out-of-range")
             if target > pos:
                 raise Malformed("dns-pointer-forward")
             if end < 0:
-                end = pos + 2
+                end = pos + _POINTER_LEN
             pos = target
             continue
         if kind:

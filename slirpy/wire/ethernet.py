@@ -10,7 +10,10 @@ from slirpy.wire import Malformed
 
 _HEADER: Final = struct.Struct("!6s6sH")
 HEADER_LEN: Final = _HEADER.size  # 14
-BROADCAST: Final = b"\xff" * 6
+MAC_LEN: Final = 6  # the destination address is the header's first field
+ETHERTYPE_OFFSET: Final = 2 * MAC_LEN  # 12
+BROADCAST: Final = b"\xff" * MAC_LEN
+GROUP_BIT: Final = 0x01  # in an address's first octet: multicast or broadcast
 
 
 class EtherType(enum.IntEnum):

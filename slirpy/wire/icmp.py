@@ -15,7 +15,8 @@ from slirpy.wire.checksum import checksum
 
 _HEADER: Final = struct.Struct("!BBH4s")
 HEADER_LEN: Final = _HEADER.size  # 8
-_ECHO: Final = struct.Struct("!HH")
+CHECKSUM_OFFSET: Final = 2  # of the checksum field in the header
+_ECHO: Final = struct.Struct("!HH")  # the four bytes after the checksum: id, sequence
 
 
 class IcmpType(enum.IntEnum):
@@ -63,6 +64,7 @@ class IcmpHeader(NamedTuple):
 
 
 def echo_rest(echo_id: int, seq: int) -> bytes:
+    """The four bytes after the checksum of an echo request or reply."""
     return _ECHO.pack(echo_id, seq)
 
 
@@ -72,5 +74,5 @@ def build_icmp(icmp_type: int, code: int, rest: bytes,
     message = bytearray(HEADER_LEN + len(payload))
     _HEADER.pack_into(message, 0, icmp_type, code, 0, rest)
     message[HEADER_LEN:] = payload
-    struct.pack_into("!H", message, 2, checksum(message, initial))
+    struct.pack_into("!H", message, CHECKSUM_OFFSET, checksum(message, initial))
     return message

@@ -12,11 +12,16 @@ import struct
 from typing import Final, NamedTuple
 
 from slirpy.wire import Malformed
+from slirpy.wire.ethernet import MAC_LEN
+from slirpy.wire.ipv6 import ADDRESS_LEN, DEFAULT_HOP_LIMIT, is_multicast
 
 _PREFIX_INFO: Final = struct.Struct("!BBBBIII16s")  # type, len, prefix len, flags, ...
 _MTU: Final = struct.Struct("!BBHI")
+_RA_HEAD: Final = struct.Struct("!BBH")  # cur hop limit, M/O flags, router lifetime
 _RA_BODY: Final = struct.Struct("!II")  # reachable time, retrans timer
 _RDNSS_HEAD: Final = struct.Struct("!BBHI")
+_LINK_ADDR_HEAD: Final = struct.Struct("!BB")  # type, length; an Ethernet address follows
+_OPTION_UNIT: Final = 8  # option lengths count 8-byte units
 
 
 class Icmp6Type(enum.IntEnum):
@@ -66,6 +71,14 @@ NA_OVERRIDE: Final = 0x20000000
 PREFIX_ON_LINK: Final = 0x80
 PREFIX_AUTONOMOUS: Final = 0x40
 ND_HOP_LIMIT: Final = 255  # RFC 4861 6.1.2/7.1.1: anything else was forwarded: not ND
+ND_CODE: Final = 0  # RFC 4861: every ND message has code 0
+NS_REST: Final = bytes(4)  # a solicitation's four bytes after the checksum: reserved
+_NA_FLAGS: Final = struct.Struct("!I")  # R, S, O in the top bits, the rest reserved
+
+
+def na_rest(flags: int) -> bytes:
+    """The four bytes after a neighbour advertisement's checksum: its flags."""
+    return _NA_FLAGS.pack(flags)
 
 
 class NdOptions(NamedTuple):
@@ -84,11 +97,12 @@ def parse_options(options: memoryview, wanted: int) -> NdOptions:
         kind, units = options[i], options[i + 1]
         if units == 0:
             raise Malformed("nd-option-zero-length")
-        end = i + units * 8
+        end = i + units * _OPTION_UNIT
         if end > len(options):
             raise Malformed("nd-option-short")
         if kind == wanted and units == 1:  # Ethernet: 6 bytes in one 8-byte unit
-            link_addr = bytes(options[i + 2:i + 8])
+            start = i + _LINK_ADDR_HEAD.size
+            link_addr = bytes(options[start:start + MAC_LEN])
         i = end
     return NdOptions(link_addr)
 
@@ -101,16 +115,21 @@ class NeighborMessage(NamedTuple):
 
     @classmethod
     def parse(cls, body: memoryview, wanted: int) -> NeighborMessage:
-        if len(body) < 16:
+        if len(body) < ADDRESS_LEN:
             raise Malformed("nd-short")
-        target = bytes(body[:16])
-        if target[0] == 0xFF:
+        target = bytes(body[:ADDRESS_LEN])
+        if is_multicast(target):
             raise Malformed("nd-multicast-target")
-        return cls(target, parse_options(body[16:], wanted))
+        return cls(target, parse_options(body[ADDRESS_LEN:], wanted))
+
+
+def _units(length: int) -> int:
+    """An option's length field: *length* bytes in 8-byte units."""
+    return length // _OPTION_UNIT
 
 
 def link_addr_option(kind: int, mac: bytes) -> bytes:
-    return bytes((kind, 1)) + mac
+    return _LINK_ADDR_HEAD.pack(kind, _units(_LINK_ADDR_HEAD.size + len(mac))) + mac
 
 
 def neighbor_body(target: bytes, option_kind: int, mac: bytes) -> bytes:
@@ -126,13 +145,16 @@ def router_advertisement(*, our_mac: bytes, mtu: int, prefix: bytes, prefix_len:
     Options: our link-layer address, the MTU, the prefix (on-link, autonomous: SLAAC)
     and, with *dns*, RDNSS (RFC 8106) naming it.
     """
-    rest = struct.pack("!BBH", 64, 0, router_lifetime_s)  # hop limit 64, no M/O flags
+    # The guest's hop limit, no M/O flags (no DHCPv6); reachable time, retrans timer
+    # unspecified.
+    rest = _RA_HEAD.pack(DEFAULT_HOP_LIMIT, 0, router_lifetime_s)
     body = bytearray(_RA_BODY.pack(0, 0))
     body += link_addr_option(NdOption.SOURCE_LINK_ADDR, our_mac)
-    body += _MTU.pack(NdOption.MTU, 1, 0, mtu)
-    body += _PREFIX_INFO.pack(NdOption.PREFIX_INFO, 4, prefix_len,
+    body += _MTU.pack(NdOption.MTU, _units(_MTU.size), 0, mtu)
+    body += _PREFIX_INFO.pack(NdOption.PREFIX_INFO, _units(_PREFIX_INFO.size), prefix_len,
                               PREFIX_ON_LINK | PREFIX_AUTONOMOUS, valid_s, preferred_s, 0,
                               prefix)
     if dns is not None:
-        body += _RDNSS_HEAD.pack(NdOption.RDNSS, 3, 0, router_lifetime_s) + dns
+        body += _RDNSS_HEAD.pack(NdOption.RDNSS, _units(_RDNSS_HEAD.size + len(dns)), 0,
+                                 router_lifetime_s) + dns
     return rest, bytes(body)

@@ -11,10 +11,19 @@ from slirpy.wire.checksum import checksum
 
 _HEADER: Final = struct.Struct("!BBHHHBBH4s4s")
 HEADER_LEN: Final = _HEADER.size  # 20
-MAX_DATAGRAM: Final = 65535
+CHECKSUM_OFFSET: Final = 10  # of the header checksum field
+ADDRESS_LEN: Final = 4
+VERSION: Final = 4
+_IHL_MASK: Final = 0x0F  # the low four bits of the first byte: the header length in words
+_VERSION_IHL: Final = VERSION << 4 | HEADER_LEN // 4  # 0x45: no options
+MAX_DATAGRAM: Final = 65535  # the total length field's largest value
+DEFAULT_TTL: Final = 64
 FLAG_DF: Final = 0x4000
 FLAG_MF: Final = 0x2000
 _OFFSET_MASK: Final = 0x1FFF
+FRAGMENT_UNIT: Final = 8  # the fragment offset counts 8-byte units
+_CLASS_MASK: Final = 0xF0  # the first octet's top four bits
+_MULTICAST_CLASS: Final = 0xE0  # 224.0.0.0/4
 
 
 class IpProto(enum.IntEnum):
@@ -50,29 +59,31 @@ class Ipv4Header(NamedTuple):
         if len(packet) < HEADER_LEN:
             raise Malformed("ipv4-short")
         ver_ihl, _, total_len, ident, frag, ttl, proto, _, src, dst = _HEADER.unpack_from(packet)
-        header_len = (ver_ihl & 0x0F) * 4
-        if ver_ihl >> 4 != 4 or header_len < HEADER_LEN:
+        header_len = (ver_ihl & _IHL_MASK) * 4
+        if ver_ihl >> 4 != VERSION or header_len < HEADER_LEN:
             raise Malformed("ipv4-bad-ihl")
         if not header_len <= total_len <= len(packet):  # len < frame: Ethernet padding
             raise Malformed("ipv4-bad-length")
         if checksum(packet[:header_len]) != 0:
             raise Malformed("ipv4-checksum")
-        if src[0] & 0xF0 == 0xE0:  # 224.0.0.0/4: a group is never a sender (RFC 1122 3.2.1.3)
+        if src[0] & _CLASS_MASK == _MULTICAST_CLASS:  # a group never sends (RFC 1122 3.2.1.3)
             raise Malformed("ipv4-multicast-src")
         return cls(src, dst, proto, ttl, ident, bool(frag & FLAG_MF),
-                   (frag & _OFFSET_MASK) * 8, packet[:header_len], packet[header_len:total_len])
+                   (frag & _OFFSET_MASK) * FRAGMENT_UNIT, packet[:header_len],
+                   packet[header_len:total_len])
 
 
 def build_ipv4(buf: bytearray, offset: int, *, src: bytes, dst: bytes, proto: int,
-               payload_len: int, ident: int = 0, ttl: int = 64, frag: int = FLAG_DF) -> int:
+               payload_len: int, ident: int = 0, ttl: int = DEFAULT_TTL,
+               frag: int = FLAG_DF) -> int:
     """Write a 20-byte IPv4 header at *offset*; return the offset after it.
 
     *frag* holds the flags and the offset in 8-byte units, as on the wire.
     """
-    _HEADER.pack_into(buf, offset, 0x45, 0, HEADER_LEN + payload_len, ident, frag,
+    _HEADER.pack_into(buf, offset, _VERSION_IHL, 0, HEADER_LEN + payload_len, ident, frag,
                       ttl, proto, 0, src, dst)
     header = memoryview(buf)[offset:offset + HEADER_LEN]
-    struct.pack_into("!H", buf, offset + 10, checksum(header))
+    struct.pack_into("!H", buf, offset + CHECKSUM_OFFSET, checksum(header))
     return offset + HEADER_LEN
 
 
@@ -81,7 +92,7 @@ def fragment_offsets(payload_len: int, mtu: int) -> list[tuple[int, int, bool]]:
 
     Every fragment but the last carries a multiple of 8 bytes (RFC 791).
     """
-    step = (mtu - HEADER_LEN) & ~7
+    step = (mtu - HEADER_LEN) & -FRAGMENT_UNIT
     pieces = []
     for start in range(0, payload_len, step):
         end = min(start + step, payload_len)

@@ -25,21 +25,37 @@ from slirpy.wire import Malformed
 
 _HEADER: Final = struct.Struct("!IHBB16s16s")
 HEADER_LEN: Final = _HEADER.size  # 40
+ADDRESS_LEN: Final = 16
+VERSION: Final = 6
+_VERSION_SHIFT: Final = 28  # version, traffic class and flow label share the first word
+DEFAULT_HOP_LIMIT: Final = 64
 _FRAGMENT: Final = struct.Struct("!BxHI")
 FRAGMENT_LEN: Final = _FRAGMENT.size  # 8
+_FRAG_MORE: Final = 0x0001  # M, the low bit of the offset field
+_FRAG_OFFSET_MASK: Final = 0xFFF8  # the offset in 8-byte units, already in bytes in place
+FRAGMENT_UNIT: Final = 8  # fragments but the last carry a multiple of 8 bytes
+_EXT_UNIT: Final = 8  # extension header lengths count 8-byte units, the first not counted
 MAX_EXTENSIONS: Final = 8  # Linux has no limit; 8 is more than any real packet carries
 
 HOP_BY_HOP: Final = 0
 ROUTING: Final = 43
 FRAGMENT: Final = 44
 DEST_OPTIONS: Final = 60
+_ROUTING_TYPE_0: Final = 0  # deprecated (RFC 5095)
+_ROUTING_TYPE_AT: Final = 2  # routing header: next header, length, routing type, segments left
+_SEGMENTS_LEFT_AT: Final = 3
 _OPTION_PAD1: Final = 0
 _OPTION_PADN: Final = 1
 _OPTION_ROUTER_ALERT: Final = 5
 _KNOWN_OPTIONS: Final = frozenset({_OPTION_PAD1, _OPTION_PADN, _OPTION_ROUTER_ALERT})
+_OPTION_ACTION_SHIFT: Final = 6  # an option type's top two bits: what to do if unknown
+_OPTION_ACTION_SKIP: Final = 0
 
-UNSPECIFIED: Final = bytes(16)
+UNSPECIFIED: Final = bytes(ADDRESS_LEN)
 ALL_NODES: Final = bytes.fromhex("ff020000000000000000000000000001")
+_MULTICAST_PREFIX: Final = 0xFF  # ff00::/8
+_SOLICITED_NODE_PREFIX: Final = bytes.fromhex("ff0200000000000000000001ff")  # ff02::1:ff00:0/104
+_MULTICAST_MAC_PREFIX: Final = b"\x33\x33"  # RFC 2464 7: then the group's low 32 bits
 
 
 class Ipv6Header(NamedTuple):
@@ -62,13 +78,13 @@ class Ipv6Header(NamedTuple):
         if len(packet) < HEADER_LEN:
             raise Malformed("ipv6-short")
         vtf, payload_len, next_header, hop_limit, src, dst = _HEADER.unpack_from(packet)
-        if vtf >> 28 != 6:
+        if vtf >> _VERSION_SHIFT != VERSION:
             raise Malformed("ipv6-bad-version")
         if payload_len == 0 and next_header == HOP_BY_HOP:
             raise Malformed("ipv6-jumbogram")  # RFC 2675: never on a link of ours
         if HEADER_LEN + payload_len > len(packet):  # shorter than the frame: padding
             raise Malformed("ipv6-bad-length")
-        if src[0] == 0xFF:
+        if is_multicast(src):
             raise Malformed("ipv6-multicast-src")
         body = packet[HEADER_LEN:HEADER_LEN + payload_len]
         proto, offset, fragment = _walk(next_header, body, first=True)
@@ -97,27 +113,27 @@ def _walk(next_header: int, data: memoryview, *, first: bool
             break
         if next_header == HOP_BY_HOP and not (first and count == 0):
             raise Malformed("ipv6-misplaced-hop-by-hop")
-        if len(data) - offset < 8:
+        if len(data) - offset < _EXT_UNIT:  # every extension header is at least 8 bytes
             raise Malformed("ipv6-ext-short")
         if next_header == FRAGMENT:
             if fragment is not None or not first:
                 raise Malformed("ipv6-nested-fragment")
             following, frag, ident = _FRAGMENT.unpack_from(data, offset)
             offset += FRAGMENT_LEN
-            more, frag_offset = bool(frag & 1), frag & 0xFFF8
+            more, frag_offset = bool(frag & _FRAG_MORE), frag & _FRAG_OFFSET_MASK
             fragment = (ident, more, frag_offset)
             next_header = following
             if more or frag_offset:
                 return next_header, offset, fragment  # the rest is the fragmentable part
             continue  # an atomic fragment: the headers go on
         following, units = data[offset], data[offset + 1]
-        length = (units + 1) * 8
+        length = (units + 1) * _EXT_UNIT
         if length > len(data) - offset:
             raise Malformed("ipv6-ext-short")
         if next_header == ROUTING:
-            if data[offset + 2] == 0:
+            if data[offset + _ROUTING_TYPE_AT] == _ROUTING_TYPE_0:
                 raise Malformed("ipv6-routing-type-0")
-            if data[offset + 3] != 0:
+            if data[offset + _SEGMENTS_LEFT_AT] != 0:
                 raise Malformed("ipv6-routing-segments-left")
         else:
             _check_options(data[offset + 2:offset + length])
@@ -136,41 +152,43 @@ def _check_options(options: memoryview) -> None:
             continue
         if i + 2 > len(options) or i + 2 + options[i + 1] > len(options):
             raise Malformed("ipv6-option-short")
-        if kind not in _KNOWN_OPTIONS and kind >> 6 != 0:
+        if kind not in _KNOWN_OPTIONS and kind >> _OPTION_ACTION_SHIFT != _OPTION_ACTION_SKIP:
             raise Malformed("ipv6-unknown-option")
         i += 2 + options[i + 1]
 
 
 def build_ipv6(buf: bytearray, offset: int, *, src: bytes, dst: bytes, next_header: int,
-               payload_len: int, hop_limit: int = 64) -> int:
+               payload_len: int, hop_limit: int = DEFAULT_HOP_LIMIT) -> int:
     """Write a 40-byte IPv6 header at *offset*; return the offset after it."""
-    _HEADER.pack_into(buf, offset, 6 << 28, payload_len, next_header, hop_limit, src, dst)
+    _HEADER.pack_into(buf, offset, VERSION << _VERSION_SHIFT, payload_len, next_header,
+                      hop_limit, src, dst)
     return offset + HEADER_LEN
 
 
 def build_fragment_header(buf: bytearray, offset: int, *, next_header: int, frag_offset: int,
                           more: bool, ident: int) -> int:
     """Write an 8-byte fragment header (*frag_offset* in bytes, a multiple of 8)."""
-    _FRAGMENT.pack_into(buf, offset, next_header, frag_offset | int(more), ident)
+    _FRAGMENT.pack_into(buf, offset, next_header,
+                        frag_offset | (_FRAG_MORE if more else 0), ident)
     return offset + FRAGMENT_LEN
 
 
 def fragment_offsets6(payload_len: int, mtu: int) -> list[tuple[int, int, bool]]:
     """(start, end, more) for each fragment of a fragmentable part too big for *mtu*."""
-    step = (mtu - HEADER_LEN - FRAGMENT_LEN) & ~7
+    step = (mtu - HEADER_LEN - FRAGMENT_LEN) & -FRAGMENT_UNIT
     return [(start, min(start + step, payload_len), start + step < payload_len)
             for start in range(0, payload_len, step)]
 
 
 def is_multicast(addr: bytes) -> bool:
-    return addr[0] == 0xFF
+    return addr[0] == _MULTICAST_PREFIX
 
 
 def solicited_node(addr: bytes) -> bytes:
     """The solicited-node multicast address of *addr* (RFC 4291 2.7.1)."""
-    return bytes.fromhex("ff0200000000000000000001ff") + addr[13:]
+    return _SOLICITED_NODE_PREFIX + addr[len(_SOLICITED_NODE_PREFIX):]  # its low 24 bits
 
 
 def multicast_mac(addr: bytes) -> bytes:
     """The Ethernet address of IPv6 multicast group *addr* (RFC 2464 7)."""
-    return b"\x33\x33" + addr[12:]
+    return _MULTICAST_MAC_PREFIX + addr[-4:]

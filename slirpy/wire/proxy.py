@@ -65,8 +65,12 @@ from slirpy.wire import Malformed
 
 V1_MAX_LEN: Final = 107  # the longest v1 line, "PROXY TCP6 " + 2 * 39 + 2 * 5 + spaces + CRLF
 V2_SIGNATURE: Final = b"\r\n\r\n\x00\r\nQUIT\n"
-_V2_FIXED: Final = struct.Struct("!12sBBH")
+_V2_FIXED: Final = struct.Struct("!12sBBH")  # signature, version/command, family, length
 V2_FIXED_LEN: Final = _V2_FIXED.size  # 16
+_V2_VERSION_COMMAND_AT: Final = len(V2_SIGNATURE)  # 12
+_V2_FAMILY_AT: Final = _V2_VERSION_COMMAND_AT + 1  # 13
+_V2_VERSION_SHIFT: Final = 4  # the version in the high four bits, the command in the low
+_V2_COMMAND_MASK: Final = 0x0F
 # The largest whole v2 header we accept: the 16 fixed bytes plus 4096 bytes of
 # addresses and TLVs.  The spec lets the length reach 65535, but real senders put a
 # few hundred bytes of TLVs at most; bounding it bounds how much a caller must peek
@@ -92,7 +96,8 @@ _V2_ADDRESS_LEN: Final = {
 }
 _V2_INET: Final = struct.Struct("!4s4sHH")
 _V2_INET6: Final = struct.Struct("!16s16sHH")
-_TLV_HEADER_LEN: Final = 3  # type (1), length (2)
+_TLV_HEADER: Final = struct.Struct("!BH")  # type, length
+_TLV_HEADER_LEN: Final = _TLV_HEADER.size  # 3
 
 _V1_PREFIX: Final = b"PROXY "
 _V1_PROTOCOLS: Final = (b"TCP4", b"TCP6", b"UNKNOWN")
@@ -226,7 +231,8 @@ def _v1_check_address_prefix(text: bytes, v6: bool) -> None:
     if len(octets) > 4 or not all(octets[:-1]):
         raise Malformed("proxy-v1-bad-address")
     for octet in octets:
-        if len(octet) > 3 or (octet and int(octet) > 255) or (len(octet) > 1 and octet[0] == 0x30):
+        if len(octet) > 3 or (octet and int(octet) > 255) or (
+                len(octet) > 1 and octet.startswith(b"0")):
             raise Malformed("proxy-v1-bad-address")  # ipaddress refuses leading zeros too
 
 
@@ -252,15 +258,15 @@ def _parse_v2(view: memoryview) -> ProxyHeader | None:
         raise Malformed("proxy-bad-signature")
     if have <= len(V2_SIGNATURE):
         return None
-    version_command = view[12]
-    if version_command >> 4 != _V2_VERSION:
+    version_command = view[_V2_VERSION_COMMAND_AT]
+    if version_command >> _V2_VERSION_SHIFT != _V2_VERSION:
         raise Malformed("proxy-v2-bad-version")
-    command = version_command & 0x0F
+    command = version_command & _V2_COMMAND_MASK
     if command not in (CMD_LOCAL, CMD_PROXY):
         raise Malformed("proxy-v2-bad-command")
-    if have < 14:
+    if have <= _V2_FAMILY_AT:
         return None
-    family = view[13]
+    family = view[_V2_FAMILY_AT]
     # LOCAL: "the receiver must ... discard the protocol block including the family".
     if command == CMD_PROXY and family not in _V2_ADDRESS_LEN:
         raise Malformed("proxy-v2-bad-family")
@@ -295,7 +301,7 @@ def _skip_tlvs(tlvs: memoryview) -> None:
     while offset < len(tlvs):
         if offset + _TLV_HEADER_LEN > len(tlvs):
             raise Malformed("proxy-v2-bad-tlv")
-        (value_len,) = struct.unpack_from("!H", tlvs, offset + 1)
+        _, value_len = _TLV_HEADER.unpack_from(tlvs, offset)
         offset += _TLV_HEADER_LEN + value_len
         if offset > len(tlvs):
             raise Malformed("proxy-v2-bad-tlv")
@@ -333,7 +339,8 @@ def build_proxy_v2(source: tuple[str, int], destination: tuple[str, int], *,
     length = len(block) + len(tlvs)
     if V2_FIXED_LEN + length > MAX_V2_LEN:
         raise ValueError("header longer than MAX_V2_LEN")
-    return _V2_FIXED.pack(V2_SIGNATURE, _V2_VERSION << 4 | CMD_PROXY, family, length) + block + tlvs
+    version_command = _V2_VERSION << _V2_VERSION_SHIFT | CMD_PROXY
+    return _V2_FIXED.pack(V2_SIGNATURE, version_command, family, length) + block + tlvs
 
 
 # --- SPP ------------------------------------------------------------------------------
@@ -361,7 +368,7 @@ def build_spp(header: SppHeader) -> bytes:
 
 def _unmap(address: bytes) -> bytes:
     """A 16-byte address, or its IPv4 address if it is IPv4-mapped (::ffff:a.b.c.d)."""
-    return address[12:] if address.startswith(_V4_MAPPED_PREFIX) else address
+    return address[len(_V4_MAPPED_PREFIX):] if address.startswith(_V4_MAPPED_PREFIX) else address
 
 
 def _map(address: bytes) -> bytes:

@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
-import enum
 import struct
 from typing import Final, NamedTuple
 
 from slirpy.wire import Malformed
 from slirpy.wire.checksum import finish, ones_sum, pseudo_header_sum
+from slirpy.wire.ipv4 import IpProto
 
+_PROTO: Final = int(IpProto.TCP)  # a plain int: an enum member's lookup costs per segment
 _HEADER: Final = struct.Struct("!HHIIBBHHH")
 HEADER_LEN: Final = _HEADER.size  # 20
+CHECKSUM_OFFSET: Final = 16  # of the checksum field in the header
+_OFFSET_SHIFT: Final = 4  # the data offset is the top four bits of its byte, in 32-bit words
 OPT_END: Final = 0
 OPT_NOP: Final = 1
 OPT_MSS: Final = 2
 OPT_WSCALE: Final = 3
+_MSS: Final = struct.Struct("!BBH")  # kind, length, MSS
+MSS_OPTION_LEN: Final = _MSS.size  # 4
+_WSCALE: Final = struct.Struct("!BBB")  # kind, length, shift count
+_WSCALE_OPTION_LEN: Final = _WSCALE.size  # 3
+MAX_WSCALE: Final = 14  # RFC 7323 2.3
 
 
 # Plain ints for the hot path: IntFlag arithmetic builds a new enum object every time.
@@ -24,17 +32,6 @@ RST: Final = 0x04
 PSH: Final = 0x08
 ACK: Final = 0x10
 URG: Final = 0x20
-
-
-class TcpFlags(enum.IntFlag):
-    """The same bits, for display and tests."""
-
-    FIN = 0x01
-    SYN = 0x02
-    RST = 0x04
-    PSH = 0x08
-    ACK = 0x10
-    URG = 0x20
 
 
 class TcpHeader(NamedTuple):
@@ -54,11 +51,11 @@ class TcpHeader(NamedTuple):
         if len(segment) < HEADER_LEN:
             raise Malformed("tcp-short")
         src_port, dst_port, seq, ack, offset, flags, window, _, _ = _HEADER.unpack_from(segment)
-        header_len = (offset >> 4) * 4
+        header_len = (offset >> _OFFSET_SHIFT) * 4
         if not HEADER_LEN <= header_len <= len(segment):
             raise Malformed("tcp-bad-offset")
         if verify_checksum and finish(ones_sum(
-                segment, pseudo_header_sum(src, dst, 6, len(segment)))) != 0:
+                segment, pseudo_header_sum(src, dst, _PROTO, len(segment)))) != 0:
             raise Malformed("tcp-checksum")
         if dst_port == 0 or src_port == 0:
             raise Malformed("tcp-port-zero")
@@ -82,17 +79,23 @@ def _parse_options(options: memoryview) -> tuple[int | None, int | None]:
         if i + 1 >= len(options) or options[i + 1] < 2 or i + options[i + 1] > len(options):
             raise Malformed("tcp-bad-option")
         length = options[i + 1]
-        if kind == OPT_MSS and length == 4:
-            mss = int.from_bytes(options[i + 2:i + 4], "big")
-        elif kind == OPT_WSCALE and length == 3:
-            wscale = min(options[i + 2], 14)  # RFC 7323 2.3: larger values mean 14
+        if kind == OPT_MSS and length == MSS_OPTION_LEN:
+            mss = int.from_bytes(options[i + 2:i + MSS_OPTION_LEN], "big")
+        elif kind == OPT_WSCALE and length == _WSCALE_OPTION_LEN:
+            wscale = min(options[i + 2], MAX_WSCALE)  # RFC 7323 2.3: larger values mean 14
         i += length
     return mss, wscale
 
 
+def mss_option(mss: int) -> bytes:
+    """The MSS option alone: 4 bytes, keeping the header 32-bit aligned."""
+    return _MSS.pack(OPT_MSS, MSS_OPTION_LEN, mss)
+
+
 def syn_options(mss: int, wscale: int) -> bytes:
     """MSS, then NOP and window scale: 8 bytes, keeping the header 32-bit aligned."""
-    return struct.pack("!BBHBBBB", OPT_MSS, 4, mss, OPT_NOP, OPT_WSCALE, 3, wscale)
+    return (mss_option(mss) + bytes((OPT_NOP,))
+            + _WSCALE.pack(OPT_WSCALE, _WSCALE_OPTION_LEN, wscale))
 
 
 def build_tcp(buf: bytearray, offset: int, *, src: bytes, dst: bytes, src_port: int,
@@ -105,16 +108,17 @@ def build_tcp(buf: bytearray, offset: int, *, src: bytes, dst: bytes, src_port: 
     checksum offload expects (VIRTIO_NET_HDR_F_NEEDS_CSUM).
     """
     header_len = HEADER_LEN + len(options)
-    _HEADER.pack_into(buf, offset, src_port, dst_port, seq, ack, (header_len // 4) << 4,
+    _HEADER.pack_into(buf, offset, src_port, dst_port, seq, ack,
+                      (header_len // 4) << _OFFSET_SHIFT,
                       flags, window, 0, 0)
     buf[offset + HEADER_LEN:offset + header_len] = options
     length = header_len + len(payload)
-    total = pseudo_header_sum(src, dst, 6, length)
+    total = pseudo_header_sum(src, dst, _PROTO, length)
     if checksum:
         total = ones_sum(memoryview(buf)[offset:offset + header_len], total)
         # Header lengths are multiples of 4, so the payload's words line up.
         value = finish(ones_sum(payload, total))
     else:
         value = total  # partial: the pseudo-header only, not complemented
-    struct.pack_into("!H", buf, offset + 16, value)
+    struct.pack_into("!H", buf, offset + CHECKSUM_OFFSET, value)
     return offset + header_len

@@ -7,9 +7,14 @@ from typing import Final, NamedTuple
 
 from slirpy.wire import Malformed
 from slirpy.wire.checksum import finish, ones_sum, pseudo_header_sum
+from slirpy.wire.ipv4 import IpProto
+from slirpy.wire.ipv6 import ADDRESS_LEN as IPV6_ADDRESS_LEN
 
+_PROTO: Final = int(IpProto.UDP)  # a plain int: an enum member's lookup costs per datagram
 _HEADER: Final = struct.Struct("!HHHH")
 HEADER_LEN: Final = _HEADER.size  # 8
+CHECKSUM_OFFSET: Final = 6  # of the checksum field in the header
+_NO_CHECKSUM: Final = 0  # over IPv4 (RFC 768); a computed sum of 0 is sent as 0xFFFF
 
 
 class UdpHeader(NamedTuple):
@@ -28,10 +33,10 @@ class UdpHeader(NamedTuple):
             raise Malformed("udp-bad-length")
         datagram = datagram[:length]
         # A zero checksum means "none" over IPv4 (RFC 768); IPv6 forbids it (RFC 8200 8.1).
-        if verify_checksum and len(src) == 16 and not check:
+        if verify_checksum and len(src) == IPV6_ADDRESS_LEN and check == _NO_CHECKSUM:
             raise Malformed("udp-checksum")  # a sum of 0 is sent as 0xFFFF: 0 is "none"
         if verify_checksum and check and finish(
-                ones_sum(datagram, pseudo_header_sum(src, dst, 17, length))):
+                ones_sum(datagram, pseudo_header_sum(src, dst, _PROTO, length))):
             raise Malformed("udp-checksum")
         if dst_port == 0:
             raise Malformed("udp-port-zero")
@@ -42,10 +47,10 @@ def build_udp(buf: bytearray, offset: int, *, src: bytes, dst: bytes, src_port: 
               dst_port: int, payload: bytes | bytearray | memoryview) -> int:
     """Write a UDP header whose checksum covers *payload* (which is not copied)."""
     length = HEADER_LEN + len(payload)
-    _HEADER.pack_into(buf, offset, src_port, dst_port, length, 0)
+    _HEADER.pack_into(buf, offset, src_port, dst_port, length, _NO_CHECKSUM)
     total = ones_sum(memoryview(buf)[offset:offset + HEADER_LEN],
-                     pseudo_header_sum(src, dst, 17, length))
+                     pseudo_header_sum(src, dst, _PROTO, length))
     # The header is 8 bytes, so the payload's words line up with the sum's.
     check = finish(ones_sum(payload, total)) or 0xFFFF  # 0 would mean "no checksum"
-    struct.pack_into("!H", buf, offset + 6, check)
+    struct.pack_into("!H", buf, offset + CHECKSUM_OFFSET, check)
     return offset + HEADER_LEN
