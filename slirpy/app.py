@@ -20,7 +20,7 @@ from slirpy.api.commands import Api
 from slirpy.api.server import ApiServer
 from slirpy.config import Config
 from slirpy.errors import SetupError
-from slirpy.forward.spec import Forward, ForwardError, Kind
+from slirpy.forward.spec import Forward, ForwardError, Kind, LocalForward
 from slirpy.policy.rules import Rule
 from slirpy.runtime.driver import STOP_SIGNALS, Driver
 from slirpy.runtime.tap import FrameDevice, TapDevice
@@ -65,11 +65,12 @@ class Instance:
         control = self.stack.control
         control.check(fwd)
         forward_id = self.next_forward_id
-        if fwd.kind is Kind.LOCAL:
-            port = self.driver.forward_sockets.open(forward_id, fwd)
-            if port != fwd.bind_port:  # bind port 0: the one the kernel picked
-                fwd = dataclasses.replace(fwd, bind_port=port)
-                self.driver.forward_sockets.forwards[forward_id] = fwd
+        match fwd:
+            case LocalForward():  # a socket on the host; remote forwards have none
+                port = self.driver.forward_sockets.open(forward_id, fwd)
+                if port != fwd.bind_port:  # bind port 0: the one the kernel picked
+                    fwd = dataclasses.replace(fwd, bind_port=port)
+                    self.driver.forward_sockets.forwards[forward_id] = fwd
         control.add(forward_id, fwd)
         self.next_forward_id += 1
         self.forwards[forward_id] = (fwd, origin)

@@ -1,17 +1,18 @@
 """What the host side says about datagram flows, and the clients of local forwards.
 
 A datagram or an error on a host socket goes to the part whose socket it is: the DNS
-forwarder's and the SRV resolver's own lookups first, then echo, then UDP flows. A
-client a local forward accepted becomes a connection the core opens towards the guest,
-from the address the guest should see (slirpy.forward.nat); a datagram a UDP forward
-received goes on to the guest the same way. Frames we start towards a guest address
-not heard from yet wait for its MAC (slirpy.neighbours).
+client's queries first (it hands each to its asker, the DNS forwarder or the SRV
+resolver), then echo, then UDP flows. A client a local forward accepted becomes a
+connection the core opens towards the guest, from the address the guest should see
+(slirpy.forward.nat); a datagram a UDP forward received goes on to the guest the same
+way. A local forward's target is an address in the guest's network by its type
+(slirpy.forward.spec.LocalForward): nothing to check here. Frames we start towards a
+guest address not heard from yet wait for its MAC (slirpy.neighbours).
 Never done here: sockets (the runtime), TCP's own answers (slirpy.tcp.flows).
 """
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 
 from slirpy.config import Config
@@ -20,10 +21,9 @@ from slirpy.effects import AdoptStream, Effect, RefuseStream
 from slirpy.events import ForwardAccepted, ForwardDatagram, HostError
 from slirpy.flows.key import FlowKey
 from slirpy.forward.nat import InboundUdpFlows, free_key, visible_source
-from slirpy.forward.srv import SrvResolver
 from slirpy.icmp import EchoFlows
 from slirpy.neighbours import Neighbours
-from slirpy.services.dns import DnsForwarder
+from slirpy.services.dnsclient import DnsClient
 from slirpy.stats import Stats
 from slirpy.tcp.flows import TcpFlows
 from slirpy.udp import UdpFlows
@@ -35,15 +35,14 @@ log = logging.getLogger(__name__)
 
 class HostSide:
     def __init__(self, config: Config, *, neighbours: Neighbours, tcp: TcpFlows,
-                 udp: UdpFlows, echo: EchoFlows, dns: DnsForwarder, srv: SrvResolver,
+                 udp: UdpFlows, echo: EchoFlows, dns_client: DnsClient,
                  inbound: InboundUdpFlows, control: Control, stats: Stats) -> None:
         self.network = config.network
         self.neighbours = neighbours
         self.tcp = tcp
         self.udp = udp
         self.echo = echo
-        self.dns = dns
-        self.srv = srv
+        self.dns_client = dns_client
         self.inbound = inbound
         self.control = control
         self.stats = stats
@@ -51,19 +50,15 @@ class HostSide:
 
     def on_datagram(self, flow: FlowKey, data: bytes | memoryview,
                     now: float) -> list[Effect]:
-        if self.dns.owns(flow):
-            return self.dns.on_answer(flow, data, now)
-        if self.srv.owns(flow):
-            return self.srv.on_answer(flow, data, now)
+        if self.dns_client.owns(flow):
+            return self.dns_client.on_datagram(flow, data, now)
         if flow.proto in (IpProto.ICMP, IpProto.ICMPV6):
             return self.echo.on_host_datagram(flow, data, now)
         return self.udp.on_host_datagram(flow, data, now)
 
     def on_failure(self, flow: FlowKey, error: HostError, now: float) -> list[Effect]:
-        if self.dns.owns(flow):
-            return self.dns.on_error(flow, error, now)
-        if self.srv.owns(flow):
-            return self.srv.on_error(flow, error, now)
+        if self.dns_client.owns(flow):
+            return self.dns_client.on_error(flow, error, now)
         if flow.proto in (IpProto.ICMP, IpProto.ICMPV6):
             return self.echo.on_host_error(flow, error, now)
         return self.udp.on_host_error(flow, error, now)
@@ -73,8 +68,7 @@ class HostSide:
         carries the client's socket under; or its refusal (a reset for the client)."""
         refuse: list[Effect] = [RefuseStream(event.token)]
         fwd = self.control.local_forward(event.forward_id)
-        if fwd is None or not isinstance(fwd.target, ipaddress.IPv4Address
-                                          | ipaddress.IPv6Address):
+        if fwd is None:
             return refuse  # removed meanwhile
         port = fwd.target_port or event.guest_port
         if not port:
@@ -96,8 +90,7 @@ class HostSide:
     def on_forward_datagram(self, event: ForwardDatagram, now: float) -> list[Effect]:
         """A datagram a local UDP forward received: on to the guest."""
         fwd = self.control.local_forward(event.forward_id)
-        if fwd is None or not isinstance(fwd.target, ipaddress.IPv4Address
-                                          | ipaddress.IPv6Address):
+        if fwd is None:
             return []  # removed meanwhile
         try:
             frames = self.inbound.from_host(event.forward_id, fwd, event.peer, event.data,

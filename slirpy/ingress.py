@@ -31,13 +31,13 @@ from __future__ import annotations
 import logging
 from typing import Final
 
-from slirpy.addresses import AddressPlan, is_ipv6
+from slirpy.addresses import AddressPlan
 from slirpy.config import Config
 from slirpy.control import Control
 from slirpy.effects import Effect, ToGuest
 from slirpy.flows.key import FlowKey
 from slirpy.forward.nat import InboundUdpFlows
-from slirpy.forward.spec import Forward, SrvName
+from slirpy.forward.spec import RemoteForward, SrvForward
 from slirpy.forward.srv import SrvResolver
 from slirpy.guest import GuestLink
 from slirpy.icmp import EchoFlows
@@ -46,7 +46,7 @@ from slirpy.neighbours import Neighbours
 from slirpy.policy.decide import Outcome, Policy
 from slirpy.reassembly import FragKey, Reassembler
 from slirpy.services.dhcp import DhcpServer
-from slirpy.services.dns import DNS_PORT, DnsForwarder
+from slirpy.services.dns import DnsForwarder
 from slirpy.stats import Stats
 from slirpy.tcp.conn import reset_for
 from slirpy.tcp.flows import TcpFlows
@@ -54,6 +54,7 @@ from slirpy.udp import UdpFlows, unreachable
 from slirpy.wire import Malformed
 from slirpy.wire.arp import ArpOp, ArpPacket, build_arp, PACKET_LEN as ARP_LEN
 from slirpy.wire.checksum import pseudo_header_sum
+from slirpy.wire.dns import DNS_PORT
 from slirpy.wire.dhcp import CLIENT_PORT, SERVER_PORT, DhcpMessage
 from slirpy.wire.ethernet import HEADER_LEN as ETH_LEN, EtherType, EthernetHeader
 from slirpy.wire.icmp import IcmpHeader, IcmpType, UnreachCode
@@ -235,38 +236,42 @@ class Ingress:
                     return reset_for(self.link, key, seg)
         return self.tcp.on_segment(key, seg, host, now)
 
-    def _remote_tcp(self, key: FlowKey, fwd: Forward, seg: TcpHeader,
+    def _remote_tcp(self, key: FlowKey, fwd: RemoteForward | SrvForward, seg: TcpHeader,
                     now: float) -> list[Effect]:
         """A guest connection to remote forward *fwd*: on to its target on the host."""
-        target = fwd.target
-        if not isinstance(target, SrvName):
-            return self.tcp.on_segment(key, seg, target.packed, now, fwd.target_port)
-        effects = self.tcp.on_segment(key, seg, None, now)
-        if key not in self.tcp:
-            return effects
+        match fwd:
+            case RemoteForward(target=target, target_port=port):
+                return self.tcp.on_segment(key, seg, target.packed, now, port)
+            case SrvForward(target=srv, target_port=port):
+                # The SYN is taken now; the connection waits for the lookup (RFC 2782).
+                effects = self.tcp.on_segment(key, seg, None, now)
+                if key not in self.tcp:
+                    return effects
 
-        def connect(found: tuple[bytes, int] | None, when: float) -> list[Effect]:
-            where = None if found is None else (found[0], fwd.target_port or found[1])
-            return self.tcp.connect_later(key, where, when)
+                def connect(found: tuple[bytes, int] | None, when: float) -> list[Effect]:
+                    where = None if found is None else (found[0], port or found[1])
+                    return self.tcp.connect_later(key, where, when)
 
-        return effects + self.srv.lookup(target, now, connect)
+                return effects + self.srv.lookup(srv, now, connect)
 
-    def _remote_udp(self, key: FlowKey, fwd: Forward, payload: memoryview,
+    def _remote_udp(self, key: FlowKey, fwd: RemoteForward | SrvForward, payload: memoryview,
                     now: float) -> list[Effect]:
-        target = fwd.target
-        if not isinstance(target, SrvName):
-            return self.udp.from_guest(key, target.packed, fwd.target_port, payload, now)
-        if key in self.udp:
-            return self.udp.from_guest(key, b"", 0, payload, now)
-        data = bytes(payload)  # it waits for the lookup
+        """A guest datagram to remote forward *fwd*: on to its target on the host."""
+        match fwd:
+            case RemoteForward(target=target, target_port=port):
+                return self.udp.from_guest(key, target.packed, port, payload, now)
+            case SrvForward() if key in self.udp:
+                return self.udp.from_guest(key, b"", 0, payload, now)  # its target is known
+            case SrvForward(target=srv, target_port=port):
+                data = bytes(payload)  # it waits for the lookup
 
-        def send(found: tuple[bytes, int] | None, when: float) -> list[Effect]:
-            if found is None:
-                return unreachable(self.link, key, UnreachCode.HOST)
-            return self.udp.from_guest(key, found[0], fwd.target_port or found[1],
-                                       memoryview(data), when)
+                def send(found: tuple[bytes, int] | None, when: float) -> list[Effect]:
+                    if found is None:
+                        return unreachable(self.link, key, UnreachCode.HOST)
+                    return self.udp.from_guest(key, found[0], port or found[1],
+                                               memoryview(data), when)
 
-        return self.srv.lookup(target, now, send)
+                return self.srv.lookup(srv, now, send)
 
     def _on_dhcp(self, udp: UdpHeader, now: float) -> list[Effect]:
         reply = self.dhcp.on_message(DhcpMessage.parse(udp.payload), now)

@@ -14,7 +14,8 @@ The work is split by job:
 - slirpy.control: forwards and egress rules; slirpy.stats: counts and listings;
 - slirpy.timers: every timed part behind one contract, in one list;
 - slirpy.addresses: the one classifier of addresses, built once from the config.
-Randomness (TCP's initial sequence numbers) comes from the constructor's *secret*.
+Randomness (TCP's initial sequence numbers, the ids of the DNS queries the core builds)
+comes from the constructor's *secret*.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from slirpy.policy.decide import Policy
 from slirpy.reassembly import Reassembler
 from slirpy.services.dhcp import DhcpServer
 from slirpy.services.dns import DnsForwarder
+from slirpy.services.dnsclient import DnsClient
 from slirpy.stats import Stats
 from slirpy.tcp.flows import TcpFlows
 from slirpy.timers import Timed, Timers
@@ -60,16 +62,18 @@ class Stack:
         self.udp = UdpFlows(self.link, config.udp_flow_limit, config.udp_idle_s)
         self.echo = EchoFlows(self.link, ICMP_FLOW_LIMIT, config.icmp_idle_s)
         self.dhcp = DhcpServer(config)
-        self.dns = DnsForwarder(self.link, self.addrs.dns, config.dns_timeout_s)
+        # One DNS client for every query the core sends: the forwarder's and SRV's.
+        self.dns_client = DnsClient(secret)
+        self.dns = DnsForwarder(self.link, config.dns_timeout_s, self.dns_client)
         self.ndp = NeighborDiscovery(self.link, net, config.mtu, dns=config.dns)
         self.neighbours = Neighbours(self.link, self.ndp, self.addrs.gateway4)
         self.tcp = TcpFlows(self.link, limit=config.tcp_conn_limit, secret=secret,
                             mtu=config.mtu)
         self.inbound = InboundUdpFlows(self.link, net, config.udp_flow_limit, config.udp_idle_s)
-        self.srv = SrvResolver(config.dns_ttl_s, secret)
+        self.srv = SrvResolver(self.dns_client, config.dns_ttl_s)
         self.policy = Policy(routing=config.routing, host=config.host,
                              host_loopback=config.host_loopback, rules=config.rules)
-        timed: list[Timed] = [self.tcp, self.udp, self.echo, self.dns, self.srv,
+        timed: list[Timed] = [self.tcp, self.udp, self.echo, self.dns_client,
                               self.inbound, self.reassembler, self.neighbours]
         if config.ipv6:
             timed.append(self.ndp)  # router advertisements
@@ -82,7 +86,7 @@ class Stack:
                                srv=self.srv, reassembler=self.reassembler,
                                policy=self.policy, control=self.control, stats=self.stats)
         self.host = HostSide(config, neighbours=self.neighbours, tcp=self.tcp, udp=self.udp,
-                             echo=self.echo, dns=self.dns, srv=self.srv,
+                             echo=self.echo, dns_client=self.dns_client,
                              inbound=self.inbound, control=self.control, stats=self.stats)
 
     def feed(self, event: Event, now: float) -> list[Effect]:

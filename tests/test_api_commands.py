@@ -12,7 +12,7 @@ import pytest
 
 from slirpy.api.commands import Api
 from slirpy.addresses import Network
-from slirpy.forward.spec import Forward, ForwardError, Kind, Proto
+from slirpy.forward.spec import Forward, ForwardError, LocalForward, Proto
 
 
 @dataclasses.dataclass
@@ -78,7 +78,7 @@ def test_add_hostfwd_answers_the_new_id() -> None:
         == b'{"return":{"id":2}}'
     fwd, origin = ctl.forwards[1]
     assert origin == "hostfwd"
-    assert fwd == Forward(Kind.LOCAL, Proto.TCP, ipaddress.IPv4Address("0.0.0.0"), 8080,
+    assert fwd == LocalForward(Proto.TCP, ipaddress.IPv4Address("0.0.0.0"), 8080,
                           ipaddress.IPv4Address("10.0.2.100"), 80)
 
 
@@ -349,7 +349,7 @@ def test_add_hostfwd_takes_either_family_at_either_end(host_addr: str, guest_add
     assert api.handle(request("add_hostfwd", **body)) == b'{"return":{"id":1}}'
     fwd, origin = ctl.forwards[1]
     assert origin == "hostfwd"
-    assert fwd == Forward(Kind.LOCAL, Proto.TCP, ipaddress.ip_address(host_addr), 8080,
+    assert fwd == LocalForward(Proto.TCP, ipaddress.ip_address(host_addr), 8080,
                           ipaddress.ip_address(guest_addr or "10.0.2.100"), 80)
 
 
@@ -417,3 +417,24 @@ def test_add_forward_ipv6_guest_address_with_ipv6_off() -> None:
     assert api.handle(request("add_forward", kind="local", spec="[::1]:8080")) \
         == b'{"return":{"ids":[1]}}'  # an IPv6 host address is fine
     assert list(ctl.forwards) == [1]
+
+
+@pytest.mark.parametrize("spec, guest_side", [
+    ("[fd00::2]:53:127.0.0.1:53", "fd00::2"),
+    ("udp://[fd00::2]:5353-5354:[::1]:53-54", "fd00::2"),
+])
+def test_add_forward_remote_ipv6_guest_address_with_ipv6_off(spec: str, guest_side: str) -> None:
+    api, ctl = make6(ipv6=False)
+    assert api.handle(request("add_forward", kind="remote", spec=spec)) == bad(
+        f"add_forward: the guest address {guest_side} is IPv6: IPv6 is off (slirpy -6 turns "
+        f"it on)")
+    assert ctl.forwards == {}
+
+
+def test_add_forward_srv_server_of_ipv6_needs_no_ipv6_in_the_guest() -> None:
+    # The DNS server is asked from a host socket; the guest side is the IPv4 gateway.
+    api, ctl = make6(ipv6=False)
+    assert api.handle(request("add_forward", kind="remote",
+                              spec="9000:[svc.example@srv-[2001:db8::53]]:0")) \
+        == b'{"return":{"ids":[1]}}'
+    assert ctl.forwards[1][0].spec() == "tcp://10.0.2.2:9000:[svc.example@srv-[2001:db8::53]:53]:0"

@@ -146,7 +146,7 @@ def test_dns_all_upstreams_dead_gives_servfail() -> None:
     (reply,) = guest.advance(1.5)
     assert reply[DNSPacket].rcode == 2 and reply[DNSPacket].id == 77
     assert reply[DNSPacket].qd[0].qname == b"example.test."
-    assert guest.stack.dns.pending == {}
+    assert guest.stack.dns.in_flight == 0 and len(guest.stack.dns_client) == 0
 
 
 def test_dns_answer_with_wrong_id_is_ignored() -> None:

@@ -6,8 +6,8 @@ import ipaddress
 
 import pytest
 
-from slirpy.forward.spec import (MAX_RANGE, Forward, ForwardError, Kind, Proto, SrvName,
-                                 parse_forward)
+from slirpy.forward.spec import (MAX_RANGE, Forward, ForwardError, Kind, LocalForward, Proto,
+                                 RemoteForward, SrvForward, SrvName, parse_forward)
 
 GUEST = ipaddress.IPv4Address("10.0.2.100")
 GATEWAY = ipaddress.IPv4Address("10.0.2.2")
@@ -75,6 +75,42 @@ def test_forms_and_defaults(kind: Kind, text: str,
     fwd = one(kind, text)
     assert fwd.kind is kind
     assert summary(fwd) == expected
+
+
+@pytest.mark.parametrize("kind, text, kind_type, guest_side", [
+    (L, "8080:80", LocalForward, "10.0.2.100"),  # a local forward's target is in the guest
+    (L, "[::1]:8080:[fd00::5]:80", LocalForward, "fd00::5"),
+    (R, "9000:8000", RemoteForward, "10.0.2.2"),  # a remote forward's bind is
+    (R, "[fd00::2]:53:[::1]:53", RemoteForward, "fd00::2"),
+    (R, "9000:[svc.example@srv-[2001:db8::53]]:0", SrvForward, "10.0.2.2"),
+])
+def test_each_forward_has_the_type_that_says_which_way_it_goes(
+        kind: Kind, text: str, kind_type: type[Forward], guest_side: str) -> None:
+    fwd = one(kind, text)
+    assert type(fwd) is kind_type and fwd.kind is kind
+    assert fwd.guest_side == ip(guest_side)
+
+
+def test_targets_are_typed_by_the_forward() -> None:
+    match one(L, "8080:80"):
+        case LocalForward(target=ipaddress.IPv4Address() as target):
+            assert target == GUEST
+        case other:
+            pytest.fail(f"not a local forward to an address: {other!r}")
+    match one(R, "9000:[svc.example@srv-192.0.2.53]:0"):
+        case SrvForward(target=SrvName(name="svc.example")):
+            pass
+        case other:
+            pytest.fail(f"not an SRV forward: {other!r}")
+
+
+def test_forwards_are_values() -> None:
+    assert one(L, "8080:80") == LocalForward(Proto.TCP, LOOPBACK, 8080, GUEST, 80)
+    assert one(R, "9000:8000") == RemoteForward(Proto.TCP, GATEWAY, 9000, LOOPBACK, 8000)
+    # the same fields, another way: not equal
+    assert LocalForward(Proto.TCP, GATEWAY, 9000, LOOPBACK, 8000) != \
+        RemoteForward(Proto.TCP, GATEWAY, 9000, LOOPBACK, 8000)
+    assert len({one(L, "8080:80"), one(L, "8080:80")}) == 1
 
 
 def test_defaults_follow_the_network() -> None:
@@ -153,7 +189,7 @@ def test_srv_targets(text: str, name: str, server: str, port: int, target_port: 
 def test_srv_target_with_a_bind_range_gives_each_port_zero() -> None:
     forwards = parse(R, "udp://10.0.2.50:9000-9002:[svc.example@srv-192.0.2.53]:0")
     assert [(f.bind_port, f.target_port) for f in forwards] == [(9000, 0), (9001, 0), (9002, 0)]
-    assert all(isinstance(f.target, SrvName) and f.proto is Proto.UDP for f in forwards)
+    assert all(type(f) is SrvForward and f.proto is Proto.UDP for f in forwards)
 
 
 @pytest.mark.parametrize("srv, text", [

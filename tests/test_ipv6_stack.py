@@ -32,7 +32,7 @@ from slirpy.config import Config
 from slirpy.effects import Close, Connect, Effect, OpenPing, OpenUdp, Send, SendDatagram, ToGuest
 from slirpy.flows.key import FlowKey
 from slirpy.forward.nat import visible_source
-from slirpy.forward.spec import Forward, Kind, Proto
+from slirpy.forward.spec import LocalForward, Proto
 from slirpy.ndp import RA_INTERVAL_S
 from slirpy.reassembly import MAX_PIECES, MAX_QUEUES
 from slirpy.stack import Stack
@@ -319,8 +319,8 @@ def test_advertisement_claiming_our_address_changes_nothing() -> None:
 
 # --- frames slirpy starts towards the guest: held until neighbour discovery answers ---
 
-def forward_to(target: str = GUEST6, port: int = 80) -> Forward:
-    return Forward(Kind.LOCAL, Proto.TCP, ipaddress.IPv6Address("::"), 8080,
+def forward_to(target: str = GUEST6, port: int = 80) -> LocalForward:
+    return LocalForward(Proto.TCP, ipaddress.IPv6Address("::"), 8080,
                    ipaddress.IPv6Address(target), port)
 
 

@@ -20,7 +20,7 @@ from slirpy.effects import (Close, Connect, Effect, OpenUdp, Peek, Send, SendDat
 from slirpy.flows.key import FlowKey
 from slirpy.forward.nat import EPHEMERAL_FIRST, visible_source
 from slirpy.wire.proxy import SppHeader, build_spp
-from slirpy.forward.spec import Forward, ForwardError, Kind, SrvName, parse_forward
+from slirpy.forward.spec import Forward, ForwardError, Kind, SrvForward, parse_forward
 from slirpy.forward.srv import LOOKUP_TIMEOUT_S
 from slirpy.stack import Stack
 from slirpy.tcp.conn import MAX_SYN_RETRIES, State
@@ -556,11 +556,11 @@ def test_srv_syn_asks_the_dns_server_then_connects_to_the_record() -> None:
     assert isinstance(opened, OpenUdp) and (opened.host_addr, opened.host_port) == (
         packed("192.0.2.53"), 53)
     lookup, query = srv_query(out)
-    assert query.qr == 0 and query.rd == 1 and query.id == lookup.guest_port
+    assert query.qr == 0 and query.rd == 1 and stack.dns_client.owns(lookup)
     assert query.qd[0].qname == f"{SRV_NAME}.".encode() and query.qd[0].qtype == 33
     done = stack.feed(HostDatagram(lookup, srv_answer(query.id)), T0 + 0.1)
     assert done == [Close(lookup), Connect(guest_key(), packed("192.0.2.80"), 8443)]
-    assert not stack.srv.owns(lookup)
+    assert not stack.dns_client.owns(lookup)
 
 
 def test_srv_second_syn_within_ttl_connects_at_once() -> None:
@@ -615,7 +615,7 @@ def test_srv_answer_with_another_id_is_ignored() -> None:
     add_remote(stack, SRV_TCP)
     lookup, query = srv_query(feed(stack, syn_from_guest("10.0.2.50", 9000)))
     assert stack.feed(HostDatagram(lookup, srv_answer((query.id + 1) & 0xFFFF)), T0) == []
-    assert stack.srv.owns(lookup)
+    assert stack.dns_client.owns(lookup)
 
 
 def rst_to_guest(effects: list[Effect]) -> Ether:
@@ -647,7 +647,7 @@ def test_srv_timeout_resets_the_guest() -> None:
     out = stack.feed(TimerDue(), T0 + LOOKUP_TIMEOUT_S)
     assert Close(lookup) in out and Close(guest_key()) in out
     assert flags_of(rst_to_guest(out)) == "RA"
-    assert stack.tcp.get(guest_key()) is None and not stack.srv.owns(lookup)
+    assert stack.tcp.get(guest_key()) is None and not stack.dns_client.owns(lookup)
 
 
 def test_srv_udp_remote_forward_sends_once_the_target_is_known() -> None:
@@ -677,11 +677,13 @@ def test_srv_name_build_query_refuses_does_not_crash_the_stack() -> None:
         forward(Kind.REMOTE, "10.0.2.50:9000:[a b.example@srv-192.0.2.53]:0")
     stack = stack_knowing_guest()
     good = forward(Kind.REMOTE, "10.0.2.50:9000:[ok.example@srv-192.0.2.53]:0")
-    assert isinstance(good.target, SrvName)
+    assert type(good) is SrvForward
     add_remote(stack, dataclasses.replace(good, target=dataclasses.replace(
         good.target, name="a b.example")))
     out = feed(stack, syn_from_guest("10.0.2.50", 9000))
     assert not any(isinstance(e, Connect) for e in out)
+    assert flags_of(rst_to_guest(out)) == "RA" and stack.srv.failures == 1
+    assert len(stack.dns_client) == 0  # nothing was asked
 
 
 # --- (g) flows of forwards ---

@@ -35,10 +35,13 @@ import json
 from typing import Any, Final, Protocol
 
 from slirpy.addresses import Network
-from slirpy.forward.spec import Forward, ForwardError, IPAddress, Kind, Proto, parse_forward
+from slirpy.control import Ipv6Off, check_family
+from slirpy.forward.spec import (MAX_PORT, Forward, ForwardError, IPAddress, Kind, LocalForward,
+                                 Proto, parse_forward)
 from slirpy.policy.rules import Action, Rule, RuleError, format_rule, parse_rules
 
 MAX_REQUEST: Final = 4096  # slirp4netns's buffer: a request this long is "too large"
+INT_LIMIT: Final = 2**31  # slirp4netns reads numbers into a C int
 IPV6_OFF: Final = "IPv6 is off (slirpy -6 turns it on)"
 
 
@@ -155,12 +158,14 @@ class Api:
         if guest_addr is None or isinstance(guest_addr, ipaddress.IPv6Address) and (
                 guest_addr.scope_id is not None or guest_addr.ipv4_mapped is not None):
             return error("add_hostfwd: bad arguments.guest_addr")  # no guest has those
-        if isinstance(guest_addr, ipaddress.IPv6Address) and not self.ipv6:
+        try:  # before guest_port: slirp4netns reports the fields in this order
+            check_family(guest_addr, ipv6=self.ipv6)
+        except Ipv6Off:
             return error(f"add_hostfwd: bad arguments.guest_addr: {IPV6_OFF}")
         guest_port = _port(args.get("guest_port"))
         if guest_port is None:
             return error("add_hostfwd: bad arguments.guest_port")
-        fwd = Forward(Kind.LOCAL, Proto(proto), host_addr, host_port, guest_addr, guest_port)
+        fwd = LocalForward(Proto(proto), host_addr, host_port, guest_addr, guest_port)
         try:
             forward_id, _ = self.ctl.add_forward(fwd, "hostfwd")
         except (OSError, ForwardError):
@@ -196,9 +201,11 @@ class Api:
                                      gateway=self.network.gateway)
         except ForwardError as exc:
             return error(f"add_forward: {exc}")
-        guest_side = forwards[0].target if forwards[0].kind is Kind.LOCAL else forwards[0].bind
-        if isinstance(guest_side, ipaddress.IPv6Address) and not self.ipv6:
-            return error(f"add_forward: the guest address {guest_side} is IPv6: {IPV6_OFF}")
+        try:  # before any is added: all of a range, or none of it
+            for fwd in forwards:
+                check_family(fwd.guest_side, ipv6=self.ipv6)
+        except Ipv6Off as exc:
+            return error(f"add_forward: the guest address {exc.address} is IPv6: {IPV6_OFF}")
         added: list[int] = []
         for fwd in forwards:
             try:
@@ -255,11 +262,11 @@ def _number(value: object) -> int | None:
     """A JSON number as slirp4netns reads it: (int) of a double; anything else, None."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
-    if value != value or abs(value) > 2**31:  # NaN, or beyond an int
+    if value != value or abs(value) > INT_LIMIT:  # NaN, or beyond an int
         return None
     return int(value)
 
 
 def _port(value: object) -> int | None:
     port = _number(value)
-    return port if port is not None and 0 < port <= 65535 else None
+    return port if port is not None and 0 < port <= MAX_PORT else None

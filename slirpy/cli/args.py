@@ -21,6 +21,7 @@ from typing import Final, NoReturn, TypeVar
 from slirpy import __version__
 from slirpy.addresses import DEFAULT_CIDR, DEFAULT_CIDR6, Network
 from slirpy.config import DEFAULT_MTU, MAX_MTU, Config, parse_cidr, parse_cidr6, parse_mtu
+from slirpy.control import Ipv6Off, check_family
 from slirpy.errors import UsageError
 from slirpy.forward.spec import Forward, ForwardError, Kind, parse_forward
 from slirpy.netns.attach import check_tap_name
@@ -32,7 +33,9 @@ UNSUPPORTED: Final = {
 }
 
 IPV6_MIN_MTU: Final = 1280
+MAX_DNS_TTL_S: Final = 86400  # a day: --dns-ttl's upper bound
 _MAC: Final = re.compile(r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}")
+_MAC_GROUP_BIT: Final = 0x01  # the first octet's I/G bit: a multicast address (IEEE 802)
 
 _RULES_HELP: Final = """\
 --allow=RULES            let new flows reach these, repeatable; a comma list of
@@ -358,10 +361,12 @@ def _forwards(ns: argparse.Namespace, network: Network, ipv6: bool) -> tuple[For
                                          gateway=network.gateway)
             except ForwardError as exc:
                 raise UsageError(f"{option} {spec}: {exc}") from None
-            guest_side = forwards[0].target if kind is Kind.LOCAL else forwards[0].bind
-            if not ipv6 and isinstance(guest_side, ipaddress.IPv6Address):
-                raise UsageError(f"{option} {spec}: the guest address {guest_side} is IPv6, "
-                                 "and IPv6 is off (-6 turns it on)")
+            try:
+                for fwd in forwards:
+                    check_family(fwd.guest_side, ipv6=ipv6)
+            except Ipv6Off as exc:
+                raise UsageError(f"{option} {spec}: the guest address {exc.address} is IPv6, "
+                                 "and IPv6 is off (-6 turns it on)") from None
             found += forwards
     return tuple(found)
 
@@ -399,8 +404,9 @@ def _dns_ttl(text: str) -> float:
         ttl = float(text)
     except ValueError:
         ttl = -1.0
-    if not 0 <= ttl <= 86400:
-        raise UsageError(f"--dns-ttl must be a number of seconds from 0 to 86400, not {text}")
+    if not 0 <= ttl <= MAX_DNS_TTL_S:
+        raise UsageError(f"--dns-ttl must be a number of seconds from 0 to {MAX_DNS_TTL_S}, "
+                         f"not {text}")
     return ttl
 
 
@@ -427,7 +433,7 @@ def _outbound(text: str, kind: type[_Address]) -> _Address:
 
 def parse_mac(text: str) -> str:
     """--macaddress: six two-digit hex bytes separated by ':', and not multicast."""
-    if not _MAC.fullmatch(text) or int(text[:2], 16) & 1:
+    if not _MAC.fullmatch(text) or int(text[:2], 16) & _MAC_GROUP_BIT:
         raise UsageError(f"macaddress has to be a valid unicast MAC address (hex string, "
                          f"6 bytes, each byte separated by a ':'): {text}")
     return text.lower()

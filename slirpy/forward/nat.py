@@ -22,12 +22,12 @@ import logging
 from collections.abc import Callable
 from typing import Final, NamedTuple
 
-from slirpy.addresses import Network
+from slirpy.addresses import LIMITED_BROADCAST, Network, is_ipv6
 from slirpy.effects import Effect, SendTo
 from slirpy.flows.key import FlowKey, FlowRecord, Traffic
 from slirpy.flows.table import FlowTable
 from slirpy.wire.proxy import SppHeader, build_spp, parse_spp
-from slirpy.forward.spec import Forward, Proto
+from slirpy.forward.spec import LocalForward, Proto
 from slirpy.guest import GuestLink
 from slirpy.wire.ipv4 import IpProto
 
@@ -35,27 +35,30 @@ log = logging.getLogger(__name__)
 
 EPHEMERAL_FIRST: Final = 49152  # RFC 6335's dynamic ports: where a clash moves to
 EPHEMERAL_COUNT: Final = 65536 - EPHEMERAL_FIRST
+IPV4: Final = 4  # ipaddress versions
+IPV6: Final = 6
 
 
-_MAPPED_PREFIX: Final = bytes(10) + b"\xff\xff"  # ::ffff:0:0/96
+_MAPPED_PREFIX: Final = bytes(10) + b"\xff\xff"  # ::ffff:0:0/96 (RFC 4291 2.5.5.2)
 
 
-def visible_source(client: bytes, network: Network, version: int = 4) -> bytes:
+def visible_source(client: bytes, network: Network, version: int = IPV4) -> bytes:
     """The address a guest reached over IPv*version* sees for a client at *client*.
 
     A client of the other family appears as the gateway of the guest's family; an
     IPv4 client accepted on a dual-stack IPv6 socket (::ffff:a.b.c.d) counts as IPv4.
     """
-    if len(client) == 16 and client[:12] == _MAPPED_PREFIX:
-        client = client[12:]
-    gateway = (network.gateway if version == 4 else network.gateway6).packed
-    if len(client) != (4 if version == 4 else 16):
+    if is_ipv6(client) and client.startswith(_MAPPED_PREFIX):
+        client = client[len(_MAPPED_PREFIX):]
+    guest_ipv6 = version == IPV6
+    gateway = (network.gateway6 if guest_ipv6 else network.gateway).packed
+    if is_ipv6(client) != guest_ipv6:
         return gateway
     addr = ipaddress.ip_address(client)
     if addr.is_loopback or addr.is_unspecified or addr.is_multicast:
         return gateway
     if isinstance(addr, ipaddress.IPv4Address):
-        if addr in network.cidr or addr == ipaddress.IPv4Address("255.255.255.255"):
+        if addr in network.cidr or client == LIMITED_BROADCAST:
             return gateway
     elif addr in network.cidr6 or addr.is_link_local:
         return gateway
@@ -97,7 +100,7 @@ class InboundUdpFlows:
         self.client_of: dict[FlowKey, _Client] = {}
         self.clashes = 0
 
-    def from_host(self, forward_id: int, fwd: Forward, peer: tuple[bytes, int],
+    def from_host(self, forward_id: int, fwd: LocalForward, peer: tuple[bytes, int],
                   data: bytes | memoryview, now: float,
                   taken: Callable[[FlowKey], bool]) -> list[Effect]:
         """A datagram the local UDP forward *fwd* received from *peer*. *taken* says
@@ -111,7 +114,6 @@ class InboundUdpFlows:
         key = self.by_client.get((forward_id, peer, client))
         flow = None if key is None else self.table.get(key, now)
         if key is None or flow is None:
-            assert isinstance(fwd.target, (ipaddress.IPv4Address, ipaddress.IPv6Address))
             base = FlowKey(IpProto.UDP, fwd.target.packed, fwd.target_port,
                            visible_source(client[0], self.network, fwd.target.version),
                            client[1])
@@ -120,15 +122,13 @@ class InboundUdpFlows:
                 return []
             if key != base:
                 self.clashes += 1
-            for old in self.table.add(key, InboundUdp(forward_id, peer, client, spp,
-                                                      fwd.proto is Proto.UDPRPC,
-                                                      Traffic(now)), now):
+            flow = InboundUdp(forward_id, peer, client, spp, fwd.proto is Proto.UDPRPC,
+                              Traffic(now))
+            for old in self.table.add(key, flow, now):
                 self._forget(old)
             self.by_client[(forward_id, peer, client)] = key
             self.client_of[key] = (forward_id, peer, client)
             log.debug("%s: new forwarded flow from %s", key, peer)
-            flow = self.table.peek(key)
-        assert flow is not None
         flow.traffic.to_guest += len(payload)
         return list(self.link.udp(src=key.remote_addr, src_port=key.remote_port,
                                   dst=key.guest_addr, dst_port=key.guest_port, payload=payload))

@@ -22,20 +22,35 @@ Protocols: tcp (default), udp, and for local forwards tcppp (the client starts w
 PROXY protocol v1/v2 header naming the real client; a guest port of 0 takes the
 destination port from that header), udpspp (every datagram carries the 38-byte "simple
 proxy protocol" header), udprpc (a UDP flow ends after the guest's first reply).
+
+A parsed spec is one forward per port, of the type that says which way it goes:
+`LocalForward` (its target an address in the guest's network), `RemoteForward` (its
+target an address on the host) or `SrvForward` (its target an SRV name, looked up per
+flow); `Forward` is any of them. All three have the fields the API, the command line and
+the log use (`kind`, `proto`, `bind`, `bind_port`, `target`, `target_port`), their
+`transport`, their address in the guest's network (`guest_side`) and their canonical
+`spec()` text. Checking a forward against the running stack (IPv6 off, a guest address
+and port taken) is slirpy.control's; this module only parses and prints.
 """
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import enum
 import ipaddress
-from typing import Final
+from typing import ClassVar, Final, TypeAlias
 
-from slirpy.wire.dns import TYPE_SRV, build_query
+from slirpy.addresses import LOOPBACK4
+from slirpy.wire.dns import DNS_PORT, TYPE_SRV, build_query
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 MAX_RANGE: Final = 1024  # ports in one spec: each is a socket
+MAX_PORT: Final = 65535
+LOOPBACK: Final = ipaddress.IPv4Address(LOOPBACK4)  # a local forward's bind, a remote's target
+SRV_MARK: Final = "@srv-"  # NAME@srv-DNSSERVER[:PORT]
+PROTO_SEP: Final = "://"
 
 
 class ForwardError(ValueError):
@@ -68,22 +83,22 @@ class SrvName:
 
     name: str
     server: IPAddress
-    port: int = 53
+    port: int = DNS_PORT
 
     def __str__(self) -> str:
-        server = f"[{self.server}]" if self.server.version == 6 else str(self.server)
-        return f"[{self.name}@srv-{server}:{self.port}]"
+        return f"[{self.name}@srv-{_host(self.server)}:{self.port}]"
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Forward:
-    """One forwarded port. *target* is an address, or an SRV name (remote forwards)."""
+class _Forward(abc.ABC):
+    """What every forward has, whichever way it goes: the fields the API, the command
+    line and the log name (`kind`, `proto`, `bind`, `bind_port`, `target_port`), its
+    transport, the address it has in the guest's network, and its spec text."""
 
-    kind: Kind
+    __slots__ = ()
+    kind: ClassVar[Kind]
     proto: Proto
     bind: IPAddress
     bind_port: int
-    target: IPAddress | SrvName
     target_port: int
 
     @property
@@ -91,21 +106,87 @@ class Forward:
         return self.proto.transport
 
     @property
-    def guest_side(self) -> IPAddress | SrvName:
-        """The forward's address inside the guest's network: a local forward's target,
-        a remote forward's bind address."""
-        return self.target if self.kind is Kind.LOCAL else self.bind
+    @abc.abstractmethod
+    def guest_side(self) -> IPAddress:
+        """The forward's address inside the guest's network."""
+
+    @abc.abstractmethod
+    def _target_text(self) -> str:
+        """The target as the spec writes it."""
 
     def spec(self) -> str:
         """The canonical spec text: parses back to this forward."""
         return (f"{self.proto}://{_host(self.bind)}:{self.bind_port}:"
-                f"{_host(self.target)}:{self.target_port}")
+                f"{self._target_text()}:{self.target_port}")
 
 
-def _host(addr: IPAddress | SrvName) -> str:
-    if isinstance(addr, SrvName):
-        return str(addr)
-    return f"[{addr}]" if addr.version == 6 else str(addr)
+@dataclasses.dataclass(frozen=True, slots=True)
+class LocalForward(_Forward):
+    """-L, host -> guest: slirpy listens at *bind*:*bind_port* on the host and takes each
+    client on to *target*:*target_port*, an address in the guest's network (a port of
+    0: the one a tcppp client's PROXY header names)."""
+
+    kind: ClassVar[Kind] = Kind.LOCAL
+    proto: Proto
+    bind: IPAddress
+    bind_port: int
+    target: IPAddress
+    target_port: int
+
+    @property
+    def guest_side(self) -> IPAddress:
+        return self.target
+
+    def _target_text(self) -> str:
+        return _host(self.target)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RemoteForward(_Forward):
+    """-R, guest -> host: slirpy answers at *bind*:*bind_port* in the guest's network
+    and connects each flow to *target*:*target_port* on the host."""
+
+    kind: ClassVar[Kind] = Kind.REMOTE
+    proto: Proto
+    bind: IPAddress
+    bind_port: int
+    target: IPAddress
+    target_port: int
+
+    @property
+    def guest_side(self) -> IPAddress:
+        return self.bind
+
+    def _target_text(self) -> str:
+        return _host(self.target)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SrvForward(_Forward):
+    """-R to an SRV name (RFC 2782): as RemoteForward, but each flow waits for the
+    record *target* to name the host and port to connect to (a *target_port* of 0:
+    the record's port)."""
+
+    kind: ClassVar[Kind] = Kind.REMOTE
+    proto: Proto
+    bind: IPAddress
+    bind_port: int
+    target: SrvName
+    target_port: int
+
+    @property
+    def guest_side(self) -> IPAddress:
+        return self.bind
+
+    def _target_text(self) -> str:
+        return str(self.target)
+
+
+Forward: TypeAlias = LocalForward | RemoteForward | SrvForward
+
+
+def _host(addr: IPAddress) -> str:
+    return f"[{addr}]" if isinstance(addr, ipaddress.IPv6Address) else str(addr)
 
 
 def split_parts(text: str) -> list[str]:
@@ -148,8 +229,8 @@ def parse_ports(text: str, what: str, *, zero_ok: bool) -> range:
     low_text, dash, high_text = text.partition("-")
     bounds = []
     for part in (low_text, high_text) if dash else (low_text,):
-        if not part.isdigit() or not part.isascii() or int(part) > 65535:
-            raise ForwardError(f"{what} must be a port number 0-65535 or a range, not "
+        if not part.isdigit() or not part.isascii() or int(part) > MAX_PORT:
+            raise ForwardError(f"{what} must be a port number 0-{MAX_PORT} or a range, not "
                                f"{text!r}")
         bounds.append(int(part))
     low, high = bounds[0], bounds[-1]
@@ -170,14 +251,14 @@ def _address(text: str, what: str) -> IPAddress:
 
 
 def _srv(text: str) -> SrvName:
-    name, _, server = text.partition("@srv-")
+    name, _, server = text.partition(SRV_MARK)
     if not name or not server:
         raise ForwardError(f"an SRV target is NAME@srv-DNSSERVER[:PORT], not {text!r}")
     parts = split_parts(server)
     if len(parts) > 2:
         raise ForwardError(f"bad DNS server in SRV target {text!r}")
     address = _address(parts[0], "the SRV DNS server")
-    port = 53
+    port = DNS_PORT
     if len(parts) == 2:
         ports = parse_ports(parts[1], "the SRV DNS server port", zero_ok=False)
         if len(ports) != 1:
@@ -194,16 +275,16 @@ def _join_srv_server_port(parts: list[str]) -> list[str]:
     """`NAME@srv-SERVER:PORT` written without brackets: its PORT is the part after it
     when a target port still follows (`8080:NAME@srv-192.0.2.53:53:0`)."""
     for i, part in enumerate(parts):
-        if "@srv-" in part and i + 2 < len(parts) and ":" not in part:
+        if SRV_MARK in part and i + 2 < len(parts) and ":" not in part:
             return [*parts[:i], f"{part}:{parts[i + 1]}", *parts[i + 2:]]
     return parts
 
 
 def parse_forward(kind: Kind, text: str, *, guest: IPAddress, gateway: IPAddress) -> list[Forward]:
     """Parse one -L/-R spec; *guest* and *gateway* are the network's defaults."""
-    proto_text, sep, rest = text.partition("://")
+    proto_text, sep, rest = text.partition(PROTO_SEP)
     if not sep:
-        proto_text, rest = "tcp", text
+        proto_text, rest = Proto.TCP, text
     try:
         proto = Proto(proto_text)
     except ValueError:
@@ -237,20 +318,18 @@ def parse_forward(kind: Kind, text: str, *, guest: IPAddress, gateway: IPAddress
     if bind_text is not None and bind_text != "":
         bind = _address(bind_text, "bind address")
     else:
-        bind = ipaddress.IPv4Address("127.0.0.1") if local else gateway
-    target: IPAddress | SrvName
-    if target_text is None or target_text == "":
-        target = guest if local else ipaddress.IPv4Address("127.0.0.1")
-    elif "@srv-" in target_text:
+        bind = LOOPBACK if local else gateway
+    srv: SrvName | None = None  # an SRV target, else the address below
+    address = guest if local else LOOPBACK
+    if target_text and SRV_MARK in target_text:
         if local:
             raise ForwardError("SRV targets are for remote forwards only")
-        target = _srv(target_text)
-    else:
-        target = _address(target_text, "target address")
-    srv = isinstance(target, SrvName)
-    port_zero_ok = srv or (proto is Proto.TCPPP)
+        srv = _srv(target_text)
+    elif target_text:
+        address = _address(target_text, "target address")
+    port_zero_ok = srv is not None or proto is Proto.TCPPP
     if target_ports_text is None or target_ports_text == "":
-        target_ports = range(0, 1) if srv else bind_ports
+        target_ports = range(0, 1) if srv is not None else bind_ports
     else:
         target_ports = parse_ports(target_ports_text, "target port", zero_ok=port_zero_ok)
     if target_ports == range(0, 1) and bind_ports.start == 0:
@@ -260,6 +339,13 @@ def parse_forward(kind: Kind, text: str, *, guest: IPAddress, gateway: IPAddress
     elif len(target_ports) != len(bind_ports):
         raise ForwardError(f"port ranges differ in length: {bind_ports_text} and "
                            f"{target_ports_text}")
-    return [Forward(kind, proto, bind, port,
-                    target, target_ports[i] if len(target_ports) else 0)
-            for i, port in enumerate(bind_ports)]
+    forwards: list[Forward] = []
+    for i, port in enumerate(bind_ports):
+        target_port = target_ports[i] if len(target_ports) else 0
+        if srv is not None:
+            forwards.append(SrvForward(proto, bind, port, srv, target_port))
+        elif local:
+            forwards.append(LocalForward(proto, bind, port, address, target_port))
+        else:
+            forwards.append(RemoteForward(proto, bind, port, address, target_port))
+    return forwards

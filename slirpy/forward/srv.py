@@ -1,62 +1,60 @@
 """SRV lookups for remote forwards whose target is `[NAME@srv-DNSSERVER:PORT]`.
 
-A flow to such a forward waits while slirpy asks DNSSERVER (over UDP, on a host socket
-like any flow's) for the SRV record NAME, picks a record (lowest priority, then highest
-weight), and takes the target's address from the answer's additional section, or asks
-the same server for it. The result is cached for the configured TTL, so a busy forward
-asks once per TTL. A lookup that fails (an error answer, no usable record, no answer
-in time, the server unreachable) fails the flows waiting for it, with one log line each
-time, and is not cached: the next flow asks again.
+A flow to such a forward waits while slirpy asks DNSSERVER for the SRV record NAME
+(RFC 2782), through the core's one DNS client (slirpy.services.dnsclient: over UDP, on a
+host socket like any flow's), picks a record (lowest priority, then highest weight),
+and takes the target's address from the answer's additional section, or asks the same
+server for it (A, then AAAA). The result is cached for the configured TTL, so a busy
+forward asks once per TTL. A lookup that fails (an error answer, no usable record, no
+answer in time, the server unreachable) fails the flows waiting for it, with one log
+line each time, and is not cached: the next flow asks again.
+Owned here: the questions, reading their answers, the cache, the waiting flows.
+Never done here: keys, sockets, ids, matching answers, timeouts (the DNS client).
 """
 
 from __future__ import annotations
 
-import hashlib
+import functools
 import logging
 from collections.abc import Callable
 from typing import Final
 
-from slirpy.effects import Close, Effect, OpenUdp, SendDatagram
-from slirpy.events import HostError
-from slirpy.flows.key import FlowKey
+from slirpy.addresses import is_ipv6
+from slirpy.effects import Effect
 from slirpy.forward.spec import SrvName
+from slirpy.services.dnsclient import DnsClient, Failure, Outcome
 from slirpy.wire import Malformed
-from slirpy.wire.dns import TYPE_A, TYPE_AAAA, TYPE_SRV, addresses_for, build_query, parse_response, pick_srv
-from slirpy.wire.ipv4 import IpProto
+from slirpy.wire.dns import (RCODE_NOERROR, TYPE_A, TYPE_AAAA, TYPE_SRV, addresses_for,
+                             build_query, parse_response, pick_srv)
 
 log = logging.getLogger(__name__)
 
 Target = tuple[bytes, int]  # packed address, port
 Waiter = Callable[[Target | None, float], list[Effect]]
 
-LOOKUP_TIMEOUT_S: Final = 3.0
+LOOKUP_TIMEOUT_S: Final = 3.0  # for the whole lookup, the address questions included
 MAX_WAITERS: Final = 256  # flows waiting for one name; more are failed at once
-_OURS: Final = b"\x00\x00\x00\x00"  # the "guest address" of lookup flows: never a guest's
+ORIGIN: Final = bytes(4)  # 0.0.0.0, the lookups' "guest address": never a guest's
+ADDRESS_TYPES: Final = (TYPE_A, TYPE_AAAA)  # asked in turn when the answer had no address
 
 
 class _Lookup:
-    def __init__(self, srv: SrvName, key: FlowKey, deadline: float) -> None:
+    def __init__(self, srv: SrvName, deadline: float) -> None:
         self.srv = srv
-        self.key = key
         self.deadline = deadline
         self.waiters: list[Waiter] = []
         self.port = 0  # from the SRV record, once known
-        self.target_name = ""  # asked for its address in a second query
+        self.target_name = ""  # asked for its address in a further query
         self.address_queries: list[int] = []  # A, then AAAA, asked after the SRV query
 
 
 class SrvResolver:
-    def __init__(self, ttl_s: float, secret: bytes) -> None:
+    def __init__(self, client: DnsClient, ttl_s: float) -> None:
+        self.client = client
         self.ttl_s = ttl_s
-        self.secret = secret
-        self.counter = 0
         self.cache: dict[SrvName, tuple[Target, float]] = {}
         self.pending: dict[SrvName, _Lookup] = {}
-        self.by_key: dict[FlowKey, _Lookup] = {}
         self.failures = 0
-
-    def owns(self, key: FlowKey) -> bool:
-        return key in self.by_key
 
     def lookup(self, srv: SrvName, now: float, waiter: Waiter) -> list[Effect]:
         """Call *waiter* with the target once known (maybe at once); its effects follow."""
@@ -69,36 +67,34 @@ class SrvResolver:
                 return waiter(None, now)
             lookup.waiters.append(waiter)
             return []
-        lookup = _Lookup(srv, self._key(srv), now + LOOKUP_TIMEOUT_S)
-        try:
-            query = build_query(lookup.key.guest_port, srv.name, TYPE_SRV)
-        except ValueError as exc:  # the spec parser refuses such names: never asked
-            log.warning("remote forward: cannot look up %r: %s", srv.name, exc)
-            return waiter(None, now)
+        lookup = _Lookup(srv, now + LOOKUP_TIMEOUT_S)
         lookup.waiters.append(waiter)
         self.pending[srv] = lookup
-        self.by_key[lookup.key] = lookup
-        return [OpenUdp(lookup.key, srv.server.packed, srv.port),
-                SendDatagram(lookup.key, query)]
+        return self._ask(lookup, srv.name, TYPE_SRV, now)
 
-    def _key(self, srv: SrvName) -> FlowKey:
-        self.counter += 1
-        digest = hashlib.blake2s(self.counter.to_bytes(8, "big"), key=self.secret,
-                                 digest_size=2).digest()
-        return FlowKey(IpProto.UDP, _OURS, int.from_bytes(digest, "big"), srv.server.packed,
-                       srv.port)
+    def _ask(self, lookup: _Lookup, name: str, qtype: int, now: float) -> list[Effect]:
+        ident = self.client.new_ident()
+        try:
+            query = build_query(ident, name, qtype)
+        except ValueError as exc:  # the spec parser refuses such names; a record's may be
+            return self._fail(lookup, f"cannot ask for {name!r} ({exc})", now)
+        server = (lookup.srv.server.packed, lookup.srv.port)
+        return self.client.ask(ORIGIN, server, query, ident, now=now, deadline=lookup.deadline,
+                               done=functools.partial(self._answered, lookup))
 
-    def on_answer(self, key: FlowKey, data: bytes | memoryview, now: float) -> list[Effect]:
-        lookup = self.by_key.get(key)
-        if lookup is None:
-            return []
+    def _answered(self, lookup: _Lookup, outcome: Outcome, now: float) -> list[Effect]:
+        match outcome:
+            case Failure(why):
+                return self._fail(lookup, why, now)
+            case answer:
+                return self._read(lookup, answer, now)
+
+    def _read(self, lookup: _Lookup, data: bytes | memoryview, now: float) -> list[Effect]:
         try:
             response = parse_response(data)
         except Malformed as exc:
             return self._fail(lookup, f"bad answer ({exc.reason})", now)
-        if response.ident != key.guest_port:
-            return []  # not ours: wait for the real one
-        if response.rcode != 0:
+        if response.rcode != RCODE_NOERROR:
             return self._fail(lookup, f"answer code {response.rcode}", now)
         records = response.answers + response.additional
         if not lookup.target_name:
@@ -108,37 +104,14 @@ class SrvResolver:
             lookup.port = record.port
             lookup.target_name = record.target.rstrip(".").lower()
         # Either family will do (a host socket reaches both); IPv4 first, as getaddrinfo.
-        addresses = sorted(addresses_for(lookup.target_name, records), key=len)
+        addresses = sorted(addresses_for(lookup.target_name, records), key=is_ipv6)
         if addresses:
             return self._done(lookup, (addresses[0], lookup.port), now)
-        qtype = next((t for t in (TYPE_A, TYPE_AAAA) if t not in lookup.address_queries), None)
+        qtype = next((t for t in ADDRESS_TYPES if t not in lookup.address_queries), None)
         if qtype is None:
             return self._fail(lookup, f"no address for {lookup.target_name}", now)
-        # Ask the same server for the target's address, on a new socket with a new id.
-        self.by_key.pop(key)
-        lookup.key = self._key(lookup.srv)
         lookup.address_queries.append(qtype)
-        self.by_key[lookup.key] = lookup
-        return [Close(key), OpenUdp(lookup.key, lookup.srv.server.packed, lookup.srv.port),
-                SendDatagram(lookup.key, build_query(lookup.key.guest_port,
-                                                     lookup.target_name, qtype))]
-
-    def on_error(self, key: FlowKey, error: HostError, now: float) -> list[Effect]:
-        lookup = self.by_key.get(key)
-        if lookup is None:
-            return []
-        return self._fail(lookup, f"server unreachable (errno {error.errno})", now)
-
-    def expire(self, now: float) -> list[Effect]:
-        effects: list[Effect] = []
-        for lookup in [l for l in self.pending.values() if l.deadline <= now]:
-            effects += self._fail(lookup, "no answer", now)
-        return effects
-
-    def next_deadline(self) -> float | None:
-        if not self.pending:
-            return None
-        return min((l.deadline for l in self.pending.values()), default=None)
+        return self._ask(lookup, lookup.target_name, qtype, now)
 
     def _done(self, lookup: _Lookup, target: Target, now: float) -> list[Effect]:
         self.cache[lookup.srv] = (target, now + self.ttl_s)
@@ -153,8 +126,7 @@ class SrvResolver:
 
     def _finish(self, lookup: _Lookup, target: Target | None, now: float) -> list[Effect]:
         self.pending.pop(lookup.srv, None)
-        self.by_key.pop(lookup.key, None)
-        effects: list[Effect] = [Close(lookup.key)]
+        effects: list[Effect] = []
         for waiter in lookup.waiters:
             effects += waiter(target, now)
         return effects

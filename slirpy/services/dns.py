@@ -1,8 +1,9 @@
 """The DNS forwarder at network+3: the guest's queries, relayed to the host's resolvers.
 
-Model: each query the guest sends to DNS:53 is relayed, unchanged, over a fresh host
-UDP socket (so a random source port, as a stub resolver would use) to one upstream
-nameserver of the host's resolv.conf. The answer goes back to the guest as if DNS:53
+Model: each query the guest sends to DNS:53 is relayed, unchanged, to one upstream
+nameserver of the host's resolv.conf, through the core's one DNS client
+(slirpy.services.dnsclient: a host UDP socket per attempt, so the kernel's random source
+port, as a stub resolver would use). The answer goes back to the guest as if DNS:53
 sent it. If the upstream reports an error (port unreachable) or says nothing within
 the timeout, the next upstream is tried; when all have failed the guest gets SERVFAIL
 at once rather than waiting out its own timeouts. The upstream that last answered is
@@ -12,31 +13,32 @@ The host sockets live in the host's namespaces, so a resolver on the host's loop
 The forwarder answers on the IPv4 DNS address and, with IPv6, on the IPv6 one; any
 query goes to any upstream, whatever the families (an IPv6-only host serves IPv4
 guests' queries, and the other way round).
-Keys: each attempt is a FlowKey whose guest end is (the DNS address asked, a port of
-ours), so the runtime handles it like any UDP flow and answers cannot be confused with
-the guest's.
-Not done here: reading resolv.conf (the runtime does, and passes the list in), caching.
+Keys: each attempt's FlowKey has the DNS address asked as its guest address and a port
+the client picks, so its answers cannot be confused with a guest flow's.
+Not done here: reading resolv.conf (the runtime does, and passes the list in), caching,
+keys, sockets, matching answers and timeouts (the DNS client).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import ipaddress
 import logging
 from typing import Final
 
-from slirpy.effects import Close, Effect, OpenUdp, SendDatagram
-from slirpy.events import HostError
-from slirpy.flows.key import FlowKey
+from slirpy.addresses import address_text
+from slirpy.effects import Effect
 from slirpy.guest import GuestLink
+from slirpy.services.dnsclient import DnsClient, Failure, Outcome
 from slirpy.wire import Malformed
-from slirpy.wire.dns import RCODE_SERVFAIL, DnsQuery, build_error_reply, response_ident
-from slirpy.wire.ipv4 import IpProto
+from slirpy.wire.dns import DNS_PORT, RCODE_SERVFAIL, DnsQuery, build_error_reply
 
 log = logging.getLogger(__name__)
 
-DNS_PORT: Final = 53
 MAX_PENDING: Final = 512  # a guest flooding queries is refused, not remembered
+_NAMESERVER: Final = "nameserver"
+_ZONE_SEP: Final = "%"  # fe80::1%eth0: the zone is the host's business, not the address
 
 
 def parse_resolv_conf(text: str) -> list[tuple[bytes, int]]:
@@ -44,9 +46,9 @@ def parse_resolv_conf(text: str) -> list[tuple[bytes, int]]:
     servers = []
     for line in text.splitlines():
         fields = line.split()
-        if len(fields) >= 2 and fields[0] == "nameserver":
+        if len(fields) >= 2 and fields[0] == _NAMESERVER:
             try:
-                address = ipaddress.ip_address(fields[1].split("%")[0])
+                address = ipaddress.ip_address(fields[1].split(_ZONE_SEP)[0])
             except ValueError:
                 continue
             servers.append((address.packed, DNS_PORT))
@@ -61,19 +63,18 @@ class _Pending:
     query: bytes
     ident: int
     first: int  # index of the upstream tried first
-    tried: int  # how many upstreams were tried
-    deadline: float
+    tried: int = 0  # how many upstreams were tried
+    upstream: bytes = b""  # the one asked now
 
 
 class DnsForwarder:
-    def __init__(self, link: GuestLink, our_addrs: frozenset[bytes], timeout_s: float) -> None:
+    def __init__(self, link: GuestLink, timeout_s: float, client: DnsClient) -> None:
         self.link = link
-        self.our_addrs = our_addrs
         self.timeout_s = timeout_s
+        self.client = client
         self.upstreams: list[tuple[bytes, int]] = []
         self.preferred = 0
-        self.pending: dict[FlowKey, _Pending] = {}  # insertion order == deadline order
-        self._next_port = 0
+        self.in_flight = 0  # guest queries not yet answered (nor failed)
 
     def set_upstreams(self, servers: list[tuple[bytes, int]]) -> None:
         if servers != self.upstreams:
@@ -92,67 +93,40 @@ class DnsForwarder:
                  payload: memoryview, now: float) -> list[Effect]:
         """A query the guest sent from *guest_addr*:*guest_port* to *our_addr*:53."""
         query = DnsQuery.parse(payload)  # Malformed goes to the stack's drop counter
-        if len(self.pending) >= MAX_PENDING:
+        if self.in_flight >= MAX_PENDING:
             raise Malformed("dns-too-many-pending")
         if not self.upstreams:
             return self._servfail(our_addr, guest_addr, guest_port, query)
+        self.in_flight += 1
         pending = _Pending(our_addr, guest_addr, guest_port, bytes(payload), query.ident,
-                           self.preferred % len(self.upstreams), 0, now)
+                           self.preferred % len(self.upstreams))
         return self._attempt(pending, now)
 
     def _attempt(self, pending: _Pending, now: float) -> list[Effect]:
         if pending.tried >= len(self.upstreams):
+            self.in_flight -= 1
             query = DnsQuery.parse(memoryview(pending.query))
             return self._servfail(pending.our_addr, pending.guest_addr, pending.guest_port,
                                   query)
         addr, port = self.upstreams[(pending.first + pending.tried) % len(self.upstreams)]
         pending.tried += 1
-        pending.deadline = now + self.timeout_s
-        key = FlowKey(IpProto.UDP, pending.our_addr, self._port(), addr, port)
-        self.pending[key] = pending
-        return [OpenUdp(key, addr, port), SendDatagram(key, pending.query)]
+        pending.upstream = addr
+        return self.client.ask(pending.our_addr, (addr, port), pending.query, pending.ident,
+                               now=now, deadline=now + self.timeout_s,
+                               done=functools.partial(self._done, pending))
 
-    def _port(self) -> int:
-        # Unique among pending attempts: at most MAX_PENDING of them, 65535 to pick from.
-        while True:
-            self._next_port = self._next_port % 65535 + 1
-            if all(key.guest_port != self._next_port for key in self.pending):
-                return self._next_port
-
-    def owns(self, key: FlowKey) -> bool:
-        return key.guest_addr in self.our_addrs and key.proto == IpProto.UDP
-
-    def on_answer(self, key: FlowKey, data: bytes | memoryview, now: float) -> list[Effect]:
-        pending = self.pending.get(key)
-        if pending is None or response_ident(data) != pending.ident:
-            return []  # stale, or not an answer to what we asked: keep waiting
-        del self.pending[key]
-        self.preferred = (pending.first + pending.tried - 1) % max(len(self.upstreams), 1)
-        return [Close(key), *self.link.udp(src=pending.our_addr, src_port=DNS_PORT,
+    def _done(self, pending: _Pending, outcome: Outcome, now: float) -> list[Effect]:
+        match outcome:
+            case Failure(why):
+                log.debug("DNS upstream %s: %s", address_text(pending.upstream), why)
+                return self._attempt(pending, now)
+            case answer:
+                self.in_flight -= 1
+                self.preferred = (pending.first + pending.tried - 1) % max(len(self.upstreams),
+                                                                           1)
+                return list(self.link.udp(src=pending.our_addr, src_port=DNS_PORT,
                                           dst=pending.guest_addr, dst_port=pending.guest_port,
-                                          payload=data)]
-
-    def on_error(self, key: FlowKey, error: HostError, now: float) -> list[Effect]:
-        pending = self.pending.pop(key, None)
-        if pending is None:
-            return []
-        log.debug("DNS upstream %s failed: errno %d", ipaddress.ip_address(key.remote_addr),
-                  error.errno)
-        return [Close(key), *self._attempt(pending, now)]
-
-    def expire(self, now: float) -> list[Effect]:
-        effects: list[Effect] = []
-        while self.pending:
-            key, pending = next(iter(self.pending.items()))
-            if pending.deadline > now:
-                break
-            del self.pending[key]
-            log.debug("DNS upstream %s timed out", ipaddress.ip_address(key.remote_addr))
-            effects += [Close(key), *self._attempt(pending, now)]
-        return effects
-
-    def next_deadline(self) -> float | None:
-        return next(iter(self.pending.values())).deadline if self.pending else None
+                                          payload=answer))
 
     def _servfail(self, our_addr: bytes, guest_addr: bytes, guest_port: int,
                   query: DnsQuery) -> list[Effect]:

@@ -7,6 +7,7 @@ from typing import Final, NamedTuple
 
 from slirpy.wire import Malformed
 
+DNS_PORT: Final = 53  # RFC 1035 4.2: a DNS server's port, UDP and TCP
 _HEADER: Final = struct.Struct("!HHHHHH")
 HEADER_LEN: Final = _HEADER.size  # 12
 _FLAG_QR: Final = 0x8000
