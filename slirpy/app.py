@@ -9,7 +9,6 @@ imports this module.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import resource
@@ -67,10 +66,7 @@ class Instance:
         forward_id = self.next_forward_id
         match fwd:
             case LocalForward():  # a socket on the host; remote forwards have none
-                port = self.driver.forward_sockets.open(forward_id, fwd)
-                if port != fwd.bind_port:  # bind port 0: the one the kernel picked
-                    fwd = dataclasses.replace(fwd, bind_port=port)
-                    self.driver.forward_sockets.forwards[forward_id] = fwd
+                fwd = self.driver.forward_sockets.open(forward_id, fwd)
         control.add(forward_id, fwd)
         self.next_forward_id += 1
         self.forwards[forward_id] = (fwd, origin)

@@ -35,7 +35,7 @@ from slirpy.addresses import AddressPlan
 from slirpy.config import Config
 from slirpy.control import Control
 from slirpy.effects import Effect, ToGuest
-from slirpy.flows.key import FlowKey
+from slirpy.flows.key import ECHO_REMOTE_PORT, FlowKey
 from slirpy.forward.nat import InboundUdpFlows
 from slirpy.forward.spec import RemoteForward, SrvForward
 from slirpy.forward.srv import SrvResolver
@@ -305,7 +305,7 @@ class Ingress:
         if ip.dst in self.addrs.ours:
             return self.echo.answer_ourselves(ip.src, ip.dst, icmp)
         self._host_address(ip.dst)  # raises for destinations never forwarded
-        key = FlowKey(proto, ip.src, icmp.echo_id, ip.dst, 0)
+        key = FlowKey(proto, ip.src, icmp.echo_id, ip.dst, ECHO_REMOTE_PORT)
         if key not in self.echo:
             refused = self._egress(key)
             if refused is not None:

@@ -6,7 +6,7 @@ import re
 from slirpy.cli.args import ATTACH_HELP, RUN_HELP, UNSUPPORTED
 
 MAN = pathlib.Path(__file__).parent.parent / "man" / "slirpy.1"
-REFUSED = set(UNSUPPORTED.values())
+REFUSED = set(UNSUPPORTED)
 
 
 def long_options(text: str) -> set[str]:

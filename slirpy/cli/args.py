@@ -28,9 +28,7 @@ from slirpy.netns.attach import check_tap_name
 from slirpy.netns.link import interface_address
 from slirpy.policy.rules import Action, Rule, RuleError, parse_rules
 
-UNSUPPORTED: Final = {
-    "--enable-sandbox": "--enable-sandbox", "--enable-seccomp": "--enable-seccomp",
-}
+UNSUPPORTED: Final = frozenset({"--enable-sandbox", "--enable-seccomp"})
 
 IPV6_MIN_MTU: Final = 1280
 MAX_DNS_TTL_S: Final = 86400  # a day: --dns-ttl's upper bound
@@ -242,7 +240,7 @@ def _refuse_unsupported(options: list[str]) -> None:
             break
         name = arg.split("=", 1)[0]
         if name in UNSUPPORTED:
-            raise UsageError(f"{UNSUPPORTED[name]} is not supported yet")
+            raise UsageError(f"{name} is not supported yet")
 
 
 def _config_path(options: list[str]) -> str | None:

@@ -13,6 +13,7 @@ and the guest's replies leave from the same socket (SendTo).
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import ipaddress
 import logging
@@ -22,7 +23,8 @@ from collections.abc import Callable
 from typing import Final
 
 from slirpy.events import Event, ForwardAccepted, ForwardDatagram
-from slirpy.forward.spec import Forward, Proto
+from slirpy.addresses import is_ipv6
+from slirpy.forward.spec import Forward, LocalForward, Proto
 from slirpy.runtime.loop import EventLoop
 from slirpy.runtime.streams import HostStreams, reset_close
 from slirpy.wire import Malformed
@@ -35,6 +37,7 @@ ACCEPT_BATCH: Final = 64
 DATAGRAM_BATCH: Final = 64
 PROXY_HEADER_TIMEOUT_S: Final = 10.0
 PENDING_HEADERS_MAX: Final = 256
+MAX_DATAGRAM_BYTES: Final = 65536  # a UDP payload's most, and then some
 
 Post = Callable[[Event], None]
 
@@ -62,15 +65,14 @@ class ForwardSockets:
         self.streams = streams
         self.post = post
         self.sockets: dict[int, socket.socket] = {}
-        self.forwards: dict[int, Forward] = {}
         self.pending: dict[int, _Pending] = {}  # fd -> client waiting for its header
         self.accepted: dict[int, socket.socket] = {}  # token -> client the core decides on
         self.peek = bytearray(MAX_V2_LEN)
-        self.datagram = bytearray(65536)
+        self.datagram = bytearray(MAX_DATAGRAM_BYTES)
 
-    def open(self, forward_id: int, fwd: Forward) -> int:
-        """Bind and listen for local forward *fwd*; the port bound (bind port 0 picks
-        one). Raises OSError when the address cannot be bound."""
+    def open(self, forward_id: int, fwd: LocalForward) -> LocalForward:
+        """Bind and listen for local forward *fwd*; the forward as bound (a bind port
+        of 0: the one the kernel picked). Raises OSError when it cannot be bound."""
         family = socket.AF_INET if fwd.bind.version == 4 else socket.AF_INET6
         kind = socket.SOCK_STREAM if fwd.transport == "tcp" else socket.SOCK_DGRAM
         sock = socket.socket(family, kind | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
@@ -85,18 +87,19 @@ class ForwardSockets:
         except OSError:
             sock.close()
             raise
+        port = int(sock.getsockname()[1])
+        if port != fwd.bind_port:
+            fwd = dataclasses.replace(fwd, bind_port=port)
         self.sockets[forward_id] = sock
-        self.forwards[forward_id] = fwd
         if kind == socket.SOCK_STREAM:
             self.loop.add(sock.fileno(), lambda mask: self._accept(forward_id, sock, fwd))
         else:
             self.loop.add(sock.fileno(), lambda mask: self._receive(forward_id, sock, fwd))
-        return int(sock.getsockname()[1])
+        return fwd
 
     def close(self, forward_id: int) -> None:
         """Stop listening; connections already forwarded run to their end."""
         sock = self.sockets.pop(forward_id, None)
-        self.forwards.pop(forward_id, None)
         if sock is not None:
             self.loop.remove(sock.fileno())
             sock.close()
@@ -223,7 +226,7 @@ class ForwardSockets:
         if sock is None:
             return  # the forward was removed meanwhile
         host = str(ipaddress.ip_address(addr))
-        if sock.family == socket.AF_INET6 and len(addr) == 4:
+        if sock.family == socket.AF_INET6 and not is_ipv6(addr):
             host = f"::ffff:{host}"
         try:
             sock.sendmsg([prefix, data] if prefix else [data], [], 0, (host, port))

@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 # <linux/rtnetlink.h>: multicast groups of address changes.
 RTMGRP_IPV4_IFADDR: Final = 0x10
 RTMGRP_IPV6_IFADDR: Final = 0x100
+EVENT_BUFFER_BYTES: Final = 65536  # read and thrown away: the dump is the truth
 
 
 def host_networks() -> list[Network]:
@@ -68,7 +69,7 @@ class HostAddresses:
         changed = False
         while True:  # drain: one dump answers any number of changes
             try:
-                self.events.recv(65536)
+                self.events.recv(EVENT_BUFFER_BYTES)
             except BlockingIOError:
                 break
             except OSError as exc:  # ENOBUFS: changes were lost; the dump still tells all
