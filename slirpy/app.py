@@ -9,6 +9,7 @@ imports this module.
 
 from __future__ import annotations
 
+import importlib.machinery
 import logging
 import os
 import resource
@@ -23,6 +24,7 @@ from slirpy.forward.spec import Forward, ForwardError, Kind, LocalForward
 from slirpy.policy.rules import Rule
 from slirpy.runtime.driver import STOP_SIGNALS, Driver
 from slirpy.runtime.tap import FrameDevice, TapDevice
+import slirpy.stack
 from slirpy.stack import Stack
 
 log = logging.getLogger(__name__)
@@ -100,7 +102,8 @@ class Instance:
                 "flows": stats.flow_counts(),
                 "forwards": len(self.forwards),
                 "blocked": stats.blocked_counts(),
-                "uptime_s": round(self.driver.loop.now() - self.driver.started, 3)}
+                "uptime_s": round(self.driver.loop.now() - self.driver.started, 3),
+                "build": build()}
 
     def add_rule(self, rule: Rule) -> int:
         return self.stack.control.add_rule(rule)
@@ -135,6 +138,13 @@ class Instance:
         if self.api is not None:
             self.api.close()
         self.driver.close()
+
+
+def build() -> str:
+    """"compiled (mypyc)" when the core runs as C extension modules, else "pure Python"."""
+    compiled = slirpy.stack.__file__ is not None and slirpy.stack.__file__.endswith(
+        tuple(importlib.machinery.EXTENSION_SUFFIXES))
+    return "compiled (mypyc)" if compiled else "pure Python"
 
 
 def raise_fd_limit() -> None:

@@ -46,7 +46,7 @@ DATA_MODULES: Final = frozenset({
     "collections", "_collections", "heapq",  # deque, Counter, defaultdict, a NamedTuple's fields
     "dataclasses", "enum", "functools",  # fields, members, partials of core methods
     "ipaddress", "struct", "_struct", "re", "errno",  # addresses, codecs, patterns, constants
-    "hashlib", "_hashlib",  # TCP's initial sequence numbers, keyed by the constructor's secret
+    "hashlib", "_hashlib", "_blake2",  # TCP's initial sequence numbers, keyed by a secret
     "logging",  # loggers are held but not walked into (their handlers write, by design)
 })
 # Functions the stdlib generates into a module of their own name: a NamedTuple's __new__.

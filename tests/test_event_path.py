@@ -1,13 +1,15 @@
 """The single event path: the runtime's queue feeds the core one event at a time.
 
-A fake core records what it is fed and fails if it is entered while it runs; the
-runtime's parts that would answer from the kernel are replaced by ones that post the
-same events at once, as the real ones do from inside `apply`. No socket carries data.
+A fake core answers each event from a script, records what it is fed (copying any
+peeked bytes at that moment), and fails if it is entered while it runs. The runtime is
+the real one; the "host connections" are unix socketpairs adopted as a local forward's
+client would be, so no packet goes anywhere and nothing of the runtime is patched.
 """
 
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Iterator
 
 import pytest
@@ -51,14 +53,19 @@ class FakeCore:
 
     def __init__(self, script: dict[type, list[Effect]]) -> None:
         self.script = script
-        self.fed: list[Event] = []
+        self.fed: list[tuple[str, FlowKey | None, object]] = []
         self.inside = False
 
     def feed(self, event: Event, now: float) -> list[Effect]:
         assert not self.inside, f"re-entered with {event} while handling {self.fed[-1]}"
         self.inside = True
         try:
-            self.fed.append(event)
+            detail: object = None
+            if isinstance(event, HostData):
+                detail = bytes(event.data)  # what the view holds now, when it is fed
+            elif isinstance(event, Sent):
+                detail = (event.nbytes, event.wanted)
+            self.fed.append((type(event).__name__, getattr(event, "flow", None), detail))
             return list(self.script.get(type(event), []))
         finally:
             self.inside = False
@@ -68,70 +75,71 @@ class FakeCore:
 
 
 @pytest.fixture
-def device() -> Iterator[FakeDevice]:
-    dev = FakeDevice()
-    yield dev
-    dev.close()
+def world() -> Iterator[tuple[FakeDevice, dict[FlowKey, socket.socket]]]:
+    """A frame device and, per flow, the far end of the flow's "host connection"."""
+    device = FakeDevice()
+    peers: dict[FlowKey, socket.socket] = {}
+    yield device, peers
+    for sock in peers.values():
+        sock.close()
+    device.close()
 
 
-def driver_for(core: FakeCore, device: FakeDevice) -> tuple[Driver, list[tuple[FlowKey, int]]]:
-    """A driver around *core*, and the list of the reads it does."""
+def driver_for(core: FakeCore, device: FakeDevice,
+               peers: dict[FlowKey, socket.socket]) -> Driver:
     driver = Driver(Config(), device, core)
-    # The kernel's answers, posted from inside apply as the real runtime parts do.
-    driver.streams.send = lambda flow, data: driver.post(  # type: ignore[method-assign]
-        Sent(flow, len(data), len(data), 4096))
-    reads: list[tuple[FlowKey, int]] = []
-
-    def read(flow: FlowKey, limit: int) -> Event | None:
-        reads.append((flow, limit))
-        return HostData(flow, memoryview(b"x" * min(limit, 3)))
-
-    driver.streams.read = read  # type: ignore[method-assign]
-    return driver, reads
+    for flow in (FLOW, OTHER):
+        ours, theirs = socket.socketpair()
+        ours.setblocking(False)
+        driver.streams.adopt(flow, ours)
+        peers[flow] = theirs
+    return driver
 
 
 def test_results_of_effects_are_fed_after_the_whole_list_never_inside(
-        device: FakeDevice) -> None:
+        world: tuple[FakeDevice, dict[FlowKey, socket.socket]]) -> None:
+    device, peers = world
     frame = ToGuest(b"\x00" * 60)
     core = FakeCore({GuestFrame: [Send(FLOW, b"abc"), frame, Send(OTHER, b"de")]})
-    driver, _ = driver_for(core, device)
+    driver = driver_for(core, device, peers)
     driver.post(GuestFrame(b"guest"))
-    assert [type(e) for e in core.fed] == [GuestFrame, Sent, Sent]
-    assert [(e.flow, e.nbytes) for e in core.fed[1:]] == [(FLOW, 3), (OTHER, 2)]  # type: ignore[union-attr]
-    assert device.written == [frame]  # written while applying, before the Sents were fed
+    assert core.fed == [("GuestFrame", None, None), ("Sent", FLOW, (3, 3)),
+                        ("Sent", OTHER, (2, 2))]
+    assert device.written == [frame]  # written while the list was applied
+    assert peers[FLOW].recv(16) == b"abc" and peers[OTHER].recv(16) == b"de"
     driver.close()
 
 
-def test_a_peek_is_read_in_its_turn_with_the_latest_limit_once(device: FakeDevice) -> None:
+def test_a_peek_is_read_in_its_turn_once_with_the_latest_limit(
+        world: tuple[FakeDevice, dict[FlowKey, socket.socket]]) -> None:
+    device, peers = world
     core = FakeCore({GuestFrame: [Peek(FLOW, 10), Peek(OTHER, 5), Peek(FLOW, 2)]})
-    driver, reads = driver_for(core, device)
+    driver = driver_for(core, device, peers)
+    peers[FLOW].sendall(b"0123456789")
+    peers[OTHER].sendall(b"abcdefgh")
     driver.post(GuestFrame(b"guest"))
-    assert reads == [(FLOW, 2), (OTHER, 5)]
-    fed = [(type(e).__name__, getattr(e, "flow", None)) for e in core.fed]
-    assert fed == [("GuestFrame", None), ("HostData", FLOW), ("HostData", OTHER)]
+    # One read per flow, the latest limit, and each view fed before the next read
+    # reused the peek buffer: FLOW's two bytes are still its own when fed.
+    assert core.fed == [("GuestFrame", None, None), ("HostData", FLOW, b"01"),
+                        ("HostData", OTHER, b"abcde")]
     driver.close()
 
 
-def test_each_peeked_view_is_fed_before_the_next_read(device: FakeDevice) -> None:
-    """The peek buffer is shared: a read may not happen before the last one was fed."""
-    core = FakeCore({GuestFrame: [Peek(FLOW, 3), Peek(OTHER, 3)]})
-    driver, _ = driver_for(core, device)
-    order: list[str] = []
-    original_read = driver.streams.read
+def test_host_data_that_filled_its_limit_says_more_may_follow(
+        world: tuple[FakeDevice, dict[FlowKey, socket.socket]]) -> None:
+    device, peers = world
+    seen: list[bool] = []
 
-    def read(flow: FlowKey, limit: int) -> Event | None:
-        order.append(f"read {flow.guest_port}")
-        return original_read(flow, limit)
+    class Recording(FakeCore):
+        def feed(self, event: Event, now: float) -> list[Effect]:
+            if isinstance(event, HostData):
+                seen.append(event.more)
+            return super().feed(event, now)
 
-    original_feed = core.feed
-
-    def feed(event: Event, now: float) -> list[Effect]:
-        order.append(f"feed {type(event).__name__}")
-        return original_feed(event, now)
-
-    driver.streams.read = read  # type: ignore[method-assign]
-    core.feed = feed  # type: ignore[method-assign]
+    core = Recording({GuestFrame: [Peek(FLOW, 4), Peek(OTHER, 100)]})
+    driver = driver_for(core, device, peers)
+    peers[FLOW].sendall(b"0123456789")
+    peers[OTHER].sendall(b"short")
     driver.post(GuestFrame(b"guest"))
-    assert order == ["feed GuestFrame", "read 40000", "feed HostData", "read 40001",
-                     "feed HostData"]
+    assert seen == [True, False]
     driver.close()

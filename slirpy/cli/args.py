@@ -117,6 +117,13 @@ SLIRP_CONFIG_VERSION_MAX: 4
 """
 
 
+def version_text() -> str:
+    """--version: slirp4netns's lines (tools read them), then which build is running."""
+    from slirpy.app import build
+
+    return f"{VERSION}build: {build()}\n"
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Attach:
     """The slirp4netns form: what to attach to, and how."""
@@ -274,7 +281,7 @@ def _parse_attach(argv: list[str]) -> Attach:
     if ns.help:
         raise Exit(ATTACH_HELP)
     if ns.version:
-        raise Exit(VERSION)
+        raise Exit(version_text())
     if not ns.positional:
         raise UsageError("PID or PATH of the network namespace is required (see --help)")
     if len(ns.positional) > 2:

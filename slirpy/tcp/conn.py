@@ -33,6 +33,7 @@ import enum
 import errno
 import hashlib
 import logging
+import struct
 from typing import Final
 
 from slirpy.effects import (Close, Consume, Effect, Peek, Rewind, Send, ShutdownWrite,
@@ -84,10 +85,22 @@ _RECEIVING: Final = frozenset({State.ESTABLISHED, State.FIN_WAIT_1, State.FIN_WA
 _SENDING: Final = frozenset({State.ESTABLISHED, State.CLOSE_WAIT})
 
 
-def initial_sequence(secret: bytes, key: FlowKey, now: float) -> int:
-    """RFC 6528: a keyed hash of the connection plus a 4 microsecond clock."""
-    digest = hashlib.blake2s(repr(tuple(key)).encode(), key=secret, digest_size=4).digest()
-    return (int.from_bytes(digest, "big") + int(now * ISN_CLOCK_HZ)) % SEQ_MOD
+_ISN_PORTS: Final = struct.Struct("!BHH")  # protocol, guest port, remote port
+
+
+class InitialSequence:
+    """RFC 6528's initial sequence numbers: a keyed hash of the connection's addresses
+    and ports (packed), plus a 4 microsecond clock. The key is set once; each number
+    copies the keyed hash state rather than keying a new one."""
+
+    def __init__(self, secret: bytes) -> None:
+        self._keyed = hashlib.blake2s(key=secret, digest_size=4)
+
+    def for_connection(self, key: FlowKey, now: float) -> int:
+        hashed = self._keyed.copy()
+        hashed.update(key.guest_addr + key.remote_addr
+                      + _ISN_PORTS.pack(key.proto, key.guest_port, key.remote_port))
+        return (int.from_bytes(hashed.digest(), "big") + int(now * ISN_CLOCK_HZ)) % SEQ_MOD
 
 
 class ReorderBudget:

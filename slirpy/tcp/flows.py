@@ -20,7 +20,7 @@ from slirpy.events import (ConnectFailed, Connected, HostData, HostEof, HostRese
                            Sent, Writable)
 from slirpy.flows.key import FlowKey
 from slirpy.guest import GuestLink
-from slirpy.tcp.conn import ReorderBudget, State, TcpConn, initial_sequence, reset_for
+from slirpy.tcp.conn import InitialSequence, ReorderBudget, State, TcpConn, reset_for
 from slirpy.wire.ipv4 import HEADER_LEN as IP_LEN
 from slirpy.wire.ipv6 import HEADER_LEN as IP6_LEN
 from slirpy.wire.tcp import ACK, HEADER_LEN as TCP_LEN, RST, SYN, TcpHeader
@@ -40,7 +40,7 @@ class TcpFlows:
     def __init__(self, link: GuestLink, *, limit: int, secret: bytes, mtu: int) -> None:
         self.link = link
         self.limit = limit
-        self.secret = secret
+        self.isn = InitialSequence(secret)
         self.our_mss = mtu - IP_TCP_HEADERS
         self.conns: dict[FlowKey, TcpConn] = {}
         self.reorder_budget = ReorderBudget(REORDER_TOTAL_BYTES)
@@ -63,7 +63,7 @@ class TcpFlows:
                 return reset_for(self.link, key, seg)
             if self._full():
                 return reset_for(self.link, key, seg)
-            conn = TcpConn(key, self.link, seg, initial_sequence(self.secret, key, now),
+            conn = TcpConn(key, self.link, seg, self.isn.for_connection(key, now),
                            self._mss(key), now, self.reorder_budget)
             self.conns[key] = conn
             conn.deadline = now + CONNECT_TIMEOUT_S
@@ -88,7 +88,7 @@ class TcpFlows:
         the key is taken or the cap reached (the runtime then resets the client)."""
         if key in self.conns or self._full():
             return None
-        conn, syn = TcpConn.active(key, self.link, initial_sequence(self.secret, key, now),
+        conn, syn = TcpConn.active(key, self.link, self.isn.for_connection(key, now),
                                    self._mss(key), space, now, self.reorder_budget)
         self.conns[key] = conn
         self._schedule(conn)
