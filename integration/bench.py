@@ -4,19 +4,32 @@
     sudo -E python3 integration/bench.py            # or as any user who may unshare
     python3 integration/bench.py --quick            # shorter runs
     python3 integration/bench.py --baseline base-11 # also slirpy at a git revision
-    python3 integration/bench.py --connectors slirp4netns,slirpy --json out.json
+    python3 integration/bench.py --connectors slirp4netns,slirpy,slirpy-pure --json out.json
 
 Run it with an interpreter that has slirpy's dependencies (pyroute2, PyYAML), e.g. the
 project's .venv/bin/python: every slirpy runs under that same interpreter.
+
+`slirpy` is the working tree as it is: compiled if `python setup.py build_ext --inplace`
+left mypyc's `.so` files next to the sources (Python then loads those), pure otherwise.
+`slirpy-pure` is the working tree's sources without them: slirpy/ is copied, minus `*.so`
+and `__pycache__`, into a temporary directory at start (a snapshot: later edits are not
+seen) and run from there, so one run compares the compiled build with the pure one (a
+`slirpy/pure` ratio column). The default connectors are slirp4netns,pasta,slirpy, plus
+slirpy-pure when the working tree is compiled (has `.so` files under slirpy/). Each
+slirpy's build is the last line of its `--version` (`build: compiled (mypyc)` or `build:
+pure Python`), printed at start and shown under its column.
 
 --baseline REV exports REV (a tag, a branch, any commit-ish) with `git archive` into a
 temporary directory, removed at exit, and adds the connector `slirpy@REV`: it runs like
 `slirpy`, the working tree, and the table gains a `slirpy/base` ratio column (working
 tree over baseline), to show that a change costs nothing beyond noise. `slirpy@REV` may
-also be named in --connectors, to place it or to compare several revisions. Every slirpy
-is launched as `python -P -m slirpy` from its own tree with PYTHONPATH set to that tree,
-and which file `import slirpy` resolves to is checked once before measuring.
---json FILE writes the raw numbers (per connector, per metric) for later comparison.
+also be named in --connectors, to place it or to compare several revisions. An export
+has no `.so` files: `slirpy@REV` is always the pure build (with slirpy-pure in the run,
+the table also has `pure/base`: the same build on both sides). Every slirpy is launched
+as `python -P -m slirpy` from its own tree with PYTHONPATH set to that tree, and which
+file `import slirpy` resolves to is checked once before measuring.
+--json FILE writes the raw numbers (per connector, per metric) and each slirpy's build
+for later comparison.
 
 The script re-runs itself inside a new user, network, mount and PID namespace (the
 "world"); nothing leaves it. In the world: the "host" services listen on loopback
@@ -30,12 +43,19 @@ and real clients run in the guest:
 - through a local forward (-L, add_hostfwd, pasta -t) on 192.0.2.1: a world client on
   198.51.100.1 (not loopback) sends to an iperf3 server in the guest;
 - connections per second: short connections to a server on the world's loopback,
-  reached through the address each connector maps to host loopback;
-- request/response latency: 64-byte ping-pong on one connection, client, server and
-  connector pinned to CPU 0 (unpinned numbers on a small VM measure the scheduler);
+  reached through the address each connector maps to host loopback, for a few seconds,
+  with the connector's CPU microseconds per connection;
+- request/response latency: 64-byte ping-pong on one TCP connection to an echo server
+  on 192.0.2.1, client, server and connector pinned to CPU 0 (unpinned numbers on a small
+  VM measure the scheduler), for a few seconds: p50 and p99, and the connector's CPU
+  microseconds per exchange; the same with UDP datagrams to a UDP echo server (p50 and
+  CPU per exchange; a datagram unanswered in 0.5 s is counted lost, still an exchange);
 - peak RSS of the connector (VmHWM).
-It prints one table with ratios to slirp4netns (and of slirpy to its baseline). It asserts
-nothing about the numbers: it is a benchmark.
+The connector's CPU time is utime+stime of its process from /proc/PID/stat, read before
+and after a run (ticks of 1/CLK_TCK s: the runs are long enough that one tick is noise);
+CPU s/GB divides it by the bytes moved, CPU us/connection and us/exchange by the count.
+It prints one table with ratios to slirp4netns (and of slirpy to its baseline and to its
+pure build). It asserts nothing about the numbers: it is a benchmark.
 """
 
 from __future__ import annotations
@@ -47,7 +67,6 @@ import os
 import shutil
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -71,9 +90,11 @@ FORWARD_PORT = 15201  # a local forward on HOST_ADDR to the guest's iperf3 serve
 CLIENT_ADDR = "198.51.100.1"  # a non-loopback world client of that forward
 S4N_API = "/tmp/slirp4netns-api.sock"
 CPS_PORT = 7001
-RR_PORT = 7002
+RR_PORT = 7002  # TCP and UDP echo servers on HOST_ADDR
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 SLIRPY = "slirpy"  # the working tree's connector; f"{SLIRPY}@{rev}" is slirpy at rev
+PURE = "slirpy-pure"  # the working tree's sources without the compiled extensions
+CPS_MAX = 20000  # connections per run: the guest's ephemeral ports outlast TIME_WAIT
 
 
 def sh(cmd: str) -> None:
@@ -105,7 +126,35 @@ def build_world() -> None:
 # --- connectors ---
 
 def is_slirpy(name: str) -> bool:
-    return name == SLIRPY or name.startswith(SLIRPY + "@")
+    return name in (SLIRPY, PURE) or name.startswith(SLIRPY + "@")
+
+
+def compiled_files(tree: Path) -> list[Path]:
+    """The extension modules under *tree*'s slirpy/ (mypyc's, built in place)."""
+    return sorted((tree / "slirpy").rglob("*.so"))
+
+
+def stale_extensions(tree: Path) -> list[str]:
+    """Sources edited after their module was compiled: the compiled build runs the
+    older code (mypyc names its files MODULE.<tag>.so and MODULE__mypyc.<tag>.so)."""
+    stale = []
+    for so in compiled_files(tree):
+        stem = so.name.split(".")[0].removesuffix("__mypyc")
+        source = so.with_name(stem + ".py")
+        try:
+            if source.stat().st_mtime > so.stat().st_mtime:
+                stale.append(str(source.relative_to(tree)))
+        except (OSError, ValueError):
+            continue
+    return sorted(set(stale))
+
+
+def copy_pure(tree: Path, into: Path) -> None:
+    """Copy *tree*'s slirpy package into *into*, without compiled modules or caches."""
+    shutil.copytree(tree / "slirpy", into / "slirpy",
+                    ignore=shutil.ignore_patterns("*.so", "__pycache__"))
+    print(f"bench: {PURE} is {tree / 'slirpy'} without *.so, copied to {into}",
+          file=sys.stderr)
 
 
 def slirpy_python(tree: Path) -> tuple[list[str], dict[str, str]]:
@@ -115,19 +164,40 @@ def slirpy_python(tree: Path) -> tuple[list[str], dict[str, str]]:
     return [sys.executable, "-P"], {**os.environ, "PYTHONPATH": str(tree)}
 
 
-def check_slirpy_tree(name: str, tree: Path) -> None:
+def check_slirpy_tree(name: str, tree: Path) -> str:
     """Ask an interpreter launched like the connector which slirpy it imports: the
     tree's, or the bench stops (a comparison with the wrong tree is worse than none).
-    A tree that does not import (mid-refactor) raises RuntimeError: that one is skipped."""
+    A tree that does not import (mid-refactor), or whose `slirpy --version` fails, raises
+    RuntimeError: that one is skipped. Returns the build, the last line of `slirpy --version` without its "build: "."""
     argv, env = slirpy_python(tree)
     done = subprocess.run([*argv, "-c", "import slirpy; print(slirpy.__file__)"],
                           env=env, cwd=tree, capture_output=True, text=True, timeout=60)
     if done.returncode != 0:
         raise RuntimeError(f"import slirpy failed: {done.stderr.strip()[-800:]}")
     imported = Path(done.stdout.strip()).resolve()
-    print(f"bench: {name} imports {imported}", file=sys.stderr, flush=True)
     if not imported.is_relative_to(tree.resolve()):
         sys.exit(f"bench: {name} imports {imported}, not from {tree}")
+    version = subprocess.run([*argv, "-m", "slirpy", "--version"], env=env, cwd=tree,
+                             capture_output=True, text=True, timeout=60)
+    if version.returncode != 0:  # the connector would not start either
+        raise RuntimeError(f"slirpy --version failed: {version.stderr.strip()[-800:]}")
+    last = (version.stdout.strip().splitlines() or [""])[-1]
+    if last.startswith("build: "):
+        build = last.removeprefix("build: ")
+    else:  # a revision from before the build line: without .so files, it is pure
+        build = "pure Python?" if not compiled_files(tree) else "unknown"
+    print(f"bench: {name} imports {imported}; build: {build}", file=sys.stderr, flush=True)
+    if build.startswith("compiled") and (stale := stale_extensions(tree)):
+        print(f"bench: warning: {name}: {len(stale)} source(s) newer than their compiled "
+              f"module, which is what runs: {', '.join(stale[:5])}", file=sys.stderr)
+    return build
+
+
+def short_build(build: str) -> str:
+    """The column label: "mypyc" for "compiled (mypyc)", "pure" for "pure Python"."""
+    if build.startswith("compiled"):
+        return build.partition("(")[2].rstrip(")") or "compiled"
+    return {"pure Python": "pure", "pure Python?": "pure?"}.get(build, build)
 
 
 @dataclass
@@ -264,29 +334,74 @@ def start_server(addr: str, port: int, handle: Callable[[socket.socket], None]) 
     return sock
 
 
+def udp_echo(sock: socket.socket) -> None:
+    while True:
+        try:
+            data, peer = sock.recvfrom(2048)
+            sock.sendto(data, peer)
+        except OSError:
+            return
+
+
+def start_udp_echo(addr: str, port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind((addr, port))
+    threading.Thread(target=udp_echo, args=(sock,), daemon=True).start()
+    return sock
+
+
+# The clients run in the guest as `python -c '...'`: no single quote in them. Each runs
+# for a number of seconds (enough connector CPU that a 1/CLK_TCK tick is noise), prints
+# one JSON object, and says how many connections or exchanges it made.
 CPS_CLIENT = textwrap.dedent("""
-    import socket, sys, time
-    addr, port, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-    start = time.perf_counter()
-    for _ in range(count):
+    import json, socket, sys, time
+    addr, port, seconds, most = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
+    start = time.perf_counter(); end, count = start + seconds, 0
+    while count < most and time.perf_counter() < end:
         s = socket.create_connection((addr, port))
         s.sendall(b"x"); s.recv(8); s.close()
-    print(count / (time.perf_counter() - start))
+        count += 1
+    print(json.dumps({"count": count, "seconds": time.perf_counter() - start}))
 """)
 
 RR_CLIENT = textwrap.dedent("""
     import json, socket, sys, time
-    addr, port, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    addr, port, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
     s = socket.create_connection((addr, port))
     s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     payload, samples = b"p" * 64, []
-    for _ in range(count):
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
         t = time.perf_counter(); s.sendall(payload)
         got = 0
         while got < 64:
             got += len(s.recv(64 - got))
         samples.append(time.perf_counter() - t)
-    print(json.dumps(samples))
+    count, samples = len(samples), sorted(samples) or [float("nan")]
+    print(json.dumps({"count": count, "lost": 0, "p50": samples[len(samples) // 2],
+                      "p99": samples[max(int(len(samples) * 0.99) - 1, 0)]}))
+""")
+
+UDP_RR_CLIENT = textwrap.dedent("""
+    import json, socket, sys, time
+    addr, port, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.connect((addr, port)); s.settimeout(0.5)
+    samples, lost, seq = [], 0, 0
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        seq += 1; payload = seq.to_bytes(8, "big") + b"p" * 56
+        t = time.perf_counter(); s.send(payload)
+        try:
+            while s.recv(128) != payload:
+                pass
+        except (socket.timeout, ConnectionRefusedError):
+            lost += 1
+            continue
+        samples.append(time.perf_counter() - t)
+    samples = sorted(samples) or [float("nan")]
+    print(json.dumps({"count": seq, "lost": lost, "p50": samples[len(samples) // 2],
+                      "p99": samples[max(int(len(samples) * 0.99) - 1, 0)]}))
 """)
 
 
@@ -360,6 +475,31 @@ def iperf_forward(conn: Connector, seconds: int) -> tuple[float, float]:
                                capture_output=True, text=True, timeout=seconds + 60).stdout)
 
 
+def timed_client(conn: Connector, what: str, script: str, argv: list[object],
+                 cpu: int | None = None) -> tuple[dict[str, float], float]:
+    """Run one of the guest clients above; return its JSON report ({} if it failed) and
+    the connector's CPU seconds over the run (utime+stime from /proc/PID/stat)."""
+    cpu_before = conn.cpu_seconds()
+    out = guest_run(conn, f"{sys.executable} -c '{script}' " + " ".join(map(str, argv)),
+                    capture=True, cpu=cpu)
+    used = conn.cpu_seconds() - cpu_before
+    try:
+        report = json.loads(out)
+    except ValueError:
+        print(f"bench: {conn.name}: {what} client failed", file=sys.stderr)
+        return {}, used
+    if report.get("lost"):
+        print(f"bench: {conn.name}: {what}: {report['lost']} of {report['count']} "
+              "exchanges unanswered", file=sys.stderr)
+    return report, used
+
+
+def per_count_us(cpu_s: float, report: dict[str, float]) -> float:
+    """Connector CPU microseconds per connection or exchange of a client's run."""
+    count = report.get("count", 0)
+    return cpu_s / count * 1e6 if count else float("nan")
+
+
 def measure(name: str, args: argparse.Namespace, tree: Path | None = None) -> Result:
     loopback = "10.0.2.2" if is_slirpy(name) else {"slirp4netns": "10.0.2.2",
                                                     "pasta": UPLINK_GW}[name]
@@ -389,19 +529,24 @@ def measure(name: str, args: argparse.Namespace, tree: Path | None = None) -> Re
             result.values[f"CPU s/GB IPv6 guest->host mtu {mtu}"] = v6[1]
             result.values[f"IPv6 host->guest Gbit/s mtu {mtu}"] = v6_back[0]
             if mtu == 1500:
-                count = 300 if args.quick else 1000
-                out = guest_run(conn, f"{sys.executable} -c '{CPS_CLIENT}' {loopback} "
-                                      f"{CPS_PORT} {count}", capture=True)
-                result.values["connections/s"] = float(out.strip() or "nan")
+                short = 2 if args.quick else 5  # seconds of each of the runs below
+                cps, cpu_s = timed_client(conn, "connections/s", CPS_CLIENT,
+                                          [loopback, CPS_PORT, short, CPS_MAX])
+                result.values["connections/s"] = (
+                    cps["count"] / cps["seconds"] if cps.get("seconds") else float("nan"))
+                result.values["CPU us/connection"] = per_count_us(cpu_s, cps)
                 assert conn.proc is not None
                 subprocess.run(["taskset", "-acp", "0", str(conn.proc.pid)],
                                stdout=subprocess.DEVNULL, check=False)
-                rounds = 1000 if args.quick else 5000
-                out = guest_run(conn, f"{sys.executable} -c '{RR_CLIENT}' {HOST_ADDR} "
-                                      f"{RR_PORT} {rounds}", capture=True, cpu=0)
-                samples = sorted(json.loads(out or "[]")) or [float("nan")]
-                result.values["RR p50 us (pinned)"] = statistics.median(samples) * 1e6
-                result.values["RR p99 us (pinned)"] = samples[int(len(samples) * 0.99) - 1] * 1e6
+                rr, cpu_s = timed_client(conn, "RR", RR_CLIENT, [HOST_ADDR, RR_PORT, short],
+                                         cpu=0)
+                result.values["RR p50 us (pinned)"] = rr.get("p50", math.nan) * 1e6
+                result.values["RR p99 us (pinned)"] = rr.get("p99", math.nan) * 1e6
+                result.values["CPU us/exchange RR (pinned)"] = per_count_us(cpu_s, rr)
+                udp, cpu_s = timed_client(conn, "UDP RR", UDP_RR_CLIENT,
+                                          [HOST_ADDR, RR_PORT, short], cpu=0)
+                result.values["UDP RR p50 us (pinned)"] = udp.get("p50", math.nan) * 1e6
+                result.values["CPU us/exchange UDP RR (pinned)"] = per_count_us(cpu_s, udp)
             peak = max(peak, conn.peak_rss_mib())
     result.values["peak RSS MiB"] = peak
     return result
@@ -415,37 +560,64 @@ def ratio(value: float, base: float) -> float:
     return value / base if base else float("nan")
 
 
-def report(results: dict[str, Result], baseline: str | None = None) -> str:
+def report(results: dict[str, Result], baseline: str | None = None,
+           builds: dict[str, str] | None = None) -> str:
     """The table: one column per connector, then each one's ratio to slirp4netns, then
-    the working tree's slirpy over *baseline* (a `slirpy@REV` column) if both ran."""
+    the working tree's slirpy over *baseline* (a `slirpy@REV` column) and over its pure
+    build (slirpy-pure), and slirpy-pure over the baseline, of those that ran. *builds*
+    (name: `--version`'s build) labels each slirpy's columns on a second header line."""
     names = list(results)
     metrics = list(dict.fromkeys(m for r in results.values() for m in r.values))
-    width = max([14, *(len(n) + 2 for n in names)])
-    s4n = results.get("slirp4netns")
-    to_s4n = [n for n in names if n != "slirp4netns"] if s4n is not None else []
-    base = results.get(baseline) if baseline is not None and SLIRPY in results else None
-    rwidth = max([16, *(len(n) + 6 for n in to_s4n)])  # a ratio, its "x" and a gap
-    lines = [f"{'metric':32}" + "".join(f"{n:>{width}}" for n in names)
-             + "".join(f"{n + '/s4n':>{rwidth}}" for n in to_s4n)
-             + (f"{'slirpy/base':>{rwidth}}" if base is not None else "")]
+    label = {n: short_build(b) for n, b in (builds or {}).items() if n in results}
+
+    def value(name: str, metric: str) -> float:
+        return results[name].values.get(metric, float("nan"))
+
+    def pair_label(a: str, b: str) -> str:
+        return f"{label[a]}/{label[b]}" if a in label and b in label else label.get(a, "")
+
+    # (header, build label, width, numerator, denominator or None for a value column)
+    columns: list[tuple[str, str, int, str, str | None]] = [
+        (n, label.get(n, ""), max(14, len(n) + 2, len(label.get(n, "")) + 2), n, None)
+        for n in names]
+    ratios = [(f"{n}/s4n", n, "slirp4netns") for n in names if n != "slirp4netns"
+              ] if "slirp4netns" in results else []
+    if SLIRPY in results and baseline is not None and baseline in results:
+        ratios.append(("slirpy/base", SLIRPY, baseline))
+    if SLIRPY in results and PURE in results:
+        ratios.append(("slirpy/pure", SLIRPY, PURE))
+    if PURE in results and baseline is not None and baseline in results:
+        ratios.append(("pure/base", PURE, baseline))
+    for head, a, b in ratios:
+        sub = pair_label(a, b) if b != "slirp4netns" else label.get(a, "")
+        columns.append((head, sub, max(16, len(head) + 2, len(sub) + 2), a, b))
+
+    def cell(metric: str, width: int, a: str, b: str | None) -> str:
+        if b is None:
+            return f"{value(a, metric):{width}.2f}"
+        return f"{ratio(value(a, metric), value(b, metric)):{width - 1}.2f}x"
+
+    lines = [f"{'metric':32}" + "".join(f"{c[0]:>{c[2]}}" for c in columns)]
+    if label:
+        lines.append(f"{'build':32}" + "".join(f"{c[1]:>{c[2]}}" for c in columns))
     for metric in metrics:
-        def value(name: str) -> float:
-            return results[name].values.get(metric, float("nan"))
-        row = f"{metric:32}" + "".join(f"{value(n):{width}.2f}" for n in names)
-        for n in to_s4n:
-            row += f"{ratio(value(n), value('slirp4netns')):{rwidth - 1}.2f}x"
-        if base is not None:
-            row += f"{ratio(value(SLIRPY), value(baseline)):{rwidth - 1}.2f}x"  # type: ignore[arg-type]
-        lines.append(row)
+        lines.append(f"{metric:32}" + "".join(cell(metric, *c[2:]) for c in columns))
     note = "ratios are value / slirp4netns"
-    if base is not None:
-        note += f"; slirpy/base is the working tree / {baseline}"
+    for head, a, b in ratios:
+        if b != "slirp4netns":
+            note += f"; {head} is {a} / {b}"
     lines.append(f"({note}; for CPU, RR and RSS lower is better)")
     return "\n".join(lines)
 
 
+def default_connectors() -> str:
+    """slirp4netns, pasta and slirpy; and slirpy-pure when the working tree is compiled."""
+    return "slirp4netns,pasta,slirpy" + (f",{PURE}" if compiled_files(REPO) else "")
+
+
 def connector_names(args: argparse.Namespace) -> list[str]:
-    names = list(dict.fromkeys(n for n in args.connectors.split(",") if n))
+    spec = args.connectors if args.connectors is not None else default_connectors()
+    names = list(dict.fromkeys(n for n in spec.split(",") if n))
     if args.baseline is not None and f"{SLIRPY}@{args.baseline}" not in names:
         names.append(f"{SLIRPY}@{args.baseline}")
     return names
@@ -463,19 +635,19 @@ def inner(args: argparse.Namespace) -> int:
     for spec in args.tree:  # NAME=DIR, from outer()
         name, _, path = spec.rpartition("=")
         trees[name] = Path(path)
-    broken = {}
+    broken, builds = {}, {}
     for name in names:  # once, before measuring anything: a wrong tree stops the bench
         if is_slirpy(name):
             try:
-                check_slirpy_tree(name, trees[name])
-            except (RuntimeError, subprocess.TimeoutExpired) as exc:
+                builds[name] = check_slirpy_tree(name, trees[name])
+            except (RuntimeError, subprocess.TimeoutExpired, KeyError) as exc:
                 broken[name] = exc
     build_world()
     os.environ["PATH"] += ":/usr/sbin:/sbin"
     subprocess.run(["taskset", "-cp", "1", str(os.getpid())], stdout=subprocess.DEVNULL,
                    check=False)  # the harness itself stays off CPU 0
     servers = [start_server("127.0.0.1", CPS_PORT, short_reply),
-               start_server(HOST_ADDR, RR_PORT, echo)]
+               start_server(HOST_ADDR, RR_PORT, echo), start_udp_echo(HOST_ADDR, RR_PORT)]
     subprocess.run(["taskset", "-acp", "0", str(os.getpid())], stdout=subprocess.DEVNULL,
                    check=False)
     results = {}
@@ -495,9 +667,10 @@ def inner(args: argparse.Namespace) -> int:
         server.close()
     if args.json_fd is not None:  # first: the raw numbers survive a bug in report()
         with os.fdopen(args.json_fd, "w") as out:
-            json.dump({name: r.values for name, r in results.items()}, out)
+            json.dump({"results": {name: r.values for name, r in results.items()},
+                       "builds": builds}, out)
     if results:
-        print(report(results, baseline_name(args, names)))
+        print(report(results, baseline_name(args, names), builds))
     return 0
 
 
@@ -540,8 +713,8 @@ def outer(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     names = connector_names(args)
     revs = [n.partition("@")[2] for n in names if n.startswith(SLIRPY + "@")]
-    argv = sys.argv[1:]
-    scratch = scratch_dir() if revs else None
+    argv = [*sys.argv[1:], "--connectors", ",".join(names)]  # the world sees these ones
+    scratch = scratch_dir() if revs or PURE in names else None
     commits = {}
     try:
         with tempfile.TemporaryFile("w+") as raw:
@@ -551,12 +724,17 @@ def outer(args: argparse.Namespace) -> int:
                 tree.mkdir()
                 commits[f"{SLIRPY}@{rev}"] = export_revision(rev, tree)
                 argv += ["--tree", f"{SLIRPY}@{rev}={tree}"]
+            if PURE in names:
+                assert scratch is not None
+                copy_pure(REPO, scratch / "pure")
+                argv += ["--tree", f"{PURE}={scratch / 'pure'}"]
             if args.json is not None:
                 argv += ["--json-fd", str(raw.fileno())]
             code = enter_world(argv, pass_fds=(raw.fileno(),) if args.json else ())
             if args.json is not None:
                 raw.seek(0)
-                results = json.loads(raw.read() or "{}")
+                inner_out = json.loads(raw.read() or "{}")
+                results = inner_out.get("results", {})
                 head = git("rev-parse", "HEAD")
                 dirty = subprocess.run(["git", "-C", str(REPO), "diff", "--quiet", "HEAD",
                                         "--", "slirpy"]).returncode != 0
@@ -565,7 +743,11 @@ def outer(args: argparse.Namespace) -> int:
                     "python": sys.version.split()[0],
                     "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                     "revisions": {SLIRPY: {"head": head, "slirpy_modified": dirty}}
+                    | ({PURE: {"head": head, "slirpy_modified": dirty,
+                               "copy_of": "the working tree, without *.so"}}
+                       if PURE in names else {})
                     | {name: {"commit": c} for name, c in commits.items()},
+                    "builds": inner_out.get("builds", {}),
                     "baseline": baseline_name(args, names),
                     "results": {name: finite_or_none(v) for name, v in results.items()},
                 }, indent=2) + "\n")
@@ -579,9 +761,12 @@ def outer(args: argparse.Namespace) -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="shorter runs")
-    parser.add_argument("--connectors", default="slirp4netns,pasta,slirpy",
+    parser.add_argument("--connectors",
                         help="comma-separated: slirp4netns, pasta, slirpy (the working "
-                             "tree), slirpy@REV (slirpy at a git revision)")
+                             "tree, compiled if built in place), slirpy-pure (the working "
+                             "tree's sources without *.so), slirpy@REV (slirpy at a git "
+                             "revision, pure); default: slirp4netns,pasta,slirpy, plus "
+                             "slirpy-pure if the working tree is compiled")
     parser.add_argument("--baseline", metavar="REV",
                         help="also run slirpy@REV and print the working tree's slirpy "
                              "over it (slirpy/base)")
