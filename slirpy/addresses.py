@@ -244,12 +244,10 @@ class AddressPlan:
         """Why a guest frame from *src* is dropped, or None: a source may not be one of
         ours, a broadcast or multicast. The unspecified address is allowed (DHCP's
         DISCOVER comes from 0.0.0.0, duplicate address detection from ::)."""
-        if len(src) == 4:
-            if src in self._bad_sources or src[0] & 0xF0 == 0xE0:  # 224.0.0.0/4
-                return _BAD_SRC4
-            return None
-        if src in self._bad_sources or src[0] == 0xFF:  # ff00::/8
-            return _BAD_SRC6
+        if is_ipv6(src):
+            return _BAD_SRC6 if src in self._bad_sources or src[0] == 0xFF else None  # ff00::/8
+        if src in self._bad_sources or src[0] & 0xF0 == 0xE0:  # 224.0.0.0/4
+            return _BAD_SRC4
         return None
 
     def destination_drop(self, dst: bytes) -> str | None:

@@ -88,6 +88,7 @@ CORE_STDLIB: Final = frozenset({
     "__future__", "typing", "collections", "dataclasses", "enum", "errno", "hashlib",
     "heapq", "ipaddress", "logging", "re", "struct",  # used today
     "abc", "bisect", "functools", "itertools", "math", "operator",  # pure, welcome
+    "builtins",  # `from builtins import memoryview` for mypyc; I/O builtins are caught by call
 })
 IO_BUILTINS: Final = frozenset({"open", "print", "input", "exec", "eval", "compile",
                                 "__import__", "breakpoint"})

@@ -35,11 +35,10 @@ and port taken) is slirpy.control's; this module only parses and prints.
 
 from __future__ import annotations
 
-import abc
 import dataclasses
 import enum
 import ipaddress
-from typing import ClassVar, Final, TypeAlias
+from typing import Final, TypeAlias
 
 from slirpy.addresses import LOOPBACK4
 from slirpy.wire.dns import DNS_PORT, TYPE_SRV, build_query
@@ -89,64 +88,52 @@ class SrvName:
         return f"[{self.name}@srv-{_host(self.server)}:{self.port}]"
 
 
-class _Forward(abc.ABC):
-    """What every forward has, whichever way it goes: the fields the API, the command
-    line and the log name (`kind`, `proto`, `bind`, `bind_port`, `target_port`), its
-    transport, the address it has in the guest's network, and its spec text."""
+def _spec(proto: Proto, bind: IPAddress, bind_port: int, target: str, target_port: int) -> str:
+    """A forward's canonical spec text: parses back to the same forward."""
+    return f"{proto}://{_host(bind)}:{bind_port}:{target}:{target_port}"
 
-    __slots__ = ()
-    kind: ClassVar[Kind]
+
+# The three kinds of forward are plain frozen dataclasses with the same fields in the
+# same order and the same read-only properties (`kind`, `transport`, `guest_side`) and
+# `spec()`; `Forward` is any of them. No shared base class: a dataclass over an
+# annotated base (with a ClassVar `kind`) is one the compiled build (mypyc) mis-builds.
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class LocalForward:
+    """-L, host -> guest: slirpy listens at *bind*:*bind_port* on the host and takes each
+    client on to *target*:*target_port*, an address in the guest's network (a port of
+    0: the one a tcppp client's PROXY header names)."""
+
     proto: Proto
     bind: IPAddress
     bind_port: int
+    target: IPAddress
     target_port: int
+
+    @property
+    def kind(self) -> Kind:
+        return Kind.LOCAL
 
     @property
     def transport(self) -> str:
         return self.proto.transport
 
     @property
-    @abc.abstractmethod
     def guest_side(self) -> IPAddress:
-        """The forward's address inside the guest's network."""
-
-    @abc.abstractmethod
-    def _target_text(self) -> str:
-        """The target as the spec writes it."""
-
-    def spec(self) -> str:
-        """The canonical spec text: parses back to this forward."""
-        return (f"{self.proto}://{_host(self.bind)}:{self.bind_port}:"
-                f"{self._target_text()}:{self.target_port}")
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class LocalForward(_Forward):
-    """-L, host -> guest: slirpy listens at *bind*:*bind_port* on the host and takes each
-    client on to *target*:*target_port*, an address in the guest's network (a port of
-    0: the one a tcppp client's PROXY header names)."""
-
-    kind: ClassVar[Kind] = Kind.LOCAL
-    proto: Proto
-    bind: IPAddress
-    bind_port: int
-    target: IPAddress
-    target_port: int
-
-    @property
-    def guest_side(self) -> IPAddress:
+        """The forward's address inside the guest's network: its target."""
         return self.target
 
-    def _target_text(self) -> str:
-        return _host(self.target)
+    def spec(self) -> str:
+        return _spec(self.proto, self.bind, self.bind_port, _host(self.target),
+                     self.target_port)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class RemoteForward(_Forward):
+class RemoteForward:
     """-R, guest -> host: slirpy answers at *bind*:*bind_port* in the guest's network
     and connects each flow to *target*:*target_port* on the host."""
 
-    kind: ClassVar[Kind] = Kind.REMOTE
     proto: Proto
     bind: IPAddress
     bind_port: int
@@ -154,20 +141,29 @@ class RemoteForward(_Forward):
     target_port: int
 
     @property
+    def kind(self) -> Kind:
+        return Kind.REMOTE
+
+    @property
+    def transport(self) -> str:
+        return self.proto.transport
+
+    @property
     def guest_side(self) -> IPAddress:
+        """The forward's address inside the guest's network: where it answers."""
         return self.bind
 
-    def _target_text(self) -> str:
-        return _host(self.target)
+    def spec(self) -> str:
+        return _spec(self.proto, self.bind, self.bind_port, _host(self.target),
+                     self.target_port)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class SrvForward(_Forward):
+class SrvForward:
     """-R to an SRV name (RFC 2782): as RemoteForward, but each flow waits for the
     record *target* to name the host and port to connect to (a *target_port* of 0:
     the record's port)."""
 
-    kind: ClassVar[Kind] = Kind.REMOTE
     proto: Proto
     bind: IPAddress
     bind_port: int
@@ -175,11 +171,21 @@ class SrvForward(_Forward):
     target_port: int
 
     @property
+    def kind(self) -> Kind:
+        return Kind.REMOTE
+
+    @property
+    def transport(self) -> str:
+        return self.proto.transport
+
+    @property
     def guest_side(self) -> IPAddress:
+        """The forward's address inside the guest's network: where it answers."""
         return self.bind
 
-    def _target_text(self) -> str:
-        return str(self.target)
+    def spec(self) -> str:
+        return _spec(self.proto, self.bind, self.bind_port, str(self.target),
+                     self.target_port)
 
 
 Forward: TypeAlias = LocalForward | RemoteForward | SrvForward

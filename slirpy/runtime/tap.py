@@ -17,6 +17,10 @@ both directions, to prove that the protocols above recover.
 
 from __future__ import annotations
 
+# mypyc builds a NamedTuple's annotations from the module's names: without this one, a
+# field typed memoryview fails at import with KeyError (mypyc/mypyc#1087's kind).
+from builtins import memoryview
+
 import errno
 import fcntl
 import logging

@@ -6,6 +6,10 @@ ICMPv6's checksum also covers a pseudo-header (RFC 4443 2.3): pass its sum as
 
 from __future__ import annotations
 
+# mypyc builds a NamedTuple's annotations from the module's names: without this one, a
+# field typed memoryview fails at import with KeyError (mypyc/mypyc#1087's kind).
+from builtins import memoryview
+
 import enum
 import struct
 from typing import Final, NamedTuple
