@@ -8,6 +8,10 @@ current effects are all applied: the core is never re-entered.
 
 from __future__ import annotations
 
+# mypyc builds a dataclass's annotations from the module's names: without this one, a
+# field typed memoryview fails at import with KeyError (mypyc/mypyc#1087's kind).
+from builtins import memoryview
+
 from dataclasses import dataclass
 
 from slirpy.flows.key import FlowKey

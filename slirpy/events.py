@@ -10,6 +10,10 @@ never re-entered while it runs.
 
 from __future__ import annotations
 
+# mypyc builds a dataclass's annotations from the module's names: without this one, a
+# field typed memoryview fails at import with KeyError (mypyc/mypyc#1087's kind).
+from builtins import memoryview
+
 import ipaddress
 from dataclasses import dataclass
 from typing import NamedTuple

@@ -213,6 +213,8 @@ class CoreGraph:
 
     def _visit_builtin(self, path: str, fn: types.BuiltinFunctionType) -> None:
         owner = fn.__self__
+        if owner is None and fn.__module__ is None and path.endswith(f".{fn.__name__}.__func__"):
+            return  # a compiled (mypyc) static method, found in its own core class's dict
         if owner is None or isinstance(owner, types.ModuleType):  # a module-level builtin
             module = fn.__module__ or getattr(owner, "__name__", None)
             if not self._check_module(module) or (module == "builtins"

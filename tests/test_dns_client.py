@@ -178,7 +178,10 @@ def test_many_srv_lookups_and_forwarder_queries_each_get_their_own_answer(
     stack = stack_knowing_guest(Config(dns_timeout_s=5.0))
     stack.feed(DnsUpstreams(((packed("127.0.0.53"), 53),)), T0)
     if same_id:  # every SRV query with the same id: the forced "same hash"
-        stack.dns_client.new_ident = lambda: 0x4242  # type: ignore[method-assign]
+        try:
+            stack.dns_client.new_ident = lambda: 0x4242  # type: ignore[method-assign]
+        except AttributeError:  # a compiled DnsClient's methods cannot be replaced
+            pytest.skip("the compiled build cannot force the ids (the pure build does)")
     lookups: dict[FlowKey, tuple[int, DNS]] = {}  # key -> (forward port, query)
     relayed: dict[FlowKey, DNS] = {}
     for i in range(100):

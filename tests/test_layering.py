@@ -612,7 +612,13 @@ def test_object_walk_reports_an_injected_callable(name: str, wired: Wired,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     stack = wired.instance.stack
     assert walk(stack).findings == []
-    expected = _inject(name, wired, monkeypatch)
+    try:
+        expected = _inject(name, wired, monkeypatch)
+    except AttributeError as exc:
+        # The compiled build's native classes take no new attributes and no replaced
+        # methods: there the injection is refused before any walk could see it.
+        assert (slirpy.stack.__file__ or "").endswith(".so"), exc
+        pytest.skip(f"the compiled core refuses the injection itself: {exc}")
     try:
         findings = walk(stack).findings
     finally:
