@@ -5,6 +5,7 @@ IPv6 address), the identification counters, and fragmentation of datagrams large
 than the link MTU (RFC 791; for IPv6, RFC 8200 4.5, slirpy being the source of what
 it sends the guest). Everything slirpy sends to the guest leaves through here, and
 `ip` is the one builder for both families: the source address's family picks one.
+`TcpTemplate` is its fast path for one TCP connection's segments (see there).
 """
 
 from __future__ import annotations
@@ -17,13 +18,16 @@ from slirpy.addresses import is_ipv6
 from slirpy.effects import ToGuest
 from slirpy.wire.ethernet import (BROADCAST, GROUP_BIT, HEADER_LEN as ETH_LEN, MAC_LEN,
                                   EtherType, build_ethernet)
-from slirpy.wire.checksum import pseudo_header_sum
+from slirpy.wire.checksum import checksum, fold, pseudo_header_sum
 from slirpy.wire.icmp import HEADER_LEN as ICMP_LEN, build_icmp
 from slirpy.wire.ipv4 import (DEFAULT_TTL, FLAG_DF, FLAG_MF, FRAGMENT_UNIT, HEADER_LEN as IP_LEN,
-                              IpProto, build_ipv4, fragment_offsets)
+                              IpProto, build_ipv4, build_ipv4_template, fill_ipv4,
+                              fragment_offsets)
 from slirpy.wire.ipv6 import (FRAGMENT, FRAGMENT_LEN, HEADER_LEN as IP6_LEN,
-                              build_fragment_header, build_ipv6, fragment_offsets6,
-                              is_multicast, multicast_mac)
+                              build_fragment_header, build_ipv6, fill_ipv6_length,
+                              fragment_offsets6, is_multicast, multicast_mac)
+from slirpy.wire.tcp import (CHECKSUM_OFFSET as TCP_CHECKSUM_OFFSET, HEADER_LEN as TCP_LEN,
+                             build_tcp_template, fill_tcp)
 from slirpy.wire.udp import HEADER_LEN as UDP_LEN, build_udp
 
 log = logging.getLogger(__name__)
@@ -34,6 +38,7 @@ HELD_ADDRESSES_MAX: Final = 16
 ARP_RETRY_S: Final = 1.0
 IDENT_MASK: Final = 0xFFFF  # IPv4's identification field: 16 bits
 IDENT6_MASK: Final = 0xFFFFFFFF  # the IPv6 fragment header's: 32 bits
+_TCP: Final = int(IpProto.TCP)  # a plain int: an enum member's lookup costs per segment
 Payload = bytes | bytearray | memoryview
 
 
@@ -56,6 +61,9 @@ class GuestLink:
         self.offload = offload  # the tap takes partial checksums and TCP super-segments
         self.neighbours: dict[bytes, bytes] = {}  # guest IPv4 or IPv6 address -> MAC
         self.last_mac: bytes | None = None
+        # Counts the changes to the two above (`learn` makes them all): a TcpTemplate
+        # made at another count asks `mac_for` again before its next segment.
+        self.mac_epoch = 0
         self._ident = 0
         self._ident6 = 0
         # Frames we start (forwarded connections) to an address not yet heard from: held
@@ -115,14 +123,19 @@ class GuestLink:
         """Remember *mac* for *ip* from a frame the guest sent."""
         if mac[0] & GROUP_BIT:  # a multicast source MAC is never a neighbour
             return
-        self.last_mac = mac
+        if mac != self.last_mac:
+            self.last_mac = mac
+            self.mac_epoch += 1
         if not any(ip) or self.neighbours.get(ip) == mac:  # 0.0.0.0 or ::: not an address
             return
         if ip not in self.neighbours and len(self.neighbours) >= NEIGHBOUR_LIMIT:
             self.neighbours.pop(next(iter(self.neighbours)))
         self.neighbours[ip] = mac
+        self.mac_epoch += 1
 
     def mac_for(self, ip: bytes) -> bytes:
+        """The destination MAC of a frame to *ip*: its own if known, else the guest's
+        last seen (a frame held for an unknown address gets its own on `release`)."""
         if is_ipv6(ip) and is_multicast(ip):
             return multicast_mac(ip)
         return self.neighbours.get(ip) or self.last_mac or BROADCAST
@@ -132,6 +145,11 @@ class GuestLink:
         buf = bytearray(size)
         build_ethernet(buf, 0, dst=dst_mac, src=self.our_mac, ethertype=ethertype)
         return buf
+
+    def next_ident(self) -> int:
+        """The identification of the next IPv4 datagram: one counter for all we send."""
+        self._ident = (self._ident + 1) & IDENT_MASK
+        return self._ident
 
     def ip(self, *, src: bytes, dst: bytes, proto: int, l4: Payload,
            payload: Payload = b"", dst_mac: bytes | None = None,
@@ -154,10 +172,9 @@ class GuestLink:
                 build_ipv6(buf, ETH_LEN, src=src, dst=dst, next_header=proto,
                            payload_len=size, hop_limit=hop_limit)
             else:
-                self._ident = (self._ident + 1) & IDENT_MASK
                 buf = self.ethernet(mac, EtherType.IPV4, ETH_LEN + ip_len + len(l4))
                 build_ipv4(buf, ETH_LEN, src=src, dst=dst, proto=proto, payload_len=size,
-                           ident=self._ident, frag=FLAG_DF, ttl=hop_limit)
+                           ident=self.next_ident(), frag=FLAG_DF, ttl=hop_limit)
             buf[ETH_LEN + ip_len:] = l4
             if csum_offset:
                 return [ToGuest(buf, payload, ETH_LEN + ip_len, csum_offset, gso_size)]
@@ -168,12 +185,12 @@ class GuestLink:
 
     def _fragments4(self, mac: bytes, src: bytes, dst: bytes, proto: int,
                     whole: memoryview, ttl: int) -> list[ToGuest]:
-        self._ident = (self._ident + 1) & IDENT_MASK
+        ident = self.next_ident()
         frames = []
         for start, end, more in fragment_offsets(len(whole), self.mtu):
             buf = self.ethernet(mac, EtherType.IPV4, ETH_LEN + IP_LEN)
             build_ipv4(buf, ETH_LEN, src=src, dst=dst, proto=proto, payload_len=end - start,
-                       ident=self._ident, frag=(FLAG_MF if more else 0) | start // FRAGMENT_UNIT,
+                       ident=ident, frag=(FLAG_MF if more else 0) | start // FRAGMENT_UNIT,
                        ttl=ttl)
             frames.append(ToGuest(buf, whole[start:end]))
         return frames
@@ -210,3 +227,87 @@ class GuestLink:
         return self.ip(src=src, dst=dst, proto=IpProto.ICMPV6, dst_mac=dst_mac,
                        l4=build_icmp(icmp_type, code, rest, payload, pseudo),
                        hop_limit=hop_limit)
+
+
+class TcpTemplate:
+    """The headers of one TCP connection's segments to the guest, made once and copied.
+
+    Of the Ethernet, IP and TCP headers of a segment without options, most never
+    change along a connection: the MACs, the addresses, the ports, the protocol, the
+    TTL (hop limit), DF, the data offset. They are written once into `headers`, the
+    fields that change left 0. A segment is a copy of it with those fields set: IPv4's
+    total length, identification and header checksum (IPv6: its payload length), and
+    TCP's sequence and acknowledgment numbers, flags, window and checksum. The copy is
+    the frame's own: frames still unsent in an event's effects, or held on the link,
+    keep theirs.
+
+    The checksums come from partial sums made with the template (RFC 1071 2: a ones'
+    complement sum may be split, regrouped and folded late; see `wire.checksum`):
+    - IPv4's header checksum (RFC 791): `ip_sum`, the sum of the template's header
+      with the changing fields 0, plus the total length and identification: RFC 1624's
+      incremental update from those zeros, with nothing to subtract.
+    - The TCP pseudo-header (RFC 9293 3.1; over IPv6, RFC 8200 8.1): `pseudo_sum` holds
+      the addresses and the protocol, and each segment adds its TCP length. With
+      checksum offload that folded sum is all the field holds (not complemented): the
+      guest's kernel adds the header and the payload (`link.offload`).
+    - Else the checksum adds `header_sum` (ports and data offset), the segment's own
+      fields, then sums the payload on top (`ones_sum` with an initial value). A 32-bit
+      field adds as its value (2**16 == 1 mod 0xFFFF), and the flags as theirs: they
+      are the low byte of the word whose high byte, the data offset, is in header_sum.
+
+    The destination MAC is `link.mac_for`'s answer when made; when the link learns
+    another MAC for the guest (`mac_epoch` moved), the template asks again before its
+    next segment. Segments with options (SYNs), and segments too big for the MTU
+    without offload (fragmented), take `GuestLink.ip`; an answer to a segment of no
+    connection (no template) too.
+    """
+
+    def __init__(self, link: GuestLink, *, src: bytes, dst: bytes, src_port: int,
+                 dst_port: int) -> None:
+        self.link = link
+        self.dst = dst
+        self.v6 = is_ipv6(src)
+        ip_len = IP6_LEN if self.v6 else IP_LEN
+        self.tcp_start = ETH_LEN + ip_len
+        # Without offload, a larger payload is fragmented: the general path's business.
+        self.max_payload = link.mtu - ip_len - TCP_LEN
+        self.mac_epoch = link.mac_epoch
+        self.headers = link.ethernet(link.mac_for(dst),
+                                     EtherType.IPV6 if self.v6 else EtherType.IPV4,
+                                     self.tcp_start + TCP_LEN)
+        if self.v6:
+            build_ipv6(self.headers, ETH_LEN, src=src, dst=dst, next_header=_TCP,
+                       payload_len=0, hop_limit=DEFAULT_TTL)
+            self.ip_sum = 0  # IPv6 has no header checksum
+        else:
+            self.ip_sum = build_ipv4_template(self.headers, ETH_LEN, src=src, dst=dst,
+                                              proto=_TCP, ttl=DEFAULT_TTL, frag=FLAG_DF)
+        self.pseudo_sum = pseudo_header_sum(src, dst, _TCP, 0)
+        self.header_sum = build_tcp_template(self.headers, self.tcp_start,
+                                             src_port=src_port, dst_port=dst_port)
+
+    def segment(self, seq: int, ack: int, flags: int, window: int, payload: Payload = b"",
+                partial: bool = False, gso_size: int = 0) -> ToGuest:
+        """A segment carrying *payload*; with *partial* (offload only), its checksum is
+        left to the guest's kernel, and with *gso_size* cutting it to the MTU too."""
+        if self.mac_epoch != self.link.mac_epoch:
+            self._readdress()
+        buf = bytearray(self.headers)
+        tcp_len = TCP_LEN + len(payload)
+        if self.v6:
+            fill_ipv6_length(buf, ETH_LEN, tcp_len)
+        else:
+            fill_ipv4(buf, ETH_LEN, self.ip_sum, IP_LEN + tcp_len, self.link.next_ident())
+        pseudo = self.pseudo_sum + tcp_len
+        if partial:
+            fill_tcp(buf, self.tcp_start, seq, ack, flags, window, fold(pseudo))
+            return ToGuest(buf, payload, self.tcp_start, TCP_CHECKSUM_OFFSET, gso_size)
+        total = pseudo + self.header_sum + seq + ack + flags + window
+        fill_tcp(buf, self.tcp_start, seq, ack, flags, window, checksum(payload, total))
+        return ToGuest(buf, payload)
+
+    def _readdress(self) -> None:
+        """The link's neighbours changed: address the guest's MAC as it is now (the
+        MAC is in no checksum)."""
+        self.mac_epoch = self.link.mac_epoch
+        self.headers[0:MAC_LEN] = self.link.mac_for(self.dst)

@@ -9,7 +9,7 @@ from scapy.layers.inet6 import ICMPv6DestUnreach, IPerror6  # type: ignore[impor
 from slirpy.events import ConnectFailed
 from slirpy.config import Config
 from slirpy.effects import Close, Connect, WatchWritable
-from slirpy.tcp.conn import State
+from slirpy.tcp.conn import ACK_DELAY_S, State, TcpConn
 from tests.harness import GUEST_MAC
 from tests.tcp_harness import FAMILIES, REMOTE_PORT, TcpHarness
 
@@ -414,3 +414,286 @@ def test_window_update_waits_again_while_space_is_under_a_segment(family: int) -
     t.host.space = 1 << 20
     (update,) = t.host_writable()
     assert update[TCP].window > 0 and not any(isinstance(e, WatchWritable) for e in t.effects)
+
+
+# --- delayed ACK: our ACK rides on the reply ---
+
+def conn_of(t: TcpHarness) -> TcpConn:
+    conn = t.stack.tcp.get(t.key)
+    assert conn is not None
+    return conn
+
+
+def request_response(t: TcpHarness) -> None:
+    """Handshake and one exchange: a request (a new connection ACKs it at once, as
+    Linux's quick-ack mode does), a reply within the delay, the guest's ACK of it. The
+    connection has shown request/response: a short request's ACK may now wait."""
+    t.handshake()
+    (ack,) = t.send(b"GET")
+    assert flags_of(ack) == "A" and ack[TCP].ack == t.guest_seq + 3
+    t.guest_seq += 3
+    (reply,) = t.host_writes(b"200")
+    assert reply[TCP].ack == t.guest_seq
+    t.ack(reply[TCP].seq + 3)
+    assert conn_of(t).pingpong and conn_of(t).ack_deadline is None
+
+
+def test_established_first_requests_without_replies_are_acked_at_once(family: int) -> None:
+    t = TcpHarness(family=family)
+    t.handshake()
+    for _ in range(3):  # no reply yet: an upload, not request/response
+        (ack,) = t.send(b"abc")
+        t.guest_seq += 3
+        assert flags_of(ack) == "A" and ack[TCP].ack == t.guest_seq
+    assert conn_of(t).ack_deadline is None
+
+
+def test_established_psh_request_gets_no_immediate_ack(family: int) -> None:
+    t = TcpHarness(family=family)
+    request_response(t)
+    assert t.send(b"GET /next") == []
+    assert bytes(t.host.received).endswith(b"GET /next")  # taken, only the ACK waits
+    assert conn_of(t).ack_deadline == pytest.approx(t.now + ACK_DELAY_S)
+
+
+def test_established_reply_within_delay_carries_the_ack_and_no_pure_ack_follows(
+        family: int) -> None:
+    t = TcpHarness(family=family)
+    request_response(t)
+    assert t.send(b"GET /next") == []
+    t.guest_seq += 9
+    assert t.advance(ACK_DELAY_S / 2) == []
+    (reply,) = t.host_writes(b"200 OK")
+    assert flags_of(reply) == "PA" and reply[TCP].ack == t.guest_seq
+    assert conn_of(t).ack_deadline is None
+    assert t.advance(ACK_DELAY_S) == []  # past the delay: no pure ACK
+    t.ack(reply[TCP].seq + 6)
+    assert t.advance(10) == []  # nor ever after
+
+
+def test_established_unanswered_request_is_acked_after_the_delay(family: int) -> None:
+    t = TcpHarness(family=family)
+    request_response(t)
+    assert t.send(b"GET /next") == []
+    assert t.advance(ACK_DELAY_S - 0.001) == []
+    (ack,) = t.advance(0.002)
+    assert flags_of(ack) == "A" and not ack[TCP].payload
+    assert ack[TCP].ack == t.guest_seq + 9
+    assert conn_of(t).ack_deadline is None and conn_of(t).deadline is None
+
+
+def test_established_guest_waiting_for_a_delayed_ack_ends_delays(family: int) -> None:
+    t = TcpHarness(family=family)
+    request_response(t)
+    assert t.send(b"GET /") == []  # a first write; Nagle's algorithm holds the second
+    t.guest_seq += 5
+    (late,) = t.advance(ACK_DELAY_S)
+    assert late[TCP].ack == t.guest_seq
+    (ack,) = t.send(b"next")  # the held write, sent on our ACK: the guest waited for it
+    t.guest_seq += 4
+    assert ack[TCP].ack == t.guest_seq and conn_of(t).never_delay
+    for _ in range(2):  # replies in time no longer make requests wait for their ACK
+        (reply,) = t.host_writes(b"200")
+        t.ack(reply[TCP].seq + 3)
+        (ack,) = t.send(b"GET /")
+        t.guest_seq += 5
+        assert ack[TCP].ack == t.guest_seq
+
+
+def test_established_slow_reply_leaves_delays_until_a_quick_one(family: int) -> None:
+    t = TcpHarness(family=family)
+    request_response(t)
+    assert t.send(b"GET /slow") == []
+    t.guest_seq += 9
+    (late,) = t.advance(ACK_DELAY_S)
+    assert late[TCP].ack == t.guest_seq
+    t.advance(0.05)
+    (reply,) = t.host_writes(b"200")  # the host was slow: the guest waited for nothing
+    t.ack(reply[TCP].seq + 3)
+    (ack,) = t.send(b"GET /")  # no reply in time last: ACKed at once (Linux's pingpong)
+    t.guest_seq += 5
+    assert ack[TCP].ack == t.guest_seq
+    (reply,) = t.host_writes(b"200")  # a reply in time: request/response again
+    t.ack(reply[TCP].seq + 3)
+    assert t.send(b"GET /") == [] and not conn_of(t).never_delay
+
+
+def test_established_full_sized_segments_are_acked_at_once(family: int) -> None:
+    t = TcpHarness(family=family)
+    request_response(t)
+    full = conn_of(t).send_mss  # the smaller of both MSSs: the guest's largest segment
+    for _ in range(2):
+        (ack,) = t.send(b"f" * full)
+        t.guest_seq += full
+        assert flags_of(ack) == "A" and ack[TCP].ack == t.guest_seq
+    assert conn_of(t).ack_deadline is None
+
+
+def test_established_second_small_segment_is_acked_at_once(family: int) -> None:
+    t = TcpHarness(family=family)
+    request_response(t)
+    assert t.send(b"one") == []
+    t.guest_seq += 3
+    (ack,) = t.send(b"two")  # RFC 1122 4.2.3.2: at least every second segment
+    assert ack[TCP].ack == t.guest_seq + 3
+    assert conn_of(t).ack_deadline is None
+    assert t.advance(ACK_DELAY_S) == []
+
+
+def test_established_bulk_without_psh_is_acked_at_once(family: int) -> None:
+    t = TcpHarness(family=family)
+    request_response(t)
+    (ack,) = t.send(b"b" * 100, flags="A")
+    assert flags_of(ack) == "A" and ack[TCP].ack == t.guest_seq + 100
+
+
+def test_established_partly_retransmitted_segment_is_acked_at_once(family: int) -> None:
+    t = TcpHarness(family=family)
+    request_response(t)
+    # "GET" again, with more: the guest saw no ACK for it
+    (ack,) = t.segment("PA", b"GETxyz", seq=t.guest_seq - 3, ack=t.ack_point)
+    assert ack[TCP].ack == t.guest_seq + 3 and bytes(t.host.received) == b"GETxyz"
+
+
+def test_established_out_of_order_data_gets_an_immediate_duplicate_ack(family: int) -> None:
+    t = TcpHarness(family=family)
+    request_response(t)
+    assert t.send(b"abc") == []  # an ACK waits for 1..3
+    t.guest_seq += 3
+    (dup,) = t.segment("PA", b"later", seq=t.guest_seq + 10, ack=t.ack_point)
+    assert dup[TCP].ack == t.guest_seq  # it carries the waiting ACK too
+    assert t.advance(ACK_DELAY_S) == []
+    (ack,) = t.send(b"0123456789")  # the hole filled: ACKed at once (RFC 5681 4.2)
+    assert ack[TCP].ack == t.guest_seq + 15
+    assert bytes(t.host.received).endswith(b"abc0123456789later")
+
+
+def test_established_short_write_still_gets_window_update_and_duplicate_acks(
+        family: int) -> None:
+    t = TcpHarness(family=family)
+    request_response(t)
+    t.host.accept = 3
+    (ack,) = t.send(b"hello")  # taken in part: ACKed at once, as far as taken
+    assert ack[TCP].ack == t.guest_seq + 3
+    assert any(isinstance(e, WatchWritable) for e in t.effects)
+    t.host.accept = 1 << 30
+    acks = t.host_writable()
+    assert len(acks) == 4 and all(a[TCP].ack == t.guest_seq + 3 for a in acks)
+
+
+def test_established_guest_fin_is_acked_at_once(family: int) -> None:
+    t = TcpHarness(family=family)
+    request_response(t)
+    assert t.send(b"abc") == []
+    t.guest_seq += 3
+    (ack,) = t.send(b"", flags="FA")
+    assert ack[TCP].ack == t.guest_seq + 1 and state(t) is State.CLOSE_WAIT
+    assert t.advance(ACK_DELAY_S) == []
+
+
+def test_established_host_fin_within_delay_carries_the_ack(family: int) -> None:
+    t = TcpHarness(family=family)
+    request_response(t)
+    assert t.send(b"abc") == []
+    (fin,) = t.host_closes()
+    assert flags_of(fin) == "FA" and fin[TCP].ack == t.guest_seq + 3
+    assert t.advance(ACK_DELAY_S) == []
+
+
+def test_established_window_opening_is_acked_at_once(family: int) -> None:
+    t = TcpHarness(family=family)
+    request_response(t)
+    t.host.space = 2000
+    assert t.send(b"abc") == []
+    t.guest_seq += 3
+    (reply,) = t.host_writes(b"reply")  # carries the ACK and the small window
+    t.ack(reply[TCP].seq + 5)
+    t.host.space = 1 << 20  # the host's peer read: our window opens
+    (update,) = t.send(b"def")
+    assert update[TCP].ack == t.guest_seq + 3
+    assert update[TCP].window > reply[TCP].window
+
+
+def test_fin_wait_2_short_psh_data_is_acked_at_once(family: int) -> None:
+    t = TcpHarness(family=family)
+    request_response(t)
+    (fin,) = t.host_closes()
+    t.ack(fin[TCP].seq + 1)
+    assert state(t) is State.FIN_WAIT_2
+    (ack,) = t.send(b"abc")
+    assert ack[TCP].ack == t.guest_seq + 3
+
+
+def test_established_delayed_ack_then_rto_both_fire(family: int) -> None:
+    t = TcpHarness(family=family)
+    request_response(t)  # its round trip took no time: the RTO is Linux's floor, 0.2 s
+    (reply,) = t.host_writes(b"reply")  # the guest never ACKs it
+    assert t.send(b"abc") == []
+    assert conn_of(t).deadline == pytest.approx(t.now + ACK_DELAY_S)  # the earlier
+    assert conn_of(t).rto_deadline == pytest.approx(t.now + 0.2)
+    (ack,) = t.advance(ACK_DELAY_S)
+    assert flags_of(ack) == "A" and not ack[TCP].payload and ack[TCP].ack == t.guest_seq + 3
+    assert conn_of(t).deadline == pytest.approx(t.now - ACK_DELAY_S + 0.2)  # the RTO's
+    assert t.advance(0.2 - ACK_DELAY_S - 0.001) == []
+    (again,) = t.advance(0.002)
+    assert again[TCP].seq == reply[TCP].seq and bytes(again[TCP].payload) == b"reply"
+
+
+def test_established_guest_acks_with_an_ack_pending_keep_both_timers(family: int) -> None:
+    t = TcpHarness(family=family)
+    request_response(t)
+    (_, second) = t.host_writes(b"r" * 2000)  # two segments in flight: the RTO runs
+    assert t.send(b"abc") == []
+    t.guest_seq += 3
+    conn = conn_of(t)
+    ack_due = t.now + ACK_DELAY_S
+    assert conn.ack_deadline == pytest.approx(ack_due) and conn.rto_deadline is not None
+    assert conn.deadline == pytest.approx(ack_due)  # the earlier of the two
+    t.now += 0.01
+    assert t.ack(second[TCP].seq) == []  # part acked: the RTO is armed again
+    assert conn.rto_deadline == pytest.approx(t.now + conn.rto.rto_s)
+    assert conn.deadline == pytest.approx(ack_due)
+    assert t.ack(second[TCP].seq + len(second[TCP].payload)) == []  # all acked: RTO off
+    assert conn.rto_deadline is None and conn.deadline == pytest.approx(ack_due)
+    (ack,) = t.advance(ACK_DELAY_S)
+    assert flags_of(ack) == "A" and ack[TCP].ack == t.guest_seq
+    assert conn.deadline is None
+
+
+def test_established_rto_before_the_delayed_ack_carries_it(family: int) -> None:
+    t = TcpHarness(family=family)
+    request_response(t)
+    (reply,) = t.host_writes(b"reply")  # the guest never ACKs it: the RTO is due in 0.2 s
+    t.advance(0.2 - ACK_DELAY_S / 2)
+    assert t.send(b"abc") == []  # its ACK is due half a delay after the RTO
+    (again,) = t.advance(ACK_DELAY_S / 2 + 0.001)
+    assert again[TCP].seq == reply[TCP].seq and again[TCP].ack == t.guest_seq + 3
+    assert conn_of(t).ack_deadline is None and conn_of(t).rto_deadline is not None
+    assert t.advance(ACK_DELAY_S) == []  # the retransmission carried the ACK
+
+
+def test_established_timers_due_together_send_the_probe_alone(family: int) -> None:
+    t = TcpHarness(family=family)
+    request_response(t)
+    t.ack(t.ack_point, window=0)  # the guest's window closes: the persist timer runs
+    assert t.segment("PA", b"abc", ack=t.ack_point, window=0) == []  # an ACK waits too
+    conn = conn_of(t)
+    assert conn.rto_deadline is not None and conn.ack_deadline is not None
+    (probe,) = t.advance(0.3)  # a late wake-up: both are due
+    assert probe[TCP].seq == t.ack_point - 1 and not probe[TCP].payload
+    assert probe[TCP].ack == t.guest_seq + 3  # the probe carries the waiting ACK
+    assert conn.ack_deadline is None and not conn.pingpong
+    assert conn.rto_deadline is not None and conn.deadline == conn.rto_deadline  # probing on
+
+
+def test_established_zero_window_with_an_ack_pending_is_still_probed(family: int) -> None:
+    t = TcpHarness(family=family)
+    request_response(t)
+    assert t.send(b"abc") == []
+    t.guest_seq += 3
+    assert t.ack(t.ack_point, window=0) == []  # the window closes while an ACK waits
+    assert conn_of(t).rto_deadline is not None  # the persist timer runs beside it
+    (ack,) = t.advance(ACK_DELAY_S)
+    assert ack[TCP].ack == t.guest_seq and ack[TCP].seq == t.ack_point
+    (probe,) = t.advance(0.2)
+    assert probe[TCP].seq == t.ack_point - 1

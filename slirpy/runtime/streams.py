@@ -41,6 +41,8 @@ SPACE_REFRESH_BYTES: Final = 1 << 16  # below this estimate (a super-segment), a
 _EDGE: Final = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLET
 _INT: Final = struct.Struct("i")
 _LINGER_RESET: Final = struct.pack("ii", 1, 0)
+# SO_ERROR after a completed handshake: a refusal would read ECONNREFUSED instead.
+_RESET_AFTER_CONNECT: Final = frozenset({errno.ECONNRESET, errno.EPIPE})
 
 Post = Callable[[Event], None]
 
@@ -126,6 +128,14 @@ class HostStreams:
         if error == errno.EINPROGRESS:
             return
         self.connecting.discard(key)
+        if error in _RESET_AFTER_CONNECT:
+            # The handshake completed and the peer reset before we looked (a busy loop, a
+            # server that closes at once): the guest sees it as it happened, a connection
+            # that opened and was reset, not a refusal.
+            log.debug("%s: connected, then reset by the peer", key)
+            self.post(Connected(key, 0))
+            self.post(HostReset(key))
+            return
         if error:
             self._forget(key)
             self.post(ConnectFailed(key, error))

@@ -11,6 +11,12 @@ continued by an ordinary host socket.
   loss recovery waits a whole, backed-off RTO before resending what it already
   resent once. A duplicate ACK asks for the missing bytes; past the bounds, data is
   dropped and the guest sends it again.
+- Our ACK rides on the reply (a delayed ACK, RFC 9293 3.8.6.3, RFC 1122 4.2.3.2, after
+  Linux's quick-ack and ping-pong modes): once a connection answers the guest's data
+  with data of its own, a lone small PSH segment from the guest (a request) is not
+  ACKed at once; the host's reply, or whatever we send first, carries the ACK, and a
+  pure ACK goes out only if nothing did within ACK_DELAY_S. Everything else, bulk
+  included, is ACKed at once (see `_may_delay_ack`).
 - Host -> guest: bytes stay in the host socket until the guest ACKs them. We ask
   the runtime to MSG_PEEK (a Peek effect) at SO_PEEK_OFF (which sits at snd_nxt -
   snd_una) as many bytes as the guest's window has room for, cut what comes back
@@ -39,7 +45,7 @@ from typing import Final
 from slirpy.effects import (Close, Consume, Effect, Peek, Rewind, Send, ShutdownWrite,
                             ToGuest, WatchWritable)
 from slirpy.flows.key import FlowKey, FlowRecord, Traffic
-from slirpy.guest import GuestLink
+from slirpy.guest import GuestLink, TcpTemplate
 from slirpy.tcp.seq import MOD as SEQ_MOD, seq_add, seq_diff, seq_le, seq_lt
 from slirpy.tcp.timers import RtoEstimator
 from slirpy.udp import unreachable as icmp_unreachable
@@ -59,6 +65,16 @@ MAX_RETRIES: Final = 12  # then the guest is gone: reset (Linux's tcp_retries2 i
 MAX_SYN_RETRIES: Final = 5  # a forwarded SYN: 1+2+4+8+16+32 s, then the client is reset
 DUPACK_THRESHOLD: Final = 3  # RFC 5681 3.2
 PERSIST_MAX_S: Final = 60.0
+# How long an ACK may wait for a reply to ride on. Long enough for the replies whose ACKs
+# cost CPU (a fast exchange needs a fast server: one on the host or the LAN answers in
+# well under 10 ms); short, as a missed delay costs the guest: its RTT samples grow by
+# it, and a guest that writes twice before it reads, under Nagle's algorithm, stalls for
+# it once (see `never_delay`). Under Linux's minimum (TCP_DELACK_MIN, 40 ms), so no
+# guest waits longer than for a Linux peer, and far under the guest's RTO floor (200 ms)
+# and its tail loss probe for a lone segment (2 srtt + 200 ms): the guest never
+# retransmits for want of our ACK.
+ACK_DELAY_S: Final = 0.01
+_LONG_AGO: Final = float("-inf")
 REORDER_MAX_BYTES: Final = 512 * 1024  # per connection: data held beyond a hole
 # An IPv4 datagram's worth of TCP payload (IPv6's would be 20 bytes more: one size serves).
 GSO_MAX_PAYLOAD: Final = MAX_DATAGRAM - IP_LEN - TCP_LEN
@@ -125,9 +141,10 @@ class TcpConn:
     3.3.2) and both sequence spaces, turning each event into segments for the guest and
     effects for the runtime.
 
-    Owns the state, the sequence and window variables, the retransmission timer's
-    deadline and estimator, the wanted read, and the bounded reorder store for guest
-    data beyond a hole (its share of the stack-wide ReorderBudget).
+    Owns the state, the sequence and window variables, the timers (retransmission or
+    persist, and a delayed ACK's: `deadline` is the earlier, the one `TcpFlows` queues)
+    and the estimator, the wanted read, and the bounded reorder store for guest data
+    beyond a hole (its share of the stack-wide ReorderBudget).
 
     Never touches a socket (it asks for Send, Peek, Consume, Rewind and the like as
     effects), never keeps a copy of host bytes (they stay in the host socket until the
@@ -136,11 +153,23 @@ class TcpConn:
     timer heap to act on.
     """
 
+    # Every attribute, named here: a new one must be added. Without slots, CPython (3.11)
+    # keeps at most 29 attributes in an instance's compact shared-key values; past that
+    # each connection gets a dict of its own (1.5 KiB), slower to make and to read.
+    __slots__ = ("key", "link", "template", "state", "irs", "rcv_nxt", "iss", "snd_una",
+                 "snd_nxt", "snd_max", "snd_wnd", "guest_wscale", "our_wscale", "send_mss",
+                 "our_mss", "send_space", "fin_seq", "pending_fin", "short_write", "budget",
+                 "held", "held_bytes", "read_wanted", "reader_waits", "dupacks", "rto",
+                 "rtt_probe", "rto_deadline", "ack_deadline", "deadline", "quick_ack",
+                 "pingpong", "delay_missed", "never_delay", "data_at", "space_advertised",
+                 "created")
+
     def __init__(self, key: FlowKey, link: GuestLink, syn: TcpHeader | None, iss: int,
                  our_mss: int, now: float, budget: ReorderBudget | None = None) -> None:
         """A connection the guest opens with *syn*; with None, one we open (see `active`)."""
         self.key = key
         self.link = link
+        self.template: TcpTemplate | None = None  # made for the first segment it can build
         self.state = State.CONNECTING if syn is not None else State.SYN_SENT
         self.irs = syn.seq if syn is not None else 0
         self.rcv_nxt = seq_add(self.irs, 1)
@@ -167,7 +196,18 @@ class TcpConn:
         self.dupacks = 0
         self.rto = RtoEstimator()
         self.rtt_probe: tuple[int, float] | None = None  # (sequence to be acked, sent at)
+        # Timers: the retransmission (or persist, or connect) timer, the delayed ACK's (set
+        # while an ACK is owed: cleared by any segment that carries it) and the earlier of
+        # the two, the one deadline TcpFlows' heap acts on (see `_arm`, `_ack_carried`).
+        self.rto_deadline: float | None = None
+        self.ack_deadline: float | None = None
         self.deadline: float | None = None
+        self.quick_ack = False  # the data being sent is to be ACKed at once, not delayed
+        self.pingpong = False  # request/response seen: small requests' ACKs may wait
+        self.delay_missed = False  # a delayed ACK went out on its timer; no reply since
+        self.never_delay = False  # the guest waited for a delayed ACK: no more delays
+        self.data_at = _LONG_AGO  # when the host socket last took the guest's data
+        self.space_advertised = 0  # send_space as the last ACK we sent advertised it
         self.created = now
 
     def __repr__(self) -> str:
@@ -180,7 +220,10 @@ class TcpConn:
                 f"snd_max+{seq_diff(self.snd_max, self.iss)} snd_wnd={self.snd_wnd} "
                 f"rcv_nxt+{seq_diff(self.rcv_nxt, self.irs)} space={self.send_space} "
                 f"reader_waits={self.reader_waits} short_write={self.short_write} "
-                f"fin_seq={self.fin_seq} deadline={self.deadline} rto={self.rto.rto_s:.3f}")
+                f"fin_seq={self.fin_seq} rto_deadline={self.rto_deadline} "
+                f"ack_deadline={self.ack_deadline} pingpong={self.pingpong} "
+                f"never_delay={self.never_delay} "
+                f"rto={self.rto.rto_s:.3f}")
 
     def record(self) -> FlowRecord:
         """This connection as the control socket lists it."""
@@ -207,7 +250,7 @@ class TcpConn:
     def on_connected(self, space: int, now: float) -> list[Effect]:
         if self.state is not State.CONNECTING:
             return []
-        self.send_space = space
+        self.send_space = self.space_advertised = space
         self._set_state(State.SYN_RECEIVED)
         self.snd_nxt = self.snd_max = seq_add(self.iss, 1)
         self._arm_rto(now)
@@ -220,7 +263,7 @@ class TcpConn:
         connection and our SYN. The host socket is connected already; the guest's
         SYN-ACK establishes it, its RST (nothing listening) resets the host client."""
         conn = cls(key, link, None, iss, our_mss, now, budget)
-        conn.send_space = space
+        conn.send_space = conn.space_advertised = space
         conn.snd_nxt = conn.snd_max = seq_add(iss, 1)
         conn._arm_rto(now)
         return conn, conn._syn()
@@ -290,7 +333,7 @@ class TcpConn:
             case State.CLOSED:
                 return []
             case _ if seg.flags & SYN:
-                return [self._ack()]  # RFC 5961 4.2: a challenge ACK, never a reset
+                return [self._ack_now()]  # RFC 5961 4.2: a challenge ACK, never a reset
             case _ if not seg.flags & ACK:
                 return []  # RFC 9293 3.10.7.4: no ACK, drop
             case _:
@@ -311,7 +354,7 @@ class TcpConn:
         if seg.seq == self.rcv_nxt:
             self._set_state(State.CLOSED)
             return [Close(self.key, reset=True)]
-        return [self._ack()]
+        return [self._ack_now()]
 
     def _on_ack(self, seg: TcpHeader, now: float) -> list[Effect]:
         effects: list[Effect] = []
@@ -325,7 +368,7 @@ class TcpConn:
                 log.debug("%s: fast retransmit from %d", self.key, self.snd_una)
                 effects += self._retransmit(now)
         elif seq_lt(self.snd_max, seg.ack):
-            return [self._ack()]  # acks what we never sent: RFC 9293 3.10.7.4
+            return [self._ack_now()]  # acks what we never sent: RFC 9293 3.10.7.4
         if self.state is State.CLOSED:
             return effects
         if self.snd_una == self.snd_nxt:
@@ -333,7 +376,7 @@ class TcpConn:
         self.snd_wnd = seg.window << self.guest_wscale
         if self.reader_waits and self._read_room() > 0:
             self.read_wanted = True  # the window opened: there may be more to send
-        if self.snd_wnd == 0 and self.deadline is None and self.state in _SENDING:
+        if self.snd_wnd == 0 and self.rto_deadline is None and self.state in _SENDING:
             self._arm(now + self.rto.rto_s)  # persist: probe the zero window
         return effects
 
@@ -378,18 +421,23 @@ class TcpConn:
         if not seg.payload and not fin:
             # An old sequence number with nothing in it is a keepalive or a zero-window
             # probe: it wants our ACK and window (RFC 9293 3.8.6.1, 3.8.4).
-            return [self._ack()] if ahead < 0 else []
+            return [self._ack_now()] if ahead < 0 else []
         if ahead > 0:
             if self.state in _RECEIVING:
                 self._hold(seg.seq, seg.payload)  # its FIN, if any, will come again
-            return [self._ack()]  # a hole before it: a duplicate ACK asks for rcv_nxt
+            return [self._ack_now()]  # a hole before it: a duplicate ACK asks for rcv_nxt
         data = seg.payload[-ahead:] if -ahead < len(seg.payload) else seg.payload[:0]
         if not data and not (fin and -ahead == len(seg.payload)):
-            return [self._ack()]  # all of it seen before: re-ACK so the guest moves on
+            return [self._ack_now()]  # all of it seen before: re-ACK so the guest moves on
         if self.state not in _RECEIVING:
-            return [self._ack()]  # the guest sent FIN already; nothing more is taken
+            return [self._ack_now()]  # the guest sent FIN already; nothing more is taken
         if data:
             self.pending_fin = fin
+            # Only a short segment with PSH, the end of a request, may have its ACK
+            # delayed (see `_may_delay_ack`); bulk (no PSH, or full-sized) and a
+            # retransmission (partly seen before) are ACKed at once.
+            self.quick_ack = (not seg.flags & PSH or len(seg.payload) >= self.send_mss
+                              or ahead < 0)
             return [Send(self.key, data)]
         return self._on_guest_fin()
 
@@ -397,19 +445,64 @@ class TcpConn:
         """The host socket took *nbytes* of the *wanted* bytes last given to Send."""
         self.send_space = space
         self.rcv_nxt = seq_add(self.rcv_nxt, nbytes)
+        self.data_at = now
+        if self.delay_missed:
+            # More data right after our late ACK, before any reply: the guest waited for
+            # that ACK (Nagle's algorithm holds a small write while one is unacknowledged),
+            # and would again on every request. ACK at once on this connection from now on.
+            self.delay_missed = False
+            self.never_delay = True
         fin, self.pending_fin = self.pending_fin, False
+        quick, self.quick_ack = self.quick_ack, False
         effects: list[Effect] = []
         if nbytes < wanted:
-            self.short_write = True
+            self.short_write = True  # taken in part: ACK at once, as far as taken
             effects.append(WatchWritable(self.key))
         elif fin:
             return self._on_guest_fin()
         elif self.held and (following := self._take_held()):
-            return [Send(self.key, following)]  # the hole is filled: on with what came after
+            # The hole is filled: on with what came after, ACKed at once (RFC 5681 4.2).
+            self.quick_ack = True
+            return [Send(self.key, following)]
         elif space < self.our_mss:
             effects.append(WatchWritable(self.key))  # tell the guest once the window opens
-        effects.append(self._ack())
+        elif not quick and self._may_delay_ack(space, now):
+            return []
+        effects.append(self._ack_now())
         return effects
+
+    def _may_delay_ack(self, space: int, now: float) -> bool:
+        """Whether the ACK for a short PSH segment just taken (the end of a request) may
+        wait for the reply to carry it; if so, the delayed ACK's timer is set. The rule
+        (RFC 9293 3.8.6.3, RFC 1122 4.2.3.2, Linux's quick-ack and ping-pong modes):
+        delay only a lone request, in request/response, while all is in order:
+        - ESTABLISHED only: the handshake and the close paths ACK at once;
+        - only once we answered the guest's data with data within the delay
+          (`pingpong`, set in `on_host_data`). A new connection ACKs at once (Linux's
+          quick-ack mode), and so does one whose delay expired unanswered, until it
+          replies in time again (Linux's ping-pong mode): uploads never wait. Never
+          again once the guest waited for a delayed ACK (`never_delay`, set in
+          `on_sent`): a guest that writes twice before it reads, under Nagle's
+          algorithm, stalls one delay per connection, not one per request as it would
+          with a Linux peer;
+        - no ACK owed already: a second segment is ACKed at once (RFC 1122: at least
+          every second segment), so at most one small segment waits, and the guest's
+          tail loss probe (Linux: 2 srtt + 200 ms for a lone segment, 2 srtt + 2 ms
+          for more) never fires for want of our ACK;
+        - nothing held beyond a hole (out of order: ACK at once, RFC 5681 4.2);
+        - the window we advertise did not open meaningfully (to twice what we last
+          advertised and by a segment at least): the guest may be waiting for it.
+        The caller ACKs at once on a short write, the guest's FIN, a window under a
+        segment, a hole filled, and bulk: a segment without PSH or full-sized, which
+        keeps the guest's window and congestion window growing with no wait."""
+        if (self.state is not State.ESTABLISHED or not self.pingpong
+                or self.ack_deadline is not None or self.held
+                or space - self.space_advertised >= max(self.space_advertised, self.send_mss)):
+            return False
+        self.ack_deadline = due = now + ACK_DELAY_S
+        if self.deadline is None or due < self.deadline:
+            self.deadline = due
+        return True
 
     def _hold(self, seq: int, data: memoryview) -> None:
         """Keep data that arrived beyond a hole, within both bounds; else let it go."""
@@ -452,7 +545,7 @@ class TcpConn:
         self.send_space = space
         if self.state in (State.CLOSED, State.CONNECTING):
             return []
-        ack = self._ack()
+        ack = self._ack_now()
         rewatch: list[Effect] = [WatchWritable(self.key)] if space < self.our_mss else []
         if self.short_write:
             # The guest holds bytes we did not ACK; a window update plus duplicates
@@ -467,13 +560,13 @@ class TcpConn:
         match self.state:
             case State.ESTABLISHED:
                 self._set_state(State.CLOSE_WAIT)
-                return [ShutdownWrite(self.key), self._ack()]
+                return [ShutdownWrite(self.key), self._ack_now()]
             case State.FIN_WAIT_1:
                 self._set_state(State.CLOSING)
-                return [ShutdownWrite(self.key), self._ack()]
+                return [ShutdownWrite(self.key), self._ack_now()]
             case _:  # FIN-WAIT-2: both directions done; the host socket goes
                 self._set_state(State.CLOSED)
-                return [self._ack(), Close(self.key)]
+                return [self._ack_now(), Close(self.key)]
 
     # --- bytes from the host ------------------------------------------------------------------
 
@@ -511,12 +604,18 @@ class TcpConn:
             flags = ACK | (PSH if last else 0)
             effects.append(self._segment(flags, seq=self.snd_nxt, payload=chunk))
             self.snd_nxt = seq_add(self.snd_nxt, len(chunk))
+        if effects:
+            self._ack_carried()
         self._note_sent()
         if more:
             self.read_wanted = True
-        if self.rtt_probe is None and new_data:  # Karn: never time a retransmission
-            self.rtt_probe = (self.snd_nxt, now)
-        if self.deadline is None:
+        if new_data:
+            if self.rtt_probe is None:  # Karn: never time a retransmission
+                self.rtt_probe = (self.snd_nxt, now)
+            self.delay_missed = False  # the host answers: it was slow, not the guest waiting
+            if now - self.data_at < ACK_DELAY_S and not self.never_delay:
+                self.pingpong = True  # a reply: the next request's ACK may ride on its reply
+        if self.rto_deadline is None:
             self._arm_rto(now)
         return effects
 
@@ -537,6 +636,7 @@ class TcpConn:
         self.snd_nxt = seq_add(self.snd_nxt, 1)
         self._note_sent()
         self._arm_rto(now)
+        self._ack_carried()
         return [self._segment(FIN | ACK, seq=self.fin_seq)]
 
     def on_host_reset(self, now: float) -> list[Effect]:
@@ -549,9 +649,21 @@ class TcpConn:
     # --- time -----------------------------------------------------------------------------------
 
     def on_timer(self, now: float) -> list[Effect]:
-        if self.deadline is None or self.deadline > now:
-            return []
-        self.deadline = None
+        """Whichever timer is due: first the retransmission (or persist, or connect)
+        timer's work, then the delayed ACK, unless what that work sent carried it."""
+        ack_due = self.ack_deadline is not None and self.ack_deadline <= now
+        effects: list[Effect] = []
+        if self.rto_deadline is not None and self.rto_deadline <= now:
+            self._cancel_timer()
+            effects = self._on_rto(now)
+        if ack_due:
+            self.pingpong = False  # no reply within the delay: ACK at once until the next
+            self.delay_missed = True
+            if self.ack_deadline is not None and self.state is not State.CLOSED:
+                effects.append(self._ack_now())
+        return effects
+
+    def _on_rto(self, now: float) -> list[Effect]:
         if self.state is State.CONNECTING:
             return self.on_connect_failed(errno.ETIMEDOUT, now)
         if self.rto.backoffs >= MAX_RETRIES:
@@ -573,6 +685,7 @@ class TcpConn:
                 self._arm(now + min(self.rto.rto_s, PERSIST_MAX_S))
                 # A zero-window probe: an old sequence number makes the guest answer
                 # with its current window (RFC 9293 3.8.6.1).
+                self._ack_carried()
                 return [self._segment(ACK, seq=seq_add(self.snd_una, -1))]
             return []
         return self._retransmit(now)
@@ -583,6 +696,7 @@ class TcpConn:
         self.dupacks = 0
         self._arm_rto(now)
         if self.fin_seq is not None and self.snd_una == self.fin_seq:
+            self._ack_carried()
             return [self._segment(FIN | ACK, seq=self.fin_seq)]
         self.snd_nxt = self.snd_una
         if self.fin_seq is not None:
@@ -599,11 +713,32 @@ class TcpConn:
     def _arm_rto(self, now: float) -> None:
         self._arm(now + self.rto.rto_s)
 
+    def arm_connect_timeout(self, deadline: float) -> None:
+        """The host's connect() may take until *deadline*; then the guest gets an RST."""
+        self._arm(deadline)
+
     def _arm(self, deadline: float) -> None:
-        self.deadline = deadline
+        """Set the retransmission (or persist, or connect) timer, beside a delayed ACK's."""
+        self.rto_deadline = deadline
+        ack = self.ack_deadline
+        self.deadline = deadline if ack is None or deadline < ack else ack
 
     def _cancel_timer(self) -> None:
-        self.deadline = None
+        """Stop the retransmission (or persist) timer; a delayed ACK's stays."""
+        self.rto_deadline = None
+        self.deadline = self.ack_deadline
+
+    def _ack_carried(self) -> None:
+        """A segment with our ACK and window is going out: no ACK is owed any more."""
+        self.space_advertised = self.send_space
+        if self.ack_deadline is not None:
+            self.ack_deadline = None
+            self.deadline = self.rto_deadline
+
+    def _ack_now(self) -> Effect:
+        """A pure ACK, now: it is the delayed one too, if one was owed."""
+        self._ack_carried()
+        return self._ack()
 
     # --- segments to the guest ----------------------------------------------------------------
 
@@ -615,36 +750,55 @@ class TcpConn:
 
     def _segment(self, flags: int, *, seq: int, payload: memoryview | bytes = b"",
                  options: bytes = b"") -> ToGuest:
-        header = bytearray(TCP_LEN + len(options))
+        """A segment to the guest: from the connection's template (`TcpTemplate`), but
+        for options (SYNs) and for what the MTU would fragment (`build_segment`)."""
         ack = self.rcv_nxt if flags & ACK else 0
         window = 0 if flags & RST else (
             min(self.send_space, MAX_WINDOW) if flags & SYN else self._window())
         offload = self.link.offload and bool(payload)
-        build_tcp(header, 0, src=self.key.remote_addr, dst=self.key.guest_addr,
-                  src_port=self.key.remote_port, dst_port=self.key.guest_port, seq=seq,
-                  ack=ack, flags=flags, window=window, options=options, payload=payload,
-                  checksum=not offload)
         gso_size = self.send_mss if offload and len(payload) > self.send_mss else 0
-        (frame,) = self.link.ip(src=self.key.remote_addr, dst=self.key.guest_addr,
-                                proto=_PROTO, l4=header, payload=payload,
-                                csum_offset=TCP_CHECKSUM_OFFSET if offload else 0,
-                                gso_size=gso_size)
-        return frame
+        if not options:
+            template = self.template or self._make_template()
+            if gso_size or len(payload) <= template.max_payload:
+                return template.segment(seq, ack, flags, window, payload, offload, gso_size)
+        return build_segment(self.link, self.key, flags, seq=seq, ack=ack, window=window,
+                             payload=payload, options=options, partial=offload,
+                             gso_size=gso_size)
+
+    def _make_template(self) -> TcpTemplate:
+        self.template = TcpTemplate(self.link, src=self.key.remote_addr,
+                                    dst=self.key.guest_addr, src_port=self.key.remote_port,
+                                    dst_port=self.key.guest_port)
+        return self.template
+
+
+def build_segment(link: GuestLink, key: FlowKey, flags: int, *, seq: int, ack: int,
+                  window: int, payload: memoryview | bytes = b"", options: bytes = b"",
+                  partial: bool = False, gso_size: int = 0) -> ToGuest:
+    """A segment from *key*'s remote end to the guest, every header built anew: the
+    general path, for what a connection's template does not build and for segments of
+    no connection. With *partial* (offload only), the guest's kernel completes the
+    checksum, and with *gso_size* cuts the segment to the MTU."""
+    header = bytearray(TCP_LEN + len(options))
+    build_tcp(header, 0, src=key.remote_addr, dst=key.guest_addr, src_port=key.remote_port,
+              dst_port=key.guest_port, seq=seq, ack=ack, flags=flags, window=window,
+              options=options, payload=payload, checksum=not partial)
+    (frame,) = link.ip(src=key.remote_addr, dst=key.guest_addr, proto=_PROTO, l4=header,
+                       payload=payload, csum_offset=TCP_CHECKSUM_OFFSET if partial else 0,
+                       gso_size=gso_size)
+    return frame
 
 
 def reset_for(link: GuestLink, key: FlowKey, seg: TcpHeader) -> list[Effect]:
     """RFC 9293 3.10.7.1: the answer to a segment for a connection that does not exist."""
     if seg.flags & RST:
         return []
-    header = bytearray(TCP_LEN)
     if seg.flags & ACK:
         seq, ack, flags = seg.ack, 0, RST
     else:
         length = len(seg.payload) + (1 if seg.flags & SYN else 0) + (
             1 if seg.flags & FIN else 0)
         seq, ack, flags = 0, seq_add(seg.seq, length), RST | ACK
-    build_tcp(header, 0, src=key.remote_addr, dst=key.guest_addr, src_port=key.remote_port,
-              dst_port=key.guest_port, seq=seq, ack=ack, flags=flags, window=0)
-    return list(link.ip(src=key.remote_addr, dst=key.guest_addr, proto=_PROTO, l4=header))
+    return [build_segment(link, key, flags, seq=seq, ack=ack, window=0)]
 
 

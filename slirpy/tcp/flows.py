@@ -4,7 +4,9 @@ A connection is created by the guest's SYN (when under the cap; else the SYN get
 RST and one log line says why) and forgotten once it reaches CLOSED. Timers live in
 one heap of (deadline, key) entries checked lazily: a connection whose deadline moved
 later is simply re-queued when its old entry comes up, so the heap holds about one
-entry per connection however often timers are re-armed.
+entry per connection however often timers are re-armed. A connection's `deadline` is
+the earlier of its two timers (retransmission or persist, and a delayed ACK's); its
+`on_timer` does whichever is due, and the later one is queued again after it.
 """
 
 from __future__ import annotations
@@ -66,7 +68,7 @@ class TcpFlows:
             conn = TcpConn(key, self.link, seg, self.isn.for_connection(key, now),
                            self._mss(key), now, self.reorder_budget)
             self.conns[key] = conn
-            conn.deadline = now + CONNECT_TIMEOUT_S
+            conn.arm_connect_timeout(now + CONNECT_TIMEOUT_S)
             self._schedule(conn)
             if host_addr is None:
                 return []

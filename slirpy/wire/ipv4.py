@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+# mypyc builds a NamedTuple's annotations from the module's names: without this one, a
+# field typed memoryview fails at import with KeyError (mypyc/mypyc#1087's kind).
+from builtins import memoryview
+
 import enum
 import struct
 from typing import Final, NamedTuple
 
 from slirpy.wire import Malformed
-from slirpy.wire.checksum import checksum
+from slirpy.wire.checksum import checksum, finish, fold, ones_sum
 
 _HEADER: Final = struct.Struct("!BBHHHBBH4s4s")
 HEADER_LEN: Final = _HEADER.size  # 20
 CHECKSUM_OFFSET: Final = 10  # of the header checksum field
+_LENGTH_OFFSET: Final = 2  # of the total length, which the identification follows
+_LENGTH_IDENT: Final = struct.Struct("!HH")
+_CHECKSUM: Final = struct.Struct("!H")
 ADDRESS_LEN: Final = 4
 VERSION: Final = 4
 _IHL_MASK: Final = 0x0F  # the low four bits of the first byte: the header length in words
@@ -85,6 +92,24 @@ def build_ipv4(buf: bytearray, offset: int, *, src: bytes, dst: bytes, proto: in
     header = memoryview(buf)[offset:offset + HEADER_LEN]
     struct.pack_into("!H", buf, offset + CHECKSUM_OFFSET, checksum(header))
     return offset + HEADER_LEN
+
+
+def build_ipv4_template(buf: bytearray, offset: int, *, src: bytes, dst: bytes, proto: int,
+                        ttl: int = DEFAULT_TTL, frag: int = FLAG_DF) -> int:
+    """Write a 20-byte IPv4 header at *offset* whose total length, identification and
+    checksum are 0, for `fill_ipv4` to complete per datagram; return the sum of its
+    words, the constant part of every checksum `fill_ipv4` writes."""
+    _HEADER.pack_into(buf, offset, _VERSION_IHL, 0, 0, 0, frag, ttl, proto, 0, src, dst)
+    return ones_sum(memoryview(buf)[offset:offset + HEADER_LEN])
+
+
+def fill_ipv4(buf: bytearray, offset: int, header_sum: int, total_len: int, ident: int) -> None:
+    """Complete a header `build_ipv4_template` wrote (*header_sum* is what it returned):
+    the total length, the identification, and the checksum, which only adds those two
+    words to the constant part's sum (RFC 1624: the fields were 0 in the template)."""
+    _LENGTH_IDENT.pack_into(buf, offset + _LENGTH_OFFSET, total_len, ident)
+    _CHECKSUM.pack_into(buf, offset + CHECKSUM_OFFSET,
+                        finish(fold(header_sum + total_len + ident)))
 
 
 def fragment_offsets(payload_len: int, mtu: int) -> list[tuple[int, int, bool]]:

@@ -18,6 +18,10 @@ RFC 6946) is no fragment at all.
 
 from __future__ import annotations
 
+# mypyc builds a NamedTuple's annotations from the module's names: without this one, a
+# field typed memoryview fails at import with KeyError (mypyc/mypyc#1087's kind).
+from builtins import memoryview
+
 import struct
 from typing import Final, NamedTuple
 
@@ -29,6 +33,8 @@ ADDRESS_LEN: Final = 16
 VERSION: Final = 6
 _VERSION_SHIFT: Final = 28  # version, traffic class and flow label share the first word
 DEFAULT_HOP_LIMIT: Final = 64
+_PAYLOAD_LENGTH_OFFSET: Final = 4  # after version, traffic class and flow label
+_PAYLOAD_LENGTH: Final = struct.Struct("!H")
 _FRAGMENT: Final = struct.Struct("!BxHI")
 FRAGMENT_LEN: Final = _FRAGMENT.size  # 8
 _FRAG_MORE: Final = 0x0001  # M, the low bit of the offset field
@@ -163,6 +169,12 @@ def build_ipv6(buf: bytearray, offset: int, *, src: bytes, dst: bytes, next_head
     _HEADER.pack_into(buf, offset, VERSION << _VERSION_SHIFT, payload_len, next_header,
                       hop_limit, src, dst)
     return offset + HEADER_LEN
+
+
+def fill_ipv6_length(buf: bytearray, offset: int, payload_len: int) -> None:
+    """Set the payload length of the IPv6 header at *offset*: all a header made once for
+    a flow's datagrams needs per datagram (IPv6 has no header checksum, RFC 8200 3)."""
+    _PAYLOAD_LENGTH.pack_into(buf, offset + _PAYLOAD_LENGTH_OFFSET, payload_len)
 
 
 def build_fragment_header(buf: bytearray, offset: int, *, next_header: int, frag_offset: int,

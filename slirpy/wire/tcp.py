@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+# mypyc builds a NamedTuple's annotations from the module's names: without this one, a
+# field typed memoryview fails at import with KeyError (mypyc/mypyc#1087's kind).
+from builtins import memoryview
+
 import struct
 from typing import Final, NamedTuple
 
@@ -14,6 +18,11 @@ _HEADER: Final = struct.Struct("!HHIIBBHHH")
 HEADER_LEN: Final = _HEADER.size  # 20
 CHECKSUM_OFFSET: Final = 16  # of the checksum field in the header
 _OFFSET_SHIFT: Final = 4  # the data offset is the top four bits of its byte, in 32-bit words
+_NO_OPTIONS: Final = (HEADER_LEN // 4) << _OFFSET_SHIFT  # the data offset byte of a bare header
+_SEQ_OFFSET: Final = 4  # where the fields a segment of a template sets start
+# seq, ack, data offset byte, flags, window, checksum: the ports come before, the
+# urgent pointer (always 0 here) after.
+_SEGMENT_FIELDS: Final = struct.Struct("!IIBBHH")
 OPT_END: Final = 0
 OPT_NOP: Final = 1
 OPT_MSS: Final = 2
@@ -122,3 +131,18 @@ def build_tcp(buf: bytearray, offset: int, *, src: bytes, dst: bytes, src_port: 
         value = total  # partial: the pseudo-header only, not complemented
     struct.pack_into("!H", buf, offset + CHECKSUM_OFFSET, value)
     return offset + header_len
+
+
+def build_tcp_template(buf: bytearray, offset: int, *, src_port: int, dst_port: int) -> int:
+    """Write a 20-byte TCP header at *offset* with the ports and the data offset, every
+    other field 0, for `fill_tcp` to complete per segment; return the sum of its words,
+    the constant part of the header's share of every checksum."""
+    _HEADER.pack_into(buf, offset, src_port, dst_port, 0, 0, _NO_OPTIONS, 0, 0, 0, 0)
+    return ones_sum(memoryview(buf)[offset:offset + HEADER_LEN])
+
+
+def fill_tcp(buf: bytearray, offset: int, seq: int, ack: int, flags: int, window: int,
+             checksum: int) -> None:
+    """Complete a header `build_tcp_template` wrote: what changes from segment to segment."""
+    _SEGMENT_FIELDS.pack_into(buf, offset + _SEQ_OFFSET, seq, ack, _NO_OPTIONS, flags, window,
+                              checksum)
