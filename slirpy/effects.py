@@ -17,7 +17,10 @@ from dataclasses import dataclass
 from slirpy.flows.key import FlowKey
 
 
-@dataclass(slots=True)
+# Classes made per packet write their own __init__ (init=False): mypyc compiles it, but
+# leaves a dataclass's generated __init__ interpreted (measured: 40 against 300 ns an
+# object, and 480 ns for a NamedTuple).
+@dataclass(slots=True, init=False)
 class ToGuest:
     """Write one Ethernet frame to the tap: *headers* then *payload*, gathered, not joined."""
 
@@ -29,6 +32,15 @@ class ToGuest:
     csum_start: int = 0
     csum_offset: int = 0
     gso_size: int = 0
+
+    def __init__(self, headers: bytes | bytearray | memoryview,
+                 payload: bytes | bytearray | memoryview = b"", csum_start: int = 0,
+                 csum_offset: int = 0, gso_size: int = 0) -> None:
+        self.headers = headers
+        self.payload = payload
+        self.csum_start = csum_start
+        self.csum_offset = csum_offset
+        self.gso_size = gso_size
 
     @property
     def frame(self) -> bytes:
@@ -53,15 +65,19 @@ class OpenPing:
     host_addr: bytes
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class SendDatagram:
     """Send one datagram on the flow's socket (for ping sockets: an ICMP echo message)."""
 
     flow: FlowKey
     data: bytes | bytearray | memoryview
 
+    def __init__(self, flow: FlowKey, data: bytes | bytearray | memoryview) -> None:
+        self.flow = flow
+        self.data = data
 
-@dataclass(slots=True)
+
+@dataclass(slots=True, init=False)
 class Close:
     """Close the flow's host socket; nothing more will be said about it.
 
@@ -71,8 +87,12 @@ class Close:
     flow: FlowKey
     reset: bool = False
 
+    def __init__(self, flow: FlowKey, reset: bool = False) -> None:
+        self.flow = flow
+        self.reset = reset
 
-@dataclass(slots=True)
+
+@dataclass(slots=True, init=False)
 class Connect:
     """Start a non-blocking TCP connect(); the runtime answers with a Connected or a
     ConnectFailed event."""
@@ -81,8 +101,13 @@ class Connect:
     host_addr: bytes
     host_port: int
 
+    def __init__(self, flow: FlowKey, host_addr: bytes, host_port: int) -> None:
+        self.flow = flow
+        self.host_addr = host_addr
+        self.host_port = host_port
 
-@dataclass(slots=True)
+
+@dataclass(slots=True, init=False)
 class Send:
     """send(MSG_DONTWAIT) on the flow's TCP socket; the runtime answers with a Sent
     event, which may report a short write."""
@@ -90,13 +115,21 @@ class Send:
     flow: FlowKey
     data: bytes | bytearray | memoryview
 
+    def __init__(self, flow: FlowKey, data: bytes | bytearray | memoryview) -> None:
+        self.flow = flow
+        self.data = data
 
-@dataclass(slots=True)
+
+@dataclass(slots=True, init=False)
 class Consume:
     """Drop *nbytes* the guest has acknowledged from the socket's receive queue."""
 
     flow: FlowKey
     nbytes: int
+
+    def __init__(self, flow: FlowKey, nbytes: int) -> None:
+        self.flow = flow
+        self.nbytes = nbytes
 
 
 @dataclass(slots=True)
@@ -106,7 +139,7 @@ class Rewind:
     flow: FlowKey
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class Peek:
     """MSG_PEEK up to *limit* new bytes from the flow's TCP socket; the runtime answers
     with HostData, HostEof or HostReset, or with nothing if there is nothing to read
@@ -115,12 +148,19 @@ class Peek:
     flow: FlowKey
     limit: int
 
+    def __init__(self, flow: FlowKey, limit: int) -> None:
+        self.flow = flow
+        self.limit = limit
 
-@dataclass(slots=True)
+
+@dataclass(slots=True, init=False)
 class WatchWritable:
     """Report, with a Writable event, once the socket can take more."""
 
     flow: FlowKey
+
+    def __init__(self, flow: FlowKey) -> None:
+        self.flow = flow
 
 
 @dataclass(slots=True)

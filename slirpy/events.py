@@ -42,7 +42,10 @@ class HostError(NamedTuple):
 # --- the guest and the clock ---------------------------------------------------------
 
 
-@dataclass(slots=True)
+# Classes made per packet write their own __init__ (init=False): mypyc compiles it, but
+# leaves a dataclass's generated __init__ interpreted (measured: 40 against 300 ns an
+# object, and 480 ns for a NamedTuple).
+@dataclass(slots=True, init=False)
 class GuestFrame:
     """One Ethernet frame from the guest. *checksum_ok*: the tap's virtio-net header
     says the guest's kernel vouches for the transport checksum."""
@@ -50,21 +53,32 @@ class GuestFrame:
     frame: Payload
     checksum_ok: bool = False
 
+    def __init__(self, frame: Payload, checksum_ok: bool = False) -> None:
+        self.frame = frame
+        self.checksum_ok = checksum_ok
 
-@dataclass(slots=True)
+
+@dataclass(slots=True, init=False)
 class TimerDue:
     """The core's next deadline (`Stack.next_deadline`) has come."""
+
+    def __init__(self) -> None:
+        pass
 
 
 # --- datagram flows (UDP, ping, the DNS forwarder's and SRV lookups' sockets) ----------
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class HostDatagram:
     """A datagram the flow's host socket received."""
 
     flow: FlowKey
     data: bytes | memoryview
+
+    def __init__(self, flow: FlowKey, data: bytes | memoryview) -> None:
+        self.flow = flow
+        self.data = data
 
 
 @dataclass(slots=True)
@@ -78,12 +92,16 @@ class HostFailed:
 # --- TCP: answers to Connect, Send, Peek and WatchWritable, and socket readiness --------
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class Connected:
     """The flow's connect() succeeded; *space*: free bytes in its send buffer."""
 
     flow: FlowKey
     space: int
+
+    def __init__(self, flow: FlowKey, space: int) -> None:
+        self.flow = flow
+        self.space = space
 
 
 @dataclass(slots=True)
@@ -92,7 +110,7 @@ class ConnectFailed:
     errno: int
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class Sent:
     """The socket took *nbytes* of the *wanted* bytes of the last Send; *space* left."""
 
@@ -101,23 +119,36 @@ class Sent:
     wanted: int
     space: int
 
+    def __init__(self, flow: FlowKey, nbytes: int, wanted: int, space: int) -> None:
+        self.flow = flow
+        self.nbytes = nbytes
+        self.wanted = wanted
+        self.space = space
 
-@dataclass(slots=True)
+
+@dataclass(slots=True, init=False)
 class Writable:
     """The socket a WatchWritable asked about can take more; *space* bytes now."""
 
     flow: FlowKey
     space: int
 
+    def __init__(self, flow: FlowKey, space: int) -> None:
+        self.flow = flow
+        self.space = space
 
-@dataclass(slots=True)
+
+@dataclass(slots=True, init=False)
 class Readable:
     """The socket has something new to read: data, EOF or an error."""
 
     flow: FlowKey
 
+    def __init__(self, flow: FlowKey) -> None:
+        self.flow = flow
 
-@dataclass(slots=True)
+
+@dataclass(slots=True, init=False)
 class HostData:
     """Bytes a Peek read (a view valid only while this event is fed). *more*: the read
     filled its limit or the peer hung up, so more may wait without a new readiness."""
@@ -126,12 +157,20 @@ class HostData:
     data: memoryview
     more: bool = False
 
+    def __init__(self, flow: FlowKey, data: memoryview, more: bool = False) -> None:
+        self.flow = flow
+        self.data = data
+        self.more = more
 
-@dataclass(slots=True)
+
+@dataclass(slots=True, init=False)
 class HostEof:
     """The peer closed its side and everything it sent has been peeked."""
 
     flow: FlowKey
+
+    def __init__(self, flow: FlowKey) -> None:
+        self.flow = flow
 
 
 @dataclass(slots=True)

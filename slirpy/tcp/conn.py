@@ -97,8 +97,10 @@ class State(enum.Enum):
     CLOSED = "CLOSED"
 
 
-_RECEIVING: Final = frozenset({State.ESTABLISHED, State.FIN_WAIT_1, State.FIN_WAIT_2})
-_SENDING: Final = frozenset({State.ESTABLISHED, State.CLOSE_WAIT})
+# Tuples, not sets: a set hashes an Enum member in Python (Enum.__hash__) on every
+# segment, a tuple compares identities.
+_RECEIVING: Final = (State.ESTABLISHED, State.FIN_WAIT_1, State.FIN_WAIT_2)
+_SENDING: Final = (State.ESTABLISHED, State.CLOSE_WAIT)
 
 
 _ISN_PORTS: Final = struct.Struct("!BHH")  # protocol, guest port, remote port

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-# mypyc builds a NamedTuple's annotations from the module's names: without this one, a
+# mypyc builds a dataclass's annotations from the module's names: without this one, a
 # field typed memoryview fails at import with KeyError (mypyc/mypyc#1087's kind).
 from builtins import memoryview
 
 import enum
 import struct
-from typing import Final, NamedTuple
+from dataclasses import dataclass
+from typing import Final
 
 from slirpy.wire import Malformed
 
@@ -27,18 +28,28 @@ class EtherType(enum.IntEnum):
     IPV6 = 0x86DD
 
 
-class EthernetHeader(NamedTuple):
+# Classes made per packet write their own __init__ (init=False): mypyc compiles it, but
+# leaves a dataclass's generated __init__ interpreted (measured: 40 against 300 ns an
+# object, and 480 ns for a NamedTuple).
+@dataclass(slots=True, init=False)
+class EthernetHeader:
     dst: bytes
     src: bytes
     ethertype: int
     payload: memoryview
+
+    def __init__(self, dst: bytes, src: bytes, ethertype: int, payload: memoryview) -> None:
+        self.dst = dst
+        self.src = src
+        self.ethertype = ethertype
+        self.payload = payload
 
     @classmethod
     def parse(cls, frame: memoryview) -> EthernetHeader:
         if len(frame) < HEADER_LEN:
             raise Malformed("eth-short")
         dst, src, ethertype = _HEADER.unpack_from(frame)
-        return cls(dst, src, ethertype, frame[HEADER_LEN:])
+        return EthernetHeader(dst, src, ethertype, frame[HEADER_LEN:])
 
 
 def build_ethernet(buf: bytearray, offset: int, *, dst: bytes, src: bytes,

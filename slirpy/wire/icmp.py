@@ -6,13 +6,14 @@ ICMPv6's checksum also covers a pseudo-header (RFC 4443 2.3): pass its sum as
 
 from __future__ import annotations
 
-# mypyc builds a NamedTuple's annotations from the module's names: without this one, a
+# mypyc builds a dataclass's annotations from the module's names: without this one, a
 # field typed memoryview fails at import with KeyError (mypyc/mypyc#1087's kind).
 from builtins import memoryview
 
 import enum
 import struct
-from typing import Final, NamedTuple
+from dataclasses import dataclass
+from typing import Final
 
 from slirpy.wire import Malformed
 from slirpy.wire.checksum import checksum
@@ -42,11 +43,21 @@ class UnreachCode(enum.IntEnum):
     ADMIN_PROHIBITED = 13
 
 
-class IcmpHeader(NamedTuple):
+# Classes made per packet write their own __init__ (init=False): mypyc compiles it, but
+# leaves a dataclass's generated __init__ interpreted (measured: 40 against 300 ns an
+# object, and 480 ns for a NamedTuple).
+@dataclass(slots=True, init=False)
+class IcmpHeader:
     type: int
     code: int
     rest: bytes  # the 4 bytes after the checksum: id and seq for echo, MTU for frag-needed
     payload: memoryview
+
+    def __init__(self, type: int, code: int, rest: bytes, payload: memoryview) -> None:
+        self.type = type
+        self.code = code
+        self.rest = rest
+        self.payload = payload
 
     @property
     def echo_id(self) -> int:
@@ -64,7 +75,7 @@ class IcmpHeader(NamedTuple):
         if verify_checksum and checksum(message, initial) != 0:
             raise Malformed("icmp-checksum")
         icmp_type, code, _, rest = _HEADER.unpack_from(message)
-        return cls(icmp_type, code, rest, message[HEADER_LEN:])
+        return IcmpHeader(icmp_type, code, rest, message[HEADER_LEN:])
 
 
 def echo_rest(echo_id: int, seq: int) -> bytes:

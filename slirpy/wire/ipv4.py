@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-# mypyc builds a NamedTuple's annotations from the module's names: without this one, a
+# mypyc builds a dataclass's annotations from the module's names: without this one, a
 # field typed memoryview fails at import with KeyError (mypyc/mypyc#1087's kind).
 from builtins import memoryview
 
 import enum
 import struct
-from typing import Final, NamedTuple
+from dataclasses import dataclass
+from typing import Final
 
 from slirpy.wire import Malformed
 from slirpy.wire.checksum import checksum, finish, fold, ones_sum
@@ -40,7 +41,11 @@ class IpProto(enum.IntEnum):
     ICMPV6 = 58
 
 
-class Ipv4Header(NamedTuple):
+# Classes made per packet write their own __init__ (init=False): mypyc compiles it, but
+# leaves a dataclass's generated __init__ interpreted (measured: 40 against 300 ns an
+# object, and 480 ns for a NamedTuple).
+@dataclass(slots=True, init=False)
+class Ipv4Header:
     """A validated IPv4 header; `payload` is a view into the frame, not a copy.
 
     Fragments are returned too: `more_fragments` and `frag_offset` (in bytes) say which
@@ -56,6 +61,19 @@ class Ipv4Header(NamedTuple):
     frag_offset: int
     header: memoryview
     payload: memoryview
+
+    def __init__(self, src: bytes, dst: bytes, proto: int, ttl: int, ident: int,
+                 more_fragments: bool, frag_offset: int, header: memoryview,
+                 payload: memoryview) -> None:
+        self.src = src
+        self.dst = dst
+        self.proto = proto
+        self.ttl = ttl
+        self.ident = ident
+        self.more_fragments = more_fragments
+        self.frag_offset = frag_offset
+        self.header = header
+        self.payload = payload
 
     @property
     def is_fragment(self) -> bool:
@@ -75,7 +93,7 @@ class Ipv4Header(NamedTuple):
             raise Malformed("ipv4-checksum")
         if src[0] & _CLASS_MASK == _MULTICAST_CLASS:  # a group never sends (RFC 1122 3.2.1.3)
             raise Malformed("ipv4-multicast-src")
-        return cls(src, dst, proto, ttl, ident, bool(frag & FLAG_MF),
+        return Ipv4Header(src, dst, proto, ttl, ident, bool(frag & FLAG_MF),
                    (frag & _OFFSET_MASK) * FRAGMENT_UNIT, packet[:header_len],
                    packet[header_len:total_len])
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-# mypyc builds a NamedTuple's annotations from the module's names: without this one, a
+# mypyc builds a dataclass's annotations from the module's names: without this one, a
 # field typed memoryview fails at import with KeyError (mypyc/mypyc#1087's kind).
 from builtins import memoryview
 
 import struct
-from typing import Final, NamedTuple
+from dataclasses import dataclass
+from typing import Final
 
 from slirpy.wire import Malformed
 from slirpy.wire.checksum import finish, ones_sum, pseudo_header_sum
@@ -43,7 +44,11 @@ ACK: Final = 0x10
 URG: Final = 0x20
 
 
-class TcpHeader(NamedTuple):
+# Classes made per packet write their own __init__ (init=False): mypyc compiles it, but
+# leaves a dataclass's generated __init__ interpreted (measured: 40 against 300 ns an
+# object, and 480 ns for a NamedTuple).
+@dataclass(slots=True, init=False)
+class TcpHeader:
     src_port: int
     dst_port: int
     seq: int
@@ -53,6 +58,18 @@ class TcpHeader(NamedTuple):
     mss: int | None  # options, meaningful on SYN only
     wscale: int | None
     payload: memoryview
+
+    def __init__(self, src_port: int, dst_port: int, seq: int, ack: int, flags: int, window: int,
+                 mss: int | None, wscale: int | None, payload: memoryview) -> None:
+        self.src_port = src_port
+        self.dst_port = dst_port
+        self.seq = seq
+        self.ack = ack
+        self.flags = flags
+        self.window = window
+        self.mss = mss
+        self.wscale = wscale
+        self.payload = payload
 
     @classmethod
     def parse(cls, segment: memoryview, src: bytes, dst: bytes, *,
@@ -71,7 +88,7 @@ class TcpHeader(NamedTuple):
         mss = wscale = None
         if flags & SYN and header_len > HEADER_LEN:
             mss, wscale = _parse_options(segment[HEADER_LEN:header_len])
-        return cls(src_port, dst_port, seq, ack, flags, window, mss, wscale,
+        return TcpHeader(src_port, dst_port, seq, ack, flags, window, mss, wscale,
                    segment[header_len:])
 
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-# mypyc builds a NamedTuple's annotations from the module's names: without this one, a
+# mypyc builds a dataclass's annotations from the module's names: without this one, a
 # field typed memoryview fails at import with KeyError (mypyc/mypyc#1087's kind).
 from builtins import memoryview
 
 import struct
-from typing import Final, NamedTuple
+from dataclasses import dataclass
+from typing import Final
 
 from slirpy.wire import Malformed
 from slirpy.wire.checksum import finish, ones_sum, pseudo_header_sum
@@ -21,10 +22,19 @@ CHECKSUM_OFFSET: Final = 6  # of the checksum field in the header
 _NO_CHECKSUM: Final = 0  # over IPv4 (RFC 768); a computed sum of 0 is sent as 0xFFFF
 
 
-class UdpHeader(NamedTuple):
+# Classes made per packet write their own __init__ (init=False): mypyc compiles it, but
+# leaves a dataclass's generated __init__ interpreted (measured: 40 against 300 ns an
+# object, and 480 ns for a NamedTuple).
+@dataclass(slots=True, init=False)
+class UdpHeader:
     src_port: int
     dst_port: int
     payload: memoryview
+
+    def __init__(self, src_port: int, dst_port: int, payload: memoryview) -> None:
+        self.src_port = src_port
+        self.dst_port = dst_port
+        self.payload = payload
 
     @classmethod
     def parse(cls, datagram: memoryview, src: bytes, dst: bytes, *,
@@ -44,7 +54,7 @@ class UdpHeader(NamedTuple):
             raise Malformed("udp-checksum")
         if dst_port == 0:
             raise Malformed("udp-port-zero")
-        return cls(src_port, dst_port, datagram[HEADER_LEN:])
+        return UdpHeader(src_port, dst_port, datagram[HEADER_LEN:])
 
 
 def build_udp(buf: bytearray, offset: int, *, src: bytes, dst: bytes, src_port: int,
