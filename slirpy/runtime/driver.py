@@ -34,7 +34,7 @@ from slirpy.events import DnsUpstreams, Event, GuestFrame, TimerDue
 from slirpy.flows.key import FlowKey
 from slirpy.runtime.forwards import ForwardSockets
 from slirpy.runtime.hostaddrs import HostAddresses
-from slirpy.runtime.loop import EventLoop
+from slirpy.runtime.loop import EventLoop, ReadBudget
 from slirpy.runtime.sockets import HostSockets
 from slirpy.runtime.streams import HostStreams
 from slirpy.runtime.tap import FrameDevice
@@ -43,7 +43,7 @@ from slirpy.wire.ipv4 import IpProto
 
 log = logging.getLogger(__name__)
 
-TAP_BATCH: Final = 64
+TAP_BATCH: Final = 64  # frames read per wake-up at most, so other fds get their turn
 RESOLV_CONF_CHECK_S: Final = 2.0
 STOP_SIGNALS: Final = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 GLIBC_DEFAULT_NAMESERVER: Final = (socket.inet_aton("127.0.0.1"), 53)  # none listed
@@ -90,6 +90,7 @@ class Driver:
         self.host_addresses = HostAddresses(self.loop, self.post) \
             if config.routing != config.host else None
         self.frames_in = 0
+        self.tap_reads = ReadBudget(self.loop, TAP_BATCH)
         self.frames_out = 0
         self.started = self.loop.now()
         self.stopping = False
@@ -132,7 +133,9 @@ class Driver:
         if self.host_addresses is not None:
             # Address changes first: one made before a flow's first frame counts for it.
             self.host_addresses.poll()
-        for frame in self.device.read_frames(TAP_BATCH):
+        frames = self.device.read_frames(self.tap_reads.take())
+        self.tap_reads.used(len(frames))
+        for frame in frames:
             self.frames_in += 1
             self.post(GuestFrame(frame.data, frame.checksum_ok))
 

@@ -22,7 +22,7 @@ from slirpy.addresses import address_text, is_ipv6
 from slirpy.config import Config
 from slirpy.events import Event, HostDatagram, HostError, HostFailed
 from slirpy.flows.key import FlowKey
-from slirpy.runtime.loop import EventLoop
+from slirpy.runtime.loop import EventLoop, ReadBudget
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,8 @@ class HostSockets:
             self.post(HostFailed(key, HostError(exc.errno or errno.EIO)))
             return
         self.by_key[key] = sock
-        self.loop.add(sock.fileno(), lambda mask: self._ready(key, sock, mask))
+        reads = ReadBudget(self.loop, RECV_BATCH)
+        self.loop.add(sock.fileno(), lambda mask: self._ready(key, sock, mask, reads))
 
     def _refused(self, key: FlowKey, proto: int, exc: OSError) -> None:
         if proto in (socket.IPPROTO_ICMP, socket.IPPROTO_ICMPV6) and exc.errno in (
@@ -117,20 +118,23 @@ class HostSockets:
         for key in list(self.by_key):
             self.close(key)
 
-    def _ready(self, key: FlowKey, sock: socket.socket, mask: int) -> None:
+    def _ready(self, key: FlowKey, sock: socket.socket, mask: int, reads: ReadBudget) -> None:
         if mask & select.EPOLLERR:
             self._read_errors(key, sock)
-        for _ in range(RECV_BATCH):
+        count = 0
+        for _ in range(reads.take()):
             if self.by_key.get(key) is not sock:
                 return  # an effect of the last datagram closed it
             try:
                 data = sock.recv(MAX_DATAGRAM)
             except BlockingIOError:
-                return
+                break
             except OSError:
                 self._read_errors(key, sock)
                 return
+            count += 1
             self.post(HostDatagram(key, data))
+        reads.used(count)
 
     def _read_errors(self, key: FlowKey, sock: socket.socket) -> None:
         while self.by_key.get(key) is sock:

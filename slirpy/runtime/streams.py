@@ -2,9 +2,13 @@
 
 The stack keeps no copy of the bytes it carries; this module is where they live:
 - host -> guest: bytes are read with MSG_PEEK at SO_PEEK_OFF, which the kernel keeps
-  at "bytes peeked but not consumed", i.e. snd_nxt - snd_una. A Consume (the guest's
-  ACK) drops bytes with MSG_TRUNC, which also moves the peek offset back; a Rewind
-  sets it to 0 to send again from snd_una. Sockets are edge-triggered: an edge says
+  at "bytes peeked but not consumed". A Consume (the guest's ACK) drops bytes with
+  MSG_TRUNC, which also moves the peek offset back; a Rewind sets it back to snd_una to
+  send again from there. In a request/response exchange, acknowledgements are dropped
+  in batches (CONSUME_BATCH_*): one MSG_TRUNC per exchange is a sixth of its system
+  calls. Only while the socket holds nothing but a few KiB we have read: a read is also
+  what makes the kernel tell a sender its window opened, so a connection with more
+  queued (bulk, a sender held up by our window) drops at once. Sockets are edge-triggered: an edge says
   Readable, and the core asks for a read (Peek) as far as the guest's window allows,
   again when the window opens, so a socket whose data is all in flight never spins
   the loop.
@@ -37,7 +41,11 @@ log = logging.getLogger(__name__)
 SO_PEEK_OFF: Final = 42
 SIOCOUTQ: Final = 0x5411  # TIOCOUTQ: bytes in the send queue, not yet acknowledged
 PEEK_BUFFER_BYTES: Final = 1 << 20
-SPACE_REFRESH_BYTES: Final = 1 << 16  # below this estimate (a super-segment), ask again
+# Acknowledged bytes wait to be dropped only while the socket holds at most this many,
+# and for this many acknowledgements at most; all go before a close (the kernel resets
+# a connection closed with unread data).
+CONSUME_BATCH_BYTES: Final = 1 << 14
+CONSUME_BATCH_COUNT: Final = 8
 _EDGE: Final = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLET
 _INT: Final = struct.Struct("i")
 _LINGER_RESET: Final = struct.pack("ii", 1, 0)
@@ -65,7 +73,13 @@ class HostStreams:
         self.by_key: dict[FlowKey, socket.socket] = {}
         self.connecting: set[FlowKey] = set()
         self.watching_out: set[FlowKey] = set()
-        self.space_estimate: dict[FlowKey, int] = {}
+        # Free space in the send buffer: our running estimate, and the kernel's last answer.
+        self.space_estimate: dict[FlowKey, tuple[int, int]] = {}
+        # Acknowledged bytes not yet dropped (and how many acknowledgements they are), and
+        # the kernel's peek offset as we moved it: bytes past the queue's head peeked.
+        self.owed: dict[FlowKey, tuple[int, int]] = {}
+        self.peeked: dict[FlowKey, int] = {}
+        self.drained: set[FlowKey] = set()  # the last peek got all there was, none came since
         # Sockets whose peer closed or reset: their one edge may come while data is
         # still queued, so once drained they are peeked once more for the EOF or error.
         self.hung_up: set[FlowKey] = set()
@@ -116,11 +130,13 @@ class HostStreams:
         if mask & select.EPOLLOUT and key in self.watching_out:
             self.watching_out.discard(key)
             self.loop.epoll.modify(sock.fileno(), _EDGE)
-            space = self.space_estimate[key] = self.space(sock)
+            space = self.space(sock)
+            self.space_estimate[key] = (space, space)
             self.post(Writable(key, space))
         if mask & (select.EPOLLRDHUP | select.EPOLLERR | select.EPOLLHUP):
             self.hung_up.add(key)
         if mask & (select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLERR | select.EPOLLHUP):
+            self.drained.discard(key)
             self.post(Readable(key))
 
     def _connected(self, key: FlowKey, sock: socket.socket) -> None:
@@ -141,7 +157,9 @@ class HostStreams:
             self.post(ConnectFailed(key, error))
             return
         self.loop.epoll.modify(sock.fileno(), _EDGE)
-        self.post(Connected(key, self.space(sock)))
+        space = self.space(sock, fresh=True)
+        self.space_estimate[key] = (space, space)
+        self.post(Connected(key, space))
 
     def read(self, key: FlowKey, limit: int) -> Event | None:
         """Peek up to *limit* new bytes: what was read, as the event to feed at once (its
@@ -160,6 +178,11 @@ class HostStreams:
         if nbytes == 0:
             log.debug("%s: host EOF (peek limit %d)", key, limit)
             return HostEof(key)
+        self.peeked[key] = self.peeked.get(key, 0) + nbytes
+        if nbytes < limit:
+            self.drained.add(key)
+        else:
+            self.drained.discard(key)
         return HostData(key, self.peek_view[:nbytes], more=nbytes == limit or key in self.hung_up)
 
     def send(self, key: FlowKey, data: bytes | bytearray | memoryview) -> None:
@@ -176,24 +199,43 @@ class HostStreams:
             return
         # Ask the kernel for the free space only when our running estimate gets low:
         # two system calls per segment are a large share of a small exchange.
-        space = self.space_estimate.get(key, 0) - sent
-        if space < SPACE_REFRESH_BYTES:
-            space = self.space(sock)
-        self.space_estimate[key] = space
+        estimate, known = self.space_estimate.get(key, (0, 0))
+        space = estimate - sent
+        if space <= known // 2:  # half of what the kernel last said is used: ask again
+            space = known = self.space(sock)
+        self.space_estimate[key] = (space, known)
         self.post(Sent(key, sent, len(data), space))
 
     def consume(self, key: FlowKey, nbytes: int) -> None:
+        """Drop *nbytes* acknowledged bytes, now or with the next ones (see the top)."""
+        owed_bytes, acks = self.owed.get(key, (0, 0))
+        owed_bytes += nbytes
+        # Kept only while all the socket holds is what we peeked, a little (see the top).
+        # After a rewind the guest may acknowledge bytes we have not peeked again: the peek
+        # offset must then move past them, which only a drop does (the kernel stops the
+        # offset at 0), so they are dropped at once.
+        if (acks + 1 < CONSUME_BATCH_COUNT and key in self.drained
+                and owed_bytes <= self.peeked.get(key, 0) <= CONSUME_BATCH_BYTES):
+            self.owed[key] = (owed_bytes, acks + 1)
+            return
+        self.owed.pop(key, None)
+        self._drop(key, owed_bytes)
+
+    def _drop(self, key: FlowKey, nbytes: int) -> None:
         sock = self.by_key.get(key)
-        if sock is not None:
+        if sock is not None and nbytes:
             try:
                 sock.recv(nbytes, socket.MSG_TRUNC | socket.MSG_DONTWAIT)
             except OSError as exc:
                 log.debug("%s: consume failed: %s", key, exc)
+            self.peeked[key] = max(self.peeked.get(key, 0) - nbytes, 0)
 
     def rewind(self, key: FlowKey) -> None:
+        """Peek again from the first byte the guest has not acknowledged."""
         sock = self.by_key.get(key)
         if sock is not None:
-            sock.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, 0)
+            offset = self.peeked[key] = self.owed.get(key, (0, 0))[0]
+            sock.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, offset)
 
     def watch_writable(self, key: FlowKey) -> None:
         sock = self.by_key.get(key)
@@ -211,6 +253,8 @@ class HostStreams:
                 log.debug("%s: shutdown failed: %s", key, exc)
 
     def close(self, key: FlowKey, reset: bool) -> None:
+        if not reset:
+            self._drop(key, self.owed.get(key, (0, 0))[0])
         sock = self._forget(key)
         if sock is not None:
             if reset:
@@ -227,13 +271,16 @@ class HostStreams:
         self.connecting.discard(key)
         self.watching_out.discard(key)
         self.space_estimate.pop(key, None)
+        self.owed.pop(key, None)
+        self.peeked.pop(key, None)
+        self.drained.discard(key)
         self.hung_up.discard(key)
         if sock is not None:
             self.loop.remove(sock.fileno())
         return sock
 
     @staticmethod
-    def space(sock: socket.socket) -> int:
+    def space(sock: socket.socket, fresh: bool = False) -> int:
         """Free space in the send buffer, in payload bytes: our window to the guest.
 
         The kernel takes data while its queued memory (payload plus per-buffer
@@ -242,5 +289,7 @@ class HostStreams:
         which the guest recovers from; underestimating only a smaller window.
         """
         sndbuf = sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+        if fresh:  # just connected: nothing sent yet
+            return int(sndbuf) * 7 // 8
         queued = _INT.unpack(fcntl.ioctl(sock.fileno(), SIOCOUTQ, bytes(_INT.size)))[0]
         return max(0, int(sndbuf) * 7 // 8 - int(queued))
