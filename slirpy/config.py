@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import re
 from typing import Final
 
 from slirpy.addresses import Network
@@ -16,38 +17,49 @@ MAX_MTU: Final = 65521
 MIN_MTU: Final = 68  # RFC 791: every IPv4 host must take a 68-byte datagram
 
 
-def _network_address(text: str, kind: type[ipaddress.IPv4Interface | ipaddress.IPv6Interface],
-                     label: str, example: str) -> ipaddress.IPv4Interface | ipaddress.IPv6Interface:
-    """*text* as an interface whose address is its network's, or a UsageError."""
-    try:
-        iface = kind(text)
-    except ValueError:
-        raise UsageError(f"invalid {label}: {text}") from None
-    if "/" not in text:
-        raise UsageError(f"invalid {label}: {text}{example}")
-    if iface.ip != iface.network.network_address:
-        raise UsageError(
-            f"{label} needs to be a network address like {iface.network}, not like {text}")
-    return iface
+# slirp4netns's grammar of --cidr: four dotted numbers, a slash, a one- or two-digit prefix.
+_CIDR: Final = re.compile(r"([0-9]{1,3}(?:\.[0-9]{1,3}){3})/([0-9]{1,2})")
+
+
+def _host_bits_clear(address: ipaddress.IPv4Address | ipaddress.IPv6Address,
+                     network: ipaddress.IPv4Network | ipaddress.IPv6Network, text: str,
+                     label: str) -> None:
+    if address != network.network_address:
+        raise UsageError(f"{label} needs to be a network address like {network}, not like {text}")
 
 
 def parse_cidr(text: str) -> ipaddress.IPv4Network:
-    """Validate --cidr the way slirp4netns does, with its error texts."""
-    network = _network_address(text, ipaddress.IPv4Interface, "CIDR", "").network
-    assert isinstance(network, ipaddress.IPv4Network)
-    if not 1 <= network.prefixlen <= 25:
+    """Validate --cidr the way slirp4netns does, with its error texts and in its order:
+    the form, the address, the prefix length, then host bits."""
+    match = _CIDR.fullmatch(text)
+    if match is None:
+        raise UsageError(f"invalid CIDR: {text}")
+    address, prefix = match.groups()
+    try:
+        ip = ipaddress.IPv4Address(address)
+    except ValueError:
+        raise UsageError(f"invalid network address: {address}") from None
+    if not 1 <= int(prefix) <= 25:
         raise UsageError("prefix length needs to be 1-25")
+    network = ipaddress.IPv4Network((ip, int(prefix)), strict=False)
+    _host_bits_clear(ip, network, text, "CIDR")
     return network
 
 
 def parse_cidr6(text: str) -> ipaddress.IPv6Network:
     """Validate --cidr6: a unicast network address with a /64 prefix, the length SLAAC
-    needs (RFC 4862 with RFC 4291's 64-bit interface identifiers)."""
-    net = _network_address(text, ipaddress.IPv6Interface, "IPv6 CIDR",
-                           " (a prefix like fd00::/64)").network
-    assert isinstance(net, ipaddress.IPv6Network)
+    needs (RFC 4862 with RFC 4291's 64-bit interface identifiers); the prefix length is
+    checked before host bits, as --cidr's is."""
+    try:
+        iface = ipaddress.IPv6Interface(text)
+    except ValueError:
+        raise UsageError(f"invalid IPv6 CIDR: {text}") from None
+    if "/" not in text:
+        raise UsageError(f"invalid IPv6 CIDR: {text} (a prefix like fd00::/64)")
+    net = iface.network
     if net.prefixlen != 64:
         raise UsageError("IPv6 prefix length needs to be 64 (SLAAC takes a /64)")
+    _host_bits_clear(iface.ip, net, text, "IPv6 CIDR")
     if net.is_multicast or net.is_loopback or net.is_link_local or net.is_unspecified or (
             net.subnet_of(ipaddress.IPv6Network("::ffff:0:0/96"))):
         raise UsageError(f"IPv6 CIDR {text} is not a unicast prefix a guest can use")
@@ -93,3 +105,11 @@ class Config:
     icmp_idle_s: float = 30.0
     dns_timeout_s: float = 2.0
     tcp_conn_limit: int = 4096
+    # How many flows may hold a host socket at once (None: the runtime derives it from
+    # RLIMIT_NOFILE at start) and how many TCP connects may be in progress at once.
+    max_flows: int | None = None
+    max_pending_connects: int | None = None
+    # Confine the process once set up: a mount namespace and pivot_root (--enable-sandbox),
+    # a seccomp filter (--enable-seccomp). slirp4netns's options; `slirpy run` turns both on.
+    enable_sandbox: bool = False
+    enable_seccomp: bool = False

@@ -1,7 +1,8 @@
 """ICMP and ICMPv6 echo from the guest: answered by us for our own addresses, for real
 otherwise.
 
-Model: an echo request to the gateway or the DNS address is answered here. Any other
+Model: an echo request to the gateway or the DNS address is answered here (also with
+the DNS forwarder off, as slirp4netns does), with TTL 255. Any other
 destination is pinged for real through an unprivileged ping socket (SOCK_DGRAM,
 IPPROTO_ICMP, or IPPROTO_ICMPV6), one per (guest, echo id, destination); the kernel
 rewrites the echo id to the socket's own, so replies get the guest's id back before they
@@ -30,6 +31,9 @@ from slirpy.wire.ipv4 import IpProto
 log = logging.getLogger(__name__)
 
 ECHO_CODE: Final = 0  # echo requests and replies have no other code, in either family
+# Our own echo replies leave with TTL (hop limit) 255, as slirp4netns's do (libslirp's
+# MAXTTL and IP6_HOP_LIMIT), so a guest's ping reads the same under either.
+OWN_REPLY_HOP_LIMIT: Final = 255
 
 
 def _echo_types(addr: bytes) -> tuple[int, int, int]:
@@ -46,7 +50,8 @@ class EchoFlows:
 
     def answer_ourselves(self, src: bytes, dst: bytes, echo: IcmpHeader) -> list[Effect]:
         return list(self.link.icmp(src=dst, dst=src, icmp_type=_echo_types(src)[2],
-                                   code=ECHO_CODE, rest=echo.rest, payload=echo.payload))
+                                   code=ECHO_CODE, rest=echo.rest, payload=echo.payload,
+                                   hop_limit=OWN_REPLY_HOP_LIMIT))
 
     def from_guest(self, src: bytes, dst: bytes, echo: IcmpHeader, now: float) -> list[Effect]:
         proto, request_type, _ = _echo_types(src)

@@ -204,7 +204,11 @@ class Ingress:
         if fwd is not None:
             return self._remote_udp(key, fwd, udp.payload, now)
         if ip.dst in self.addrs.dns:
-            if udp.dst_port == DNS_PORT and self.config.dns:
+            if not self.config.dns:
+                # --disable-dns: an address of the network that answers only ping, as
+                # slirp4netns's: no port unreachable, no DNS.
+                raise Malformed("dns-disabled")
+            if udp.dst_port == DNS_PORT:
                 return self.dns.on_query(ip.dst, ip.src, udp.src_port, udp.payload, now)
             return unreachable(self.link, key, UnreachCode.PORT)
         host = self._host_address(ip.dst)
@@ -222,8 +226,10 @@ class Ingress:
         if fwd is not None:
             return self._remote_tcp(key, fwd, seg, now)
         if ip.dst in self.addrs.dns:
+            if not self.config.dns:
+                raise Malformed("dns-disabled")  # no reset: a connect times out (see UDP)
             upstream = self.dns.preferred_upstream()
-            if seg.dst_port != DNS_PORT or not self.config.dns or upstream is None:
+            if seg.dst_port != DNS_PORT or upstream is None:
                 return reset_for(self.link, key, seg)
             host = upstream
         else:

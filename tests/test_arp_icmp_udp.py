@@ -2,6 +2,8 @@
 
 import pytest
 from scapy.layers.inet import ICMP, IP, UDP, IPerror, UDPerror  # type: ignore[import-untyped]
+from scapy.layers.inet6 import (  # type: ignore[import-untyped]
+    ICMPv6EchoReply, ICMPv6EchoRequest, IPv6)
 from scapy.layers.l2 import ARP, Ether  # type: ignore[import-untyped]
 from scapy.packet import Raw  # type: ignore[import-untyped]
 
@@ -39,6 +41,21 @@ def test_echo_to_gateway_is_answered_by_us() -> None:
     assert (reply[ICMP].type, reply[ICMP].id, reply[ICMP].seq) == (0, 7, 3)
     assert bytes(reply[ICMP].payload) == b"hello"
     assert reply.dst == GUEST_MAC
+
+
+@pytest.mark.parametrize("dst", [GATEWAY, DNS])
+def test_echo_to_our_address_is_answered_with_ttl_255_as_slirp4netns(dst: str) -> None:
+    (reply,) = GuestHarness().send(from_guest(dst, ttl=1) / ICMP(id=7, seq=3))
+    assert (reply[IP].src, reply[IP].ttl) == (dst, 255)
+
+
+@pytest.mark.parametrize("dst", ["fd00::2", "fd00::3", "fe80::2"])
+def test_echo6_to_our_address_is_answered_with_hop_limit_255(dst: str) -> None:
+    src = "fe80::64" if dst.startswith("fe80") else "fd00::100"
+    request = Ether(src=GUEST_MAC, dst=OUR_MAC) / IPv6(src=src, dst=dst, hlim=1) / \
+        ICMPv6EchoRequest(id=7, seq=3, data=b"hi")
+    (reply,) = GuestHarness(Config(ipv6=True)).send(request)
+    assert (reply[IPv6].src, reply[IPv6].hlim, reply[ICMPv6EchoReply].id) == (dst, 255, 7)
 
 
 def test_echo_to_remote_opens_ping_socket_and_relays_reply_with_guest_id() -> None:

@@ -149,6 +149,25 @@ def test_both_loopback_switches_in_the_file_contradict(tmp_path: Path) -> None:
         attach(path)
 
 
+def test_confinement_and_flow_limits_from_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path, "enable-sandbox: true\nenable_seccomp: true\n"
+                           "max-flows: 2048\nmax_pending_connects: 32\n")
+    config = attach(path).config
+    assert (config.enable_sandbox, config.enable_seccomp) == (True, True)
+    assert (config.max_flows, config.max_pending_connects) == (2048, 32)
+    assert attach(path, "--max-flows=10").config.max_flows == 10  # the flag wins
+
+
+def test_sandbox_and_seccomp_flags_beat_the_file_either_way(tmp_path: Path) -> None:
+    off = write(tmp_path, "disable-sandbox: true\ndisable-seccomp: true\n")
+    config = run(off).config
+    assert (config.enable_sandbox, config.enable_seccomp) == (False, False)
+    config = run(off, "--enable-sandbox", "--enable-seccomp").config
+    assert (config.enable_sandbox, config.enable_seccomp) == (True, True)
+    on = write(tmp_path, "enable-sandbox: true\n")
+    assert attach(on, "--disable-sandbox").config.enable_sandbox is False
+
+
 def test_repeatable_options_add_up(tmp_path: Path) -> None:
     path = write(tmp_path, "local-forward: [8080:80, udp://5353:53]\n"
                            "remote-forward: 9000\n")
@@ -185,6 +204,14 @@ def test_repeatable_options_add_up(tmp_path: Path) -> None:
      "key 'remote-forward': -R tcppp://80: protocol tcppp is for local forwards only"),
     ("netns-type: file\n", "netns-type", "key 'netns-type': --netns-type must be pid or path"),
     ("ready-fd: -1\n", "ready-fd", "key 'ready-fd': ready-fd must be a non-negative integer"),
+    ("max-flows: 0\n", "max-flows", "key 'max-flows': --max-flows must be a positive integer"),
+    ("max-flows: 1.5\n", "max-flows", "key 'max-flows': --max-flows must be a positive "
+                                       "integer, not 1.5"),
+    ("max-flows: [1]\n", "max-flows", "key 'max-flows': must be a single value"),
+    ("max-pending-connects: -3\n", "max-pending-connects",
+     "key 'max-pending-connects': --max-pending-connects must be a positive integer"),
+    ("enable-sandbox: yes please\n", "enable-sandbox",
+     "key 'enable-sandbox': must be true or false"),
 ])
 def test_bad_settings_name_file_and_key(tmp_path: Path, text: str, key: str,
                                         message: str) -> None:

@@ -3,7 +3,8 @@
 import pytest
 from scapy.layers.dhcp import BOOTP, DHCP  # type: ignore[import-untyped]
 from scapy.layers.dns import DNS as DNSPacket, DNSQR, DNSRR  # type: ignore[import-untyped]
-from scapy.layers.inet import IP, UDP  # type: ignore[import-untyped]
+from scapy.layers.inet import ICMP, IP, TCP, UDP  # type: ignore[import-untyped]
+from scapy.layers.inet6 import IPv6  # type: ignore[import-untyped]
 from scapy.layers.l2 import Ether  # type: ignore[import-untyped]
 
 from slirpy.config import Config
@@ -156,10 +157,47 @@ def test_dns_answer_with_wrong_id_is_ignored() -> None:
     assert guest.host_datagram(opened.flow, bytes(DNSPacket(id=6, qr=1))) == []  # type: ignore[union-attr]
 
 
-def test_dns_disabled_gives_port_unreachable() -> None:
+def from_guest6(dst: str) -> Ether:
+    return Ether(src=GUEST_MAC, dst=OUR_MAC) / IPv6(src="fd00::100", dst=dst)
+
+
+DISABLED_DNS_FRAMES = {
+    "udp-query": query(),
+    "udp-other-port": Ether(src=GUEST_MAC, dst=OUR_MAC) / IP(src=GUEST_IP, dst=DNS)
+    / UDP(sport=33333, dport=5353) / b"x",
+    "tcp-syn-53": Ether(src=GUEST_MAC, dst=OUR_MAC) / IP(src=GUEST_IP, dst=DNS)
+    / TCP(sport=40000, dport=53, flags="S", seq=1),
+    "tcp-syn-80": Ether(src=GUEST_MAC, dst=OUR_MAC) / IP(src=GUEST_IP, dst=DNS)
+    / TCP(sport=40000, dport=80, flags="S", seq=1),
+    "tcp-ack": Ether(src=GUEST_MAC, dst=OUR_MAC) / IP(src=GUEST_IP, dst=DNS)
+    / TCP(sport=40000, dport=53, flags="A", seq=1, ack=1),
+    "udp6-query": from_guest6("fd00::3") / UDP(sport=33333, dport=53)
+    / DNSPacket(id=1, rd=1, qd=DNSQR(qname="example.test")),
+    "tcp6-syn-53": from_guest6("fd00::3") / TCP(sport=40000, dport=53, flags="S", seq=1),
+}
+
+
+@pytest.mark.parametrize("name", DISABLED_DNS_FRAMES)
+def test_dns_disabled_address_answers_nothing_but_counts_the_drop(name: str) -> None:
+    # As slirp4netns --disable-dns: no DNS, no port unreachable, no reset (connects time out).
+    guest = GuestHarness(Config(dns=False, ipv6=True))
+    assert guest.send(DISABLED_DNS_FRAMES[name]) == []
+    assert guest.effects == []
+    assert guest.stack.stats.drop_counts() == {"dns-disabled": 1}
+
+
+def test_dns_disabled_address_still_answers_ping_with_ttl_255() -> None:
     guest = GuestHarness(Config(dns=False))
-    (error,) = guest.send(query())
-    assert (error[IP].src, error["ICMP"].type, error["ICMP"].code) == (DNS, 3, 3)
+    (reply,) = guest.send(Ether(src=GUEST_MAC, dst=OUR_MAC) / IP(src=GUEST_IP, dst=DNS)
+                          / ICMP(id=7, seq=1) / b"hi")
+    assert (reply[IP].src, reply[IP].ttl, reply[ICMP].type, reply[ICMP].id) == (DNS, 255, 0, 7)
+
+
+@pytest.mark.parametrize("dport", [53, 80])
+def test_dns_enabled_tcp_without_upstream_or_to_other_port_is_reset(dport: int) -> None:
+    (reset,) = GuestHarness().send(Ether(src=GUEST_MAC, dst=OUR_MAC) / IP(src=GUEST_IP, dst=DNS)
+                                   / TCP(sport=40000, dport=dport, flags="S", seq=1))
+    assert reset[IP].src == DNS and reset[TCP].flags == "RA"
 
 
 @pytest.mark.parametrize("text, expected", [

@@ -95,6 +95,8 @@ def test_r_minus_one_is_still_a_value_not_an_option() -> None:
     (["-6", "--cidr6=fd00::5/64", "1"],
      "IPv6 CIDR needs to be a network address like fd00::/64, not like fd00::5/64"),
     (["-6", "--cidr6=fd00::/48", "1"], "IPv6 prefix length needs to be 64"),
+    (["-6", "--cidr6=fd00::5/48", "1"], "IPv6 prefix length needs to be 64"),  # as --cidr
+    (["1", "tap0", "-6", "--cidr6=fd00::5/48"], "IPv6 prefix length needs to be 64"),
     (["-6", "--cidr6=10.0.2.0/24", "1"], "invalid IPv6 CIDR: 10.0.2.0/24"),
     (["run", "--cidr6=fe80::/64", "--", "true"],
      "IPv6 CIDR fe80::/64 is not a unicast prefix a guest can use"),

@@ -2,8 +2,9 @@
 
 The slirp4netns form keeps slirp4netns's options, short forms and error texts, so
 rootlesskit and podman drive slirpy unchanged; tools probe `--help` for option names,
-so it lists exactly what slirpy implements. Options slirp4netns has and slirpy does not
-(yet) are refused with one line, never accepted and ignored.
+so it lists exactly what slirpy implements, the options slirp4netns has in its words.
+As with getopt, options may follow the positional arguments of that form; in `slirpy run`
+everything from COMMAND on (or after `--`) is COMMAND's.
 """
 
 from __future__ import annotations
@@ -28,8 +29,6 @@ from slirpy.netns.attach import check_tap_name
 from slirpy.netns.link import interface_address
 from slirpy.policy.rules import Action, Rule, RuleError, parse_rules
 
-UNSUPPORTED: Final = frozenset({"--enable-sandbox", "--enable-seccomp"})
-
 IPV6_MIN_MTU: Final = 1280
 MAX_DNS_TTL_S: Final = 86400  # a day: --dns-ttl's upper bound
 _MAC: Final = re.compile(r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}")
@@ -41,6 +40,19 @@ _RULES_HELP: Final = """\
 --deny=RULES             block these, repeatable (deny wins over allow)
 --restrict               only --allow rules and forwards pass: no routing, no host
 --enable-routing         with --restrict: reach beyond the host again
+"""
+
+# slirp4netns's own lines, word for word: rootlesskit and podman grep --help for them.
+_CONFINE_HELP: Final = (
+    "--enable-sandbox         create a new mount namespace (and drop all caps except "
+    "CAP_NET_BIND_SERVICE if running as the root)\n"
+    "--enable-seccomp         enable seccomp to limit syscalls (experimental)\n")
+
+_LIMITS_HELP: Final = """\
+--max-flows=N            at most N TCP connections and UDP flows at once
+                         (default: from the open-file limit)
+--max-pending-connects=N at most N TCP connects to the host under way at once
+                         (default: a quarter of the TCP connections allowed)
 """
 
 ATTACH_HELP: Final = f"""\
@@ -63,7 +75,9 @@ User-mode networking for unprivileged network namespaces.
 --outbound-addr=IPv4     sets outbound ipv4 address (or interface) to bind to
 --outbound-addr6=IPv6    sets outbound ipv6 address (or interface) to bind to
 --disable-dns            disables the DNS forwarder at the network's third address
--a, --api-socket=PATH    specify API socket path (the slirp4netns JSON API)
+{_CONFINE_HELP}--disable-sandbox        no new mount namespace (default here)
+--disable-seccomp        no seccomp filter (default here)
+{_LIMITS_HELP}-a, --api-socket=PATH    specify API socket path (the slirp4netns JSON API)
 -L, --local-forward=SPEC forward a host port to the guest, repeatable:
                          [proto://][bind_ip:]bind_port[:guest_ip:guest_port]
                          proto tcp (default), udp, tcppp, udpspp, udprpc
@@ -98,7 +112,11 @@ COMMAND's exit status is slirpy's; nothing it started outlives it.
 --outbound-addr=IPv4     sets outbound ipv4 address (or interface) to bind to
 --outbound-addr6=IPv6    sets outbound ipv6 address (or interface) to bind to
 --disable-dns            disables the DNS forwarder at the network's third address
--a, --api-socket=PATH    specify API socket path (the slirp4netns JSON API)
+--disable-sandbox        keep slirpy out of a new mount namespace, with its capabilities
+--disable-seccomp        do not limit slirpy's syscalls with seccomp
+--enable-sandbox         confine slirpy in a new mount namespace (the default of this form)
+--enable-seccomp         limit slirpy's syscalls with seccomp (the default of this form)
+{_LIMITS_HELP}-a, --api-socket=PATH    specify API socket path (the slirp4netns JSON API)
 -L, --local-forward=SPEC forward a host port to the guest (see `slirpy --help`)
 -R, --remote-forward=SPEC forward a guest address to a host service
 --dns-ttl=SECONDS        cache SRV answers of remote forwards this long (default 60)
@@ -176,6 +194,12 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--outbound-addr")
     parser.add_argument("--outbound-addr6")
     parser.add_argument("--disable-dns", action="store_true")
+    parser.add_argument("--enable-sandbox", action="store_true")
+    parser.add_argument("--disable-sandbox", action="store_true")
+    parser.add_argument("--enable-seccomp", action="store_true")
+    parser.add_argument("--disable-seccomp", action="store_true")
+    parser.add_argument("--max-flows", type=_positive("max-flows"))
+    parser.add_argument("--max-pending-connects", type=_positive("max-pending-connects"))
     parser.add_argument("-a", "--api-socket")
     parser.add_argument("-L", "--local-forward", action="append", default=[])
     parser.add_argument("-R", "--remote-forward", action="append", default=[])
@@ -226,28 +250,37 @@ def _fd(name: str) -> Callable[[str], int]:
     return parse_fd
 
 
+def _positive(name: str) -> Callable[[str], int]:
+    """A parser of counts for option *name*: a positive decimal integer."""
+
+    def parse_count(text: str) -> int:
+        if not text.isdecimal() or not text.isascii() or int(text) == 0:
+            raise UsageError(f"--{name} must be a positive integer, not {text}")
+        return int(text)
+
+    return parse_count
+
+
 def parse(argv: list[str]) -> Attach | Run:
     """Parse either form; raises UsageError (one line) or Exit (help, version)."""
     run = argv[:1] == ["run"]
     options = argv[1:] if run else argv
     _resolved.clear()
-    _refuse_unsupported(options)
-    config_path = _config_path(options)
+    ours = _run_options(options) if run else options
+    config_path = _config_path(ours)
     if config_path is not None:
         from slirpy.cli.config_file import load_tokens
 
-        tokens = load_tokens(config_path, options, run=run, check=_check_tokens)
+        tokens = load_tokens(config_path, ours, run=run, check=_check_tokens)
         options = tokens + options
     return _parse_run(options) if run else _parse_attach(options)
 
 
-def _refuse_unsupported(options: list[str]) -> None:
-    for arg in options:
-        if arg == "--":
-            break
-        name = arg.split("=", 1)[0]
-        if name in UNSUPPORTED:
-            raise UsageError(f"{name} is not supported yet")
+def _run_options(options: list[str]) -> list[str]:
+    """`slirpy run`'s own options: those before COMMAND (or `--`); the rest is COMMAND's,
+    even what looks like one of ours (`slirpy run curl --config x`)."""
+    command = _run_parser().parse_args(options).command
+    return options[:len(options) - len(command)]
 
 
 def _config_path(options: list[str]) -> str | None:
@@ -277,7 +310,12 @@ def _check_tokens(tokens: list[str], run: bool) -> None:
 
 
 def _parse_attach(argv: list[str]) -> Attach:
-    ns = _attach_parser().parse_args(argv)
+    # Intermixed, as getopt permutes: `slirpy 1234 tap0 --mtu 1500`. After `--` only
+    # positional arguments: split off here, as argparse's intermixed parsing would take
+    # `-- -c` for the option.
+    after = argv.index("--") if "--" in argv else len(argv)
+    ns = _attach_parser().parse_intermixed_args(argv[:after])
+    ns.positional = [*ns.positional, *argv[after + 1:]]
     if ns.help:
         raise Exit(ATTACH_HELP)
     if ns.version:
@@ -297,7 +335,8 @@ def _parse_attach(argv: list[str]) -> Attach:
     if ns.userns_path is not None and not os.path.exists(ns.userns_path):
         raise UsageError(f"userns path doesn't exist: {ns.userns_path}")
     return Attach(
-        config=_config(ns, host_loopback_default=True, ipv6_default=False, host_default=True),
+        config=_config(ns, host_loopback_default=True, ipv6_default=False, host_default=True,
+                       confine_default=False),
         target=ns.positional[0], netns_type=ns.netns_type, userns_path=ns.userns_path,
         tap_name=check_tap_name(ns.positional[1] if len(ns.positional) > 1 else "tap0"),
         configure=ns.configure,
@@ -312,15 +351,17 @@ def _parse_run(argv: list[str]) -> Run:
     command = ns.command[1:] if ns.command[:1] == ["--"] else ns.command
     if not command:
         raise UsageError("run needs a command: slirpy run [OPTION]... -- COMMAND [ARG]...")
-    return Run(_config(ns, host_loopback_default=False, ipv6_default=True, host_default=False),
+    return Run(_config(ns, host_loopback_default=False, ipv6_default=True, host_default=False,
+                       confine_default=True),
                command, _log_level(ns))
 
 
 def _config(ns: argparse.Namespace, *, host_loopback_default: bool,
-            ipv6_default: bool, host_default: bool) -> Config:
+            ipv6_default: bool, host_default: bool, confine_default: bool) -> Config:
     """The settings of either form. Postures: the slirp4netns form reaches what
     slirp4netns reaches; `run` keeps the host's addresses and loopback closed; --restrict
-    closes routing, host and host loopback, and each --enable-* opens one again."""
+    closes routing, host and host loopback, and each --enable-* opens one again. The
+    sandbox and seccomp are slirp4netns's opt-ins, and on by default in `run`."""
     if ns.disable_host_loopback and ns.enable_host_loopback:
         raise UsageError("--disable-host-loopback and --enable-host-loopback contradict")
     if ns.restrict:
@@ -344,10 +385,21 @@ def _config(ns: argparse.Namespace, *, host_loopback_default: bool,
         host_loopback=host_loopback, ipv6=ipv6, dns=not ns.disable_dns,
         routing=ns.enable_routing or not ns.restrict, host=ns.enable_host or host_default,
         rules=_rules(ns),
+        enable_sandbox=_switch(ns, "sandbox", confine_default),
+        enable_seccomp=_switch(ns, "seccomp", confine_default),
+        max_flows=ns.max_flows, max_pending_connects=ns.max_pending_connects,
         outbound_addr=_outbound(ns.outbound_addr, ipaddress.IPv4Address)
         if ns.outbound_addr else None,
         outbound_addr6=_outbound(ns.outbound_addr6, ipaddress.IPv6Address)
         if ns.outbound_addr6 else None)
+
+
+def _switch(ns: argparse.Namespace, name: str, default: bool) -> bool:
+    """--enable-NAME or --disable-NAME, else *default*; both at once contradict."""
+    enable, disable = getattr(ns, f"enable_{name}"), getattr(ns, f"disable_{name}")
+    if enable and disable:
+        raise UsageError(f"--disable-{name} and --enable-{name} contradict")
+    return bool(enable or default and not disable)
 
 
 def _ipv6(ns: argparse.Namespace, default: bool) -> bool:

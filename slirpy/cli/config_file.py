@@ -4,8 +4,8 @@ Keys are the long option names (`mtu`, `disable-host-loopback`, `local-forward`.
 `_` works for `-`). Switches take true/false, repeatable options a list (or one
 string), the rest a scalar. The file's settings become option tokens placed before
 the command line's, so a flag given on the command line wins (repeatable options add
-up; the host-loopback and the IPv6 pairs are taken from the command line when it names
-either).
+up; the host-loopback, IPv6, sandbox and seccomp pairs are taken from the command line
+when it names either).
 An unknown key, a value of the wrong type or a value the option refuses is an error
 naming the file and the key.
 
@@ -15,6 +15,8 @@ naming the file and the key.
     cidr6: fd00:1::/64
     disable-host-loopback: true
     api-socket: /run/user/1000/slirpy.sock
+    enable-sandbox: true
+    max-flows: 2048
     local-forward:
       - 8080:80
       - udp://5353:53
@@ -32,15 +34,19 @@ from slirpy.errors import UsageError
 
 SWITCHES: Final = frozenset({"disable-host-loopback", "enable-host-loopback", "disable-dns",
                              "debug", "quiet", "configure", "enable-ipv6", "disable-ipv6",
-                             "restrict", "enable-routing", "enable-host"})
+                             "restrict", "enable-routing", "enable-host", "enable-sandbox",
+                             "disable-sandbox", "enable-seccomp", "disable-seccomp"})
 REPEATABLE: Final = frozenset({"local-forward", "remote-forward", "allow", "deny"})
 VALUES: Final = frozenset({"mtu", "cidr", "cidr6", "outbound-addr", "outbound-addr6",
                            "api-socket", "dns-ttl", "exit-fd", "ready-fd", "netns-type",
-                           "userns-path", "macaddress", "target-type"})
+                           "userns-path", "macaddress", "target-type", "max-flows",
+                           "max-pending-connects"})
 ATTACH_ONLY: Final = frozenset({"configure", "exit-fd", "ready-fd", "netns-type",
                                 "userns-path", "macaddress", "target-type"})
 _EXCLUSIVE: Final = (frozenset({"disable-host-loopback", "enable-host-loopback"}),
-                     frozenset({"disable-ipv6", "enable-ipv6"}))
+                     frozenset({"disable-ipv6", "enable-ipv6"}),
+                     frozenset({"disable-sandbox", "enable-sandbox"}),
+                     frozenset({"disable-seccomp", "enable-seccomp"}))
 _SHORT_FLAGS: Final = {"6": "enable-ipv6", "c": "configure"}
 _SHORT_VALUES: Final = {"m": "mtu", "a": "api-socket", "e": "exit-fd", "r": "ready-fd",
                         "L": "local-forward", "R": "remote-forward"}
