@@ -12,7 +12,6 @@ from __future__ import annotations
 import importlib.machinery
 import logging
 import os
-import resource
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -22,7 +21,9 @@ from slirpy.config import Config
 from slirpy.errors import SetupError
 from slirpy.forward.spec import Forward, ForwardError, Kind, LocalForward
 from slirpy.policy.rules import Rule
+from slirpy.ratelog import RateLimitedLog
 from slirpy.runtime.driver import STOP_SIGNALS, Driver
+from slirpy.runtime.sockets import fit_to_fd_limit
 from slirpy.runtime.tap import FrameDevice, TapDevice
 import slirpy.stack
 from slirpy.stack import Stack
@@ -43,6 +44,8 @@ class Instance:
         self.driver.on_dump = self.dump_state
         self.forwards: dict[int, tuple[Forward, str]] = {}  # id -> (forward, origin)
         self.next_forward_id = 1
+        # Forwards and rules change on a local client's word, as often as it likes.
+        self.log = RateLimitedLog(log, burst=20)
         self.api: ApiServer | None = None
 
     def start_forwards(self) -> None:
@@ -72,7 +75,8 @@ class Instance:
         control.add(forward_id, fwd)
         self.next_forward_id += 1
         self.forwards[forward_id] = (fwd, origin)
-        log.info("%s forward %d: %s", fwd.kind.value, forward_id, fwd.spec())
+        self.log.info("forwards", self.driver.loop.now(), "%s forward %d: %s", fwd.kind.value,
+                      forward_id, fwd.spec())
         return forward_id, fwd
 
     def remove_forward(self, forward_id: int) -> Forward | None:
@@ -83,7 +87,8 @@ class Instance:
         if fwd.kind is Kind.LOCAL:
             self.driver.forward_sockets.close(forward_id)
         self.stack.control.remove(forward_id)
-        log.info("%s forward %d removed: %s", fwd.kind.value, forward_id, fwd.spec())
+        self.log.info("forwards", self.driver.loop.now(), "%s forward %d removed: %s",
+                      fwd.kind.value, forward_id, fwd.spec())
         return fwd
 
     def list_forwards(self) -> list[tuple[int, Forward, str]]:
@@ -106,10 +111,17 @@ class Instance:
                 "build": build()}
 
     def add_rule(self, rule: Rule) -> int:
-        return self.stack.control.add_rule(rule)
+        rule_id = self.stack.control.add_rule(rule)
+        self.log.info("rules", self.driver.loop.now(), "rule %d: --%s %s", rule_id,
+                      rule.action.value, rule.text)
+        return rule_id
 
     def remove_rule(self, rule_id: int) -> Rule | None:
-        return self.stack.control.remove_rule(rule_id)
+        rule = self.stack.control.remove_rule(rule_id)
+        if rule is not None:
+            self.log.info("rules", self.driver.loop.now(), "rule %d removed: --%s %s", rule_id,
+                          rule.action.value, rule.text)
+        return rule
 
     def list_rules(self) -> list[tuple[int, Rule]]:
         return self.stack.control.rules()
@@ -147,13 +159,6 @@ def build() -> str:
     return "compiled (mypyc)" if compiled else "pure Python"
 
 
-def raise_fd_limit() -> None:
-    """Every flow is an fd: take the hard limit, as servers do, rather than 1024."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-
-
 def serve(config: Config, tap_fd: int, *, stop_fds: Sequence[int] = (),
           stop_signals: Sequence[int] = STOP_SIGNALS,
           on_ready: Callable[[], None] | None = None,
@@ -163,7 +168,8 @@ def serve(config: Config, tap_fd: int, *, stop_fds: Sequence[int] = (),
     *on_ready* runs once everything the loop needs exists (slirp4netns's ready fd).
     *device* makes the frame device from the tap fd (tests wrap it, e.g. to lose frames).
     """
-    raise_fd_limit()
+    # Every flow is an fd: take the hard limit, and fit the flow caps to it.
+    config = fit_to_fd_limit(config)
     instance = Instance(config, device(tap_fd), secret=os.urandom(16))
     try:
         instance.start_forwards()

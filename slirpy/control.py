@@ -13,7 +13,6 @@ command line and the control API call it to word the refusal their own way
 from __future__ import annotations
 
 import ipaddress
-import logging
 from typing import Final
 
 from slirpy.addresses import AddressPlan
@@ -22,8 +21,6 @@ from slirpy.forward.spec import (Forward, ForwardError, IPAddress, LocalForward,
                                  SrvForward)
 from slirpy.policy.decide import Policy
 from slirpy.policy.rules import Rule
-
-log = logging.getLogger(__name__)
 
 RemoteKey = tuple[str, bytes, int]  # transport, address in the guest's network, port
 IPV6_OFF: Final = "an IPv6 guest address needs IPv6 on (-6, --enable-ipv6)"
@@ -103,15 +100,10 @@ class Control:
     # --- egress rules ----------------------------------------------------------------
 
     def add_rule(self, rule: Rule) -> int:
-        rule_id = self.policy.add(rule)
-        log.info("rule %d: --%s %s", rule_id, rule.action.value, rule.text)
-        return rule_id
+        return self.policy.add(rule)
 
     def remove_rule(self, rule_id: int) -> Rule | None:
-        rule = self.policy.remove(rule_id)
-        if rule is not None:
-            log.info("rule %d removed: --%s %s", rule_id, rule.action.value, rule.text)
-        return rule
+        return self.policy.remove(rule_id)
 
     def rules(self) -> list[tuple[int, Rule]]:
         return self.policy.listed()

@@ -67,7 +67,8 @@ class Stack:
         self.dns = DnsForwarder(self.link, config.dns_timeout_s, self.dns_client)
         self.ndp = NeighborDiscovery(self.link, net, config.mtu, dns=config.dns)
         self.neighbours = Neighbours(self.link, self.ndp, self.addrs.gateway4)
-        self.tcp = TcpFlows(self.link, limit=config.tcp_conn_limit, secret=secret,
+        self.tcp = TcpFlows(self.link, limit=config.tcp_conn_limit,
+                            pending_limit=config.max_pending_connects, secret=secret,
                             mtu=config.mtu)
         self.inbound = InboundUdpFlows(self.link, net, config.udp_flow_limit, config.udp_idle_s)
         self.srv = SrvResolver(self.dns_client, config.dns_ttl_s)

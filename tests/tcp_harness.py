@@ -6,6 +6,10 @@ offset back, Rewind sets it to zero, EOF shows once all queued bytes were peeked
 Effects are applied as the runtime's loop applies them: in order, with what they
 produce (Sent, a Peek's data) queued as events and fed once the list is applied.
 
+Other connections may run beside the main one (`syn_from`, `connected`: a flood, say):
+their host sockets take everything sent and have nothing to read, and their closes are
+kept in `closed` (key -> reset), apart from the main socket's.
+
 Either family: `TcpHarness(family=6)` is a guest at fd00::100 talking to 2001:db8::1
 through a stack with IPv6 on; `t.key`, `t.ip`, `t.guest_ip` and `t.remote` are the
 instance's. Every frame to the guest goes through the strict checker (tests/strict.py)
@@ -77,6 +81,7 @@ class TcpHarness:
         self.window = window
         self.effects: list[Effect] = []
         self.to_guest: list[Ether] = []
+        self.closed: dict[FlowKey, bool] = {}  # other connections' closes: key -> reset
         # With IPv6 on, the stack's timer also sends router advertisements to all nodes:
         # checked like every frame, kept here, not among the connection's frames.
         self.router_adverts: list[Ether] = []
@@ -111,6 +116,19 @@ class TcpHarness:
         self.our_isn = syn_ack[TCP].seq
         self.segment("A", ack=self.our_isn + 1)
         return syn_ack
+
+    def key_for(self, sport: int) -> FlowKey:
+        """The key of a connection from guest port *sport* to the main one's remote."""
+        return self.key._replace(guest_port=sport)
+
+    def syn_from(self, sport: int, seq: int = 7000) -> list[Ether]:
+        """A SYN from guest port *sport* (another connection, e.g. of a flood)."""
+        options = [("MSS", self.mss)]
+        return self.segment("S", sport=sport, seq=seq, options=options)
+
+    def connected(self, key: FlowKey) -> list[Ether]:
+        """The host connect() of another connection than the main one succeeded."""
+        return self.feed(Connected(key, self.host.space))
 
     def send(self, data: bytes, flags: str = "PA") -> list[Ether]:
         out = self.segment(flags, data, ack=self.ack_point)
@@ -179,6 +197,17 @@ class TcpHarness:
                 item = peeked
             for effect in self.stack.feed(item, self.now):
                 self.effects.append(effect)
+                flow = getattr(effect, "flow", self.key)
+                if flow != self.key:  # another connection: a socket that takes all
+                    match effect:
+                        case Send(_, data):
+                            queue.append(Sent(flow, len(data), len(data), self.host.space))
+                            continue
+                        case Close(_, reset):
+                            self.closed[flow] = reset
+                            continue
+                        case _:
+                            continue
                 match effect:
                     case ToGuest():
                         check_to_guest(effect)

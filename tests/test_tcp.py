@@ -135,7 +135,7 @@ def test_segment_for_unknown_connection_gets_reset(family: int) -> None:
 
 def test_connection_limit_resets_new_syns(family: int) -> None:
     t = TcpHarness(Config(tcp_conn_limit=1), family=family)
-    t.syn()
+    t.handshake()  # established: a pending one would have the SYN dropped (test_floods)
     t.guest_seq = 5000
     (rst,) = t.segment("S", sport=40001)
     assert flags_of(rst) == "RA"

@@ -7,7 +7,10 @@ reads until the client's EOF, until the bytes parse as one JSON value (for clien
 that never shut down their side), or until MAX_REQUEST bytes ("too large message").
 The socket is made with mode 0600: whoever may connect may change the forwards.
 Several clients may be mid-request at once; none can stall the loop, and one that
-says nothing is dropped after CLIENT_TIMEOUT_S.
+says nothing is dropped after CLIENT_TIMEOUT_S. Past MAX_CLIENTS, or at the open-file
+limit, a new client is accepted and closed at once (at the limit, on the spare fd kept
+for that: a level-triggered listener must not spin), and what clients can make us log
+is rate-limited (slirpy.ratelog).
 """
 
 from __future__ import annotations
@@ -23,13 +26,16 @@ from typing import Final
 
 from slirpy.api.commands import MAX_REQUEST, TOO_LARGE
 from slirpy.errors import SetupError
+from slirpy.ratelog import RateLimitedLog
 from slirpy.runtime.loop import EventLoop
+from slirpy.runtime.sockets import CLIENT_GONE, FD_EXHAUSTED, SPARE_FD, Drop, out_of_fds
 
 log = logging.getLogger(__name__)
 
 CLIENT_TIMEOUT_S: Final = 10.0
 MAX_CLIENTS: Final = 64
 SUN_PATH_MAX: Final = 107  # sizeof(sun_path) - 1 for the NUL
+ACCEPT_REST_S: Final = 0.5  # the listener is not polled for this long if accept() fails
 
 
 class _Client:
@@ -49,6 +55,10 @@ class ApiServer:
         self.loop = loop
         self.handle = handle
         self.clients: dict[int, _Client] = {}
+        self.resting_until: float | None = None
+        self._log = RateLimitedLog(log)
+        self._too_large_log = RateLimitedLog(log, burst=1)
+        SPARE_FD.hold()
         try:
             if not stat.S_ISDIR(os.lstat(path).st_mode):
                 os.unlink(path)  # a stale socket of an earlier run (slirp4netns does too)
@@ -76,7 +86,20 @@ class ApiServer:
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
-                log.warning("api socket: accept failed: %s", exc)
+                if exc.errno in CLIENT_GONE:
+                    continue
+                if exc.errno in FD_EXHAUSTED:
+                    dropped = SPARE_FD.drop_client(self.sock)
+                    if dropped is Drop.NONE_WAITING:
+                        return
+                    out_of_fds("an api socket client", exc, self.loop.now())
+                    if dropped is Drop.DROPPED:
+                        continue
+                else:
+                    self._log.warning("accept", self.loop.now(),
+                                      "api socket: accept failed: %s", exc)
+                self.loop.epoll.modify(self.sock.fileno(), 0)  # rest, rather than spin
+                self.resting_until = self.loop.now() + ACCEPT_REST_S
                 return
             if len(self.clients) >= MAX_CLIENTS:
                 sock.close()
@@ -103,11 +126,13 @@ class ApiServer:
             return
         client.request += data
         if len(client.request) >= MAX_REQUEST:
-            log.warning("api socket: too large message (>= %d bytes)", MAX_REQUEST)
+            self._too_large_log.warning("too-large", self.loop.now(), "api socket: too large "
+                                        "message (>= %d bytes)", MAX_REQUEST)
             self._answer(fd, client, TOO_LARGE)
         elif not data or _complete(client.request):
-            log.debug("api socket: request %s", bytes(client.request))
-            self._answer(fd, client, self.handle(bytes(client.request)))
+            request = bytes(client.request)
+            log.debug("api socket: request %r", request)
+            self._answer(fd, client, self.handle(request))
 
     def _answer(self, fd: int, client: _Client, reply: bytes) -> None:
         client.reply = memoryview(reply)
@@ -136,9 +161,14 @@ class ApiServer:
             if client.deadline <= now:
                 log.debug("api socket: client said nothing in time")
                 self._drop(fd)
+        if self.resting_until is not None and self.resting_until <= now:
+            self.resting_until = None
+            self.loop.epoll.modify(self.sock.fileno(), select.EPOLLIN)
 
     def next_deadline(self) -> float | None:
-        return min((c.deadline for c in self.clients.values()), default=None)
+        return min((*(c.deadline for c in self.clients.values()),
+                    *((self.resting_until,) if self.resting_until is not None else ())),
+                   default=None)
 
     def _drop(self, fd: int) -> None:
         client = self.clients.pop(fd)

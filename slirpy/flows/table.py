@@ -1,8 +1,9 @@
 """A table of flows with a cap and an idle timeout, least recently used first.
 
 Every flow holds a host socket, so both bounds matter: the cap keeps us under the fd
-limit whatever the guest does (the least recently used flow makes room), and idle
-expiry gives sockets back. The dict's order is the order of last use, so the next
+limit whatever the guest does (the least recently used flow makes room; the caps are
+sized from the open-file limit at start), and idle expiry gives sockets back, so a
+flood to many destinations holds at most the cap and is gone an idle time after it. The dict's order is the order of last use, so the next
 expiry is always its first entry: O(1) for lookup, touch, expiry and deadline.
 """
 

@@ -22,6 +22,7 @@ from typing import Final
 from slirpy.addresses import is_ipv6
 from slirpy.effects import Effect
 from slirpy.forward.spec import SrvName
+from slirpy.ratelog import RateLimitedLog
 from slirpy.services.dnsclient import DnsClient, Failure, Outcome
 from slirpy.wire import Malformed
 from slirpy.wire.dns import (RCODE_NOERROR, TYPE_A, TYPE_AAAA, TYPE_SRV, addresses_for,
@@ -55,6 +56,7 @@ class SrvResolver:
         self.cache: dict[SrvName, tuple[Target, float]] = {}
         self.pending: dict[SrvName, _Lookup] = {}
         self.failures = 0
+        self.log = RateLimitedLog(log)  # a guest's connections start lookups at will
 
     def lookup(self, srv: SrvName, now: float, waiter: Waiter) -> list[Effect]:
         """Call *waiter* with the target once known (maybe at once); its effects follow."""
@@ -119,9 +121,9 @@ class SrvResolver:
 
     def _fail(self, lookup: _Lookup, why: str, now: float) -> list[Effect]:
         self.failures += 1
-        log.warning("remote forward: SRV lookup of %s at %s:%d failed: %s; failing %d "
-                    "flow(s)", lookup.srv.name, lookup.srv.server, lookup.srv.port, why,
-                    len(lookup.waiters))
+        self.log.warning("srv", now, "remote forward: SRV lookup of %s at %s:%d failed: %s; "
+                         "failing %d flow(s)", lookup.srv.name, lookup.srv.server,
+                         lookup.srv.port, why, len(lookup.waiters))
         return self._finish(lookup, None, now)
 
     def _finish(self, lookup: _Lookup, target: Target | None, now: float) -> list[Effect]:

@@ -47,6 +47,7 @@ TAP_BATCH: Final = 64  # frames read per wake-up at most, so other fds get their
 RESOLV_CONF_CHECK_S: Final = 2.0
 STOP_SIGNALS: Final = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 GLIBC_DEFAULT_NAMESERVER: Final = (socket.inet_aton("127.0.0.1"), 53)  # none listed
+_UNREADABLE: Final = (-1, -1, -1)  # the resolv.conf's stamp while it cannot be read
 
 
 class Core(Protocol):
@@ -220,7 +221,11 @@ class Driver:
             with open(path, encoding="utf-8", errors="replace") as file:
                 servers = parse_resolv_conf(file.read())
         except OSError as exc:
-            stamp = None
+            if exc.errno in (errno.EMFILE, errno.ENFILE):
+                return  # no fd to read it with: keep the upstreams, try again next time
+            if self._resolv_stamp == _UNREADABLE:
+                return  # said already
+            stamp = _UNREADABLE
             servers = []
             log.warning("cannot read %s: %s", path, exc)
         self._resolv_stamp = stamp

@@ -9,6 +9,9 @@ until whole, then consumed), so the guest sees the client it names and the strea
 starts after it; a client that sends no valid header in time is reset.
 A UDP local forward is one bound socket: datagrams from any client go to the stack,
 and the guest's replies leave from the same socket (SendTo).
+A client that cannot be accepted for want of an fd is dropped (see SpareFd); should
+even that fail, the listener rests for ACCEPT_REST_S rather than spin. What clients can
+make us log is rate-limited (slirpy.ratelog).
 """
 
 from __future__ import annotations
@@ -25,7 +28,10 @@ from typing import Final
 from slirpy.events import Event, ForwardAccepted, ForwardDatagram
 from slirpy.addresses import is_ipv6
 from slirpy.forward.spec import Forward, LocalForward, Proto
+from slirpy.ratelog import RateLimitedLog
 from slirpy.runtime.loop import EventLoop
+from slirpy.runtime.sockets import (CLIENT_GONE, FD_EXHAUSTED, PROXY_HEADER_CLIENTS, SPARE_FD,
+                                   Drop, out_of_fds)
 from slirpy.runtime.streams import HostStreams, reset_close
 from slirpy.wire import Malformed
 from slirpy.wire.proxy import MAX_V2_LEN, parse_proxy_header
@@ -36,7 +42,8 @@ LISTEN_BACKLOG: Final = 128
 ACCEPT_BATCH: Final = 64
 DATAGRAM_BATCH: Final = 64
 PROXY_HEADER_TIMEOUT_S: Final = 10.0
-PENDING_HEADERS_MAX: Final = 256
+PENDING_HEADERS_MAX: Final = PROXY_HEADER_CLIENTS  # the fds set aside for them
+ACCEPT_REST_S: Final = 0.5  # a listener that could not even drop a client, at the fd limit
 MAX_DATAGRAM_BYTES: Final = 65536  # a UDP payload's most, and then some
 
 Post = Callable[[Event], None]
@@ -69,6 +76,9 @@ class ForwardSockets:
         self.accepted: dict[int, socket.socket] = {}  # token -> client the core decides on
         self.peek = bytearray(MAX_V2_LEN)
         self.datagram = bytearray(MAX_DATAGRAM_BYTES)
+        self.resting: dict[int, float] = {}  # forward id -> when its listener is polled again
+        self._log = RateLimitedLog(log)
+        SPARE_FD.hold()
 
     def open(self, forward_id: int, fwd: LocalForward) -> LocalForward:
         """Bind and listen for local forward *fwd*; the forward as bound (a bind port
@@ -100,6 +110,7 @@ class ForwardSockets:
     def close(self, forward_id: int) -> None:
         """Stop listening; connections already forwarded run to their end."""
         sock = self.sockets.pop(forward_id, None)
+        self.resting.pop(forward_id, None)
         if sock is not None:
             self.loop.remove(sock.fileno())
             sock.close()
@@ -120,8 +131,21 @@ class ForwardSockets:
                 sock, address = listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError as exc:  # ECONNABORTED, EMFILE...: the client is gone or waits
-                log.warning("local forward %s: accept failed: %s", fwd.spec(), exc)
+            except OSError as exc:
+                if exc.errno in CLIENT_GONE:
+                    log.debug("local forward %s: accept failed: %s", fwd.spec(), exc)
+                    continue
+                if exc.errno in FD_EXHAUSTED:
+                    dropped = SPARE_FD.drop_client(listener)
+                    if dropped is Drop.NONE_WAITING:
+                        return
+                    out_of_fds(f"a client of local forward {fwd.spec()}", exc, self.loop.now())
+                    if dropped is Drop.DROPPED:
+                        continue
+                else:
+                    self._log.warning("accept", self.loop.now(), "local forward %s: accept "
+                                      "failed: %s", fwd.spec(), exc)
+                self._rest(forward_id, listener)
                 return
             sock.setblocking(False)
             peer = (packed(address[0]), int(address[1]))
@@ -129,6 +153,11 @@ class ForwardSockets:
                 self._await_header(sock, peer, forward_id, fwd)
             else:
                 self._forward(sock, peer, forward_id)
+
+    def _rest(self, forward_id: int, listener: socket.socket) -> None:
+        """Stop polling *listener* for a while: its clients wait in the backlog."""
+        self.loop.epoll.modify(listener.fileno(), 0)
+        self.resting[forward_id] = self.loop.now() + ACCEPT_REST_S
 
     def _forward(self, sock: socket.socket, client: tuple[bytes, int], forward_id: int,
                  guest_port: int = 0) -> None:
@@ -151,8 +180,8 @@ class ForwardSockets:
     def _await_header(self, sock: socket.socket, peer: tuple[bytes, int], forward_id: int,
                       fwd: Forward) -> None:
         if len(self.pending) >= PENDING_HEADERS_MAX:
-            log.warning("local forward %s: too many clients owe a PROXY header; reset",
-                        fwd.spec())
+            self._log.warning("headers", self.loop.now(), "local forward %s: too many clients "
+                              "owe a PROXY header; reset", fwd.spec())
             reset_close(sock)
             return
         fd = sock.fileno()
@@ -177,8 +206,9 @@ class ForwardSockets:
             if header is None and nbytes == 0:
                 raise Malformed("proxy-eof")
         except Malformed as exc:
-            log.info("local forward %s: bad PROXY header from %s (%s): reset", fwd.spec(),
-                     ipaddress.ip_address(pending.peer[0]), exc.reason)
+            self._log.info("bad-header", self.loop.now(), "local forward %s: bad PROXY header "
+                           "from %s (%s): reset", fwd.spec(),
+                           ipaddress.ip_address(pending.peer[0]), exc.reason)
             self._drop_pending(fd)
             return
         if header is None:
@@ -193,12 +223,20 @@ class ForwardSockets:
     def expire(self, now: float) -> None:
         for fd, pending in list(self.pending.items()):
             if pending.deadline <= now:
-                log.info("local forward: no PROXY header from %s in %.0f s: reset",
-                         ipaddress.ip_address(pending.peer[0]), PROXY_HEADER_TIMEOUT_S)
+                self._log.info("no-header", now, "local forward: no PROXY header from %s "
+                               "in %.0f s: reset", ipaddress.ip_address(pending.peer[0]),
+                               PROXY_HEADER_TIMEOUT_S)
                 self._drop_pending(fd)
+        for forward_id, until in list(self.resting.items()):
+            if until <= now:
+                del self.resting[forward_id]
+                sock = self.sockets.get(forward_id)
+                if sock is not None:
+                    self.loop.epoll.modify(sock.fileno(), select.EPOLLIN)
 
     def next_deadline(self) -> float | None:
-        return min((p.deadline for p in self.pending.values()), default=None)
+        return min((*(p.deadline for p in self.pending.values()), *self.resting.values()),
+                   default=None)
 
     def _drop_pending(self, fd: int) -> None:
         pending = self.pending.pop(fd)

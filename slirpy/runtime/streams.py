@@ -34,6 +34,7 @@ from slirpy.events import (ConnectFailed, Connected, Event, HostData, HostEof, H
                            Readable, Sent, Writable)
 from slirpy.flows.key import FlowKey
 from slirpy.runtime.loop import EventLoop
+from slirpy.runtime.sockets import FD_EXHAUSTED, out_of_fds
 
 log = logging.getLogger(__name__)
 
@@ -104,8 +105,18 @@ class HostStreams:
 
     def connect(self, key: FlowKey, host_addr: bytes, host_port: int) -> None:
         family = socket.AF_INET6 if is_ipv6(host_addr) else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK
-                             | socket.SOCK_CLOEXEC)
+        try:
+            sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK
+                                 | socket.SOCK_CLOEXEC)
+        except OSError as exc:
+            # At the open-file limit (or out of memory): the guest's connect() is refused
+            # (an RST) and the next one tries again.
+            if exc.errno in FD_EXHAUSTED:
+                out_of_fds(f"a connection to {address_text(host_addr)}", exc, self.loop.now())
+            else:
+                log.debug("%s: no socket: %s", key, exc)
+            self.post(ConnectFailed(key, exc.errno or errno.EIO))
+            return
         try:
             self.prepare(sock)
             bind = self.bind4 if family == socket.AF_INET else self.bind6

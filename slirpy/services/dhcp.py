@@ -18,6 +18,7 @@ import struct
 from typing import Final, NamedTuple
 
 from slirpy.config import Config
+from slirpy.ratelog import RateLimitedLog
 from slirpy.wire.dhcp import FLAG_BROADCAST, DhcpMessage, DhcpOption, DhcpType, build_dhcp_reply
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,7 @@ class _Lease:
 
 class DhcpServer:
     def __init__(self, config: Config) -> None:
+        self.log = RateLimitedLog(log, burst=1)  # a guest can ask from new MACs at line rate
         net = config.network
         self.server_id = net.gateway.packed
         self.pool = [ipaddress.IPv4Address(int(net.dhcp_start) + i).packed
@@ -94,7 +96,8 @@ class DhcpServer:
             held = {other.ip for other in self.leases.values() if other.expires > now}
             free = [ip for ip in self.pool if ip not in held]
             if not free:
-                log.info("DHCP pool exhausted: no address for %s", mac.hex(":"))
+                self.log.info("pool", now, "DHCP pool exhausted: no address for %s",
+                              mac.hex(":"))
                 return None
             ip = wanted if wanted in free else free[0]
             self._forget_address(ip)

@@ -28,7 +28,9 @@ continued by an ordinary host socket.
 - The handshake waits for the host: the guest's SYN starts a non-blocking connect()
   and the SYN-ACK goes out only once it succeeded; a refusal becomes an RST, an
   unreachable network an ICMP error, a timeout an RST. So the guest's client sees
-  what it would see on a real network.
+  what it would see on a real network. A SYN-ACK the guest never answers is given up
+  as Linux gives up a request (tcp_synack_retries: 63 s), silently, and the host's end
+  is reset.
 - FIN maps to shutdown(SHUT_WR) and EOF; RST to an SO_LINGER-zero close and back.
 Not done here: sockets, timers, epoll (the runtime); SACK, timestamps, urgent data.
 """
@@ -47,7 +49,7 @@ from slirpy.effects import (Close, Consume, Effect, Peek, Rewind, Send, Shutdown
 from slirpy.flows.key import FlowKey, FlowRecord, Traffic
 from slirpy.guest import GuestLink, TcpTemplate
 from slirpy.tcp.seq import MOD as SEQ_MOD, seq_add, seq_diff, seq_le, seq_lt
-from slirpy.tcp.timers import RtoEstimator
+from slirpy.tcp.timers import SYNACK_RETRIES, RtoEstimator
 from slirpy.udp import unreachable as icmp_unreachable
 from slirpy.wire.icmp import UnreachCode
 from slirpy.wire.ipv4 import HEADER_LEN as IP_LEN, MAX_DATAGRAM, IpProto
@@ -63,6 +65,7 @@ DEFAULT_GUEST_MSS: Final = 536  # RFC 9293 3.7.1: when the SYN carries no MSS op
 PEEK_MAX_BYTES: Final = 1 << 20  # one peek at most: a burst towards the guest
 MAX_RETRIES: Final = 12  # then the guest is gone: reset (Linux's tcp_retries2 is 15)
 MAX_SYN_RETRIES: Final = 5  # a forwarded SYN: 1+2+4+8+16+32 s, then the client is reset
+# (the guest's own SYN gets SYN-ACKs for as long: see SYNACK_RETRIES in slirpy.tcp.timers)
 DUPACK_THRESHOLD: Final = 3  # RFC 5681 3.2
 PERSIST_MAX_S: Final = 60.0
 # How long an ACK may wait for a reply to ride on. Long enough for the replies whose ACKs
@@ -650,14 +653,16 @@ class TcpConn:
 
     # --- time -----------------------------------------------------------------------------------
 
-    def on_timer(self, now: float) -> list[Effect]:
+    def on_timer(self, now: float, synack_retries: int = SYNACK_RETRIES) -> list[Effect]:
         """Whichever timer is due: first the retransmission (or persist, or connect)
-        timer's work, then the delayed ACK, unless what that work sent carried it."""
+        timer's work, then the delayed ACK, unless what that work sent carried it.
+        In SYN-RECEIVED, *synack_retries* SYN-ACKs unanswered give the connection up
+        (fewer while half-open connections crowd their cap: `TcpFlows` says)."""
         ack_due = self.ack_deadline is not None and self.ack_deadline <= now
         effects: list[Effect] = []
         if self.rto_deadline is not None and self.rto_deadline <= now:
             self._cancel_timer()
-            effects = self._on_rto(now)
+            effects = self._on_rto(now, synack_retries)
         if ack_due:
             self.pingpong = False  # no reply within the delay: ACK at once until the next
             self.delay_missed = True
@@ -665,9 +670,15 @@ class TcpConn:
                 effects.append(self._ack_now())
         return effects
 
-    def _on_rto(self, now: float) -> list[Effect]:
+    def _on_rto(self, now: float, synack_retries: int) -> list[Effect]:
         if self.state is State.CONNECTING:
             return self.on_connect_failed(errno.ETIMEDOUT, now)
+        if self.state is State.SYN_RECEIVED and self.rto.backoffs >= synack_retries:
+            # As Linux drops a request whose SYN-ACKs went unanswered: silently towards
+            # the guest (it never answered), with a reset for the host's end.
+            log.debug("%s: the guest never completed the handshake", self.key)
+            self._set_state(State.CLOSED)
+            return [Close(self.key, reset=True)]
         if self.rto.backoffs >= MAX_RETRIES:
             log.debug("%s: guest stopped answering, reset", self.key)
             return self.on_host_reset(now)  # RST both ways
