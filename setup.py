@@ -23,7 +23,8 @@ NOT_COMPILED = ("slirpy/__init__.py", "slirpy/__main__.py", "slirpy/app.py",
                 # A class attribute on an Exception subclass (exit_code) reads as missing
                 # when compiled by mypyc 2.4.1, with no build error: tests caught it.
                 "slirpy/errors.py")
-NOT_COMPILED_DIRS = ("slirpy/cli/", "slirpy/netns/", "slirpy/api/")
+# The sandbox and the seccomp filter run once, at start, and call into ctypes.
+NOT_COMPILED_DIRS = ("slirpy/cli/", "slirpy/netns/", "slirpy/api/", "slirpy/hardening/")
 
 
 def compiled_modules() -> list[str]:

@@ -6,6 +6,8 @@ with the real slirp4netns and once with slirpy behind a wrapper script. The gues
 file of a few MiB on port 80, which the world fetches through 127.0.0.1:PORT (sha256
 compared); the guest reaches a world server on 127.0.0.1 through 10.0.2.2, except under
 --disable-host-loopback; once rootlesskit has exited, 127.0.0.1:PORT refuses connections.
+With --slirp4netns-sandbox=true --slirp4netns-seccomp=true the same holds, and the binary
+runs with its seccomp filter in force (and slirpy with no capability left).
 
 What rootlesskit 1.1.0 does with the binary (seen with strace -f and --debug, real
 slirp4netns 1.2.0):
@@ -51,6 +53,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -167,7 +170,8 @@ def fetch(port: int, path: str) -> tuple[int, bytes]:
         conn.close()
 
 
-def scenario_rootlesskit(binary: str, disable_host_loopback: bool) -> dict[str, Any]:
+def scenario_rootlesskit(binary: str, disable_host_loopback: bool,
+                         confined: bool = False) -> dict[str, Any]:
     prepare_rootlesskit()
     peers = greeter("127.0.0.1", WORLD_PORT, WORLD_GREETING)
     www = WORK / "www"
@@ -179,6 +183,7 @@ def scenario_rootlesskit(binary: str, disable_host_loopback: bool) -> dict[str, 
             "--net=slirp4netns", f"--slirp4netns-binary={BINARIES[binary]()}",
             "--port-driver=slirp4netns", "-p", f"127.0.0.1:{HOST_PORT}:80/tcp",
             *(["--disable-host-loopback"] if disable_host_loopback else []),
+            *(["--slirp4netns-sandbox=true", "--slirp4netns-seccomp=true"] if confined else []),
             sys.executable, "-c", GUEST, str(www), str(WORLD_PORT)]
     log_path = WORK / "rootlesskit.log"
     env = {**os.environ, "PATH": f"{WORK}/bin:{os.environ['PATH']}"}
@@ -190,6 +195,7 @@ def scenario_rootlesskit(binary: str, disable_host_loopback: bool) -> dict[str, 
         deadline = time.monotonic() + 60
         result["guest"] = json.loads(read_line(proc, deadline))
         wait_for_forward(proc, HOST_PORT, deadline)
+        result["binary_status"] = _binary_status(binary)
         status, body = fetch(HOST_PORT, "/blob")
         result["http_status"] = status
         result["got_size"] = len(body)
@@ -209,6 +215,22 @@ def scenario_rootlesskit(binary: str, disable_host_loopback: bool) -> dict[str, 
             proc.wait()
     result["log"] = log_path.read_text(errors="replace")[-6000:]
     return result
+
+
+def _binary_status(binary: str) -> dict[str, str]:
+    """Seccomp, NoNewPrivs and CapEff of the binary rootlesskit runs (it is the only one)."""
+    name = "slirp4netns" if binary == "slirp4netns" else "python"
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            continue
+        if os.path.basename(cmdline[0].decode()).startswith(name) and (
+                binary == "slirp4netns" or b"slirpy" in cmdline):
+            fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
+            return {key: fields[key] for key in ("Seccomp", "NoNewPrivs", "CapEff")}
+    return {}
 
 
 def _skip_without(binary: str) -> None:
@@ -249,3 +271,24 @@ def test_rootlesskit_forwards_a_port_and_reaches_host_loopback_unless_disabled(
     assert r["rootlesskit_status"] == 0, log
     assert r["after_exit"] == "ECONNREFUSED", \
         f"127.0.0.1:{HOST_PORT} after rootlesskit exited: {r['after_exit']}{log}"
+
+
+@pytest.mark.parametrize("binary", BINARY_PARAMS)
+def test_rootlesskit_with_slirp4netns_sandbox_and_seccomp_forwards_a_port(binary: str) -> None:
+    """--slirp4netns-sandbox=true --slirp4netns-seccomp=true: rootlesskit passes
+    --enable-sandbox --enable-seccomp (it probes --help for both first); the published
+    port and the guest's reach of the world's loopback work as unconfined."""
+    _skip_without(binary)
+    r = in_world(scenario_rootlesskit, binary, False, True)
+    log = f"\n--- rootlesskit log (tail)\n{r['log']}"
+    assert "guest" in r and "got_sha" in r, f"scenario stopped early: {r}{log}"
+    assert (r["http_status"], r["got_size"], r["got_sha"]) == \
+        (200, BLOB_SIZE, r["expected_sha"]), log
+    assert r["guest"]["probe"] == {"ok": True, "data": WORLD_GREETING.decode()}, log
+    # The flags reached the binary: its filter is in force (rootlesskit logs no argv).
+    assert r["binary_status"]["Seccomp"] == "2" and r["binary_status"]["NoNewPrivs"] == "1", \
+        r["binary_status"]
+    if binary == "slirpy":
+        assert r["binary_status"]["CapEff"] == "0" * 16, r["binary_status"]
+    assert r["rootlesskit_status"] == 0, log
+    assert r["after_exit"] == "ECONNREFUSED", log

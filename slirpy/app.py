@@ -2,9 +2,9 @@
 
 Above everything else: it builds the sans-IO core (slirpy.stack) and the runtime
 (slirpy.runtime.driver) that feeds it, opens the configured forwards and the control
-socket, and answers the control socket's commands (slirpy.api.commands.Controller) by
-asking the core's control surface and the runtime's forward sockets. Nothing below
-imports this module.
+socket, confines the process once all that is open (slirpy.hardening), and answers the
+control socket's commands (slirpy.api.commands.Controller) by asking the core's control
+surface and the runtime's forward sockets. Nothing below imports this module.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from slirpy.api.server import ApiServer
 from slirpy.config import Config
 from slirpy.errors import SetupError
 from slirpy.forward.spec import Forward, ForwardError, Kind, LocalForward
+from slirpy.hardening import harden
 from slirpy.policy.rules import Rule
 from slirpy.ratelog import RateLimitedLog
 from slirpy.runtime.driver import STOP_SIGNALS, Driver
@@ -165,7 +166,8 @@ def serve(config: Config, tap_fd: int, *, stop_fds: Sequence[int] = (),
           device: DeviceFactory = TapDevice) -> None:
     """Carry the guest's traffic until a stop fd fires or a stop signal arrives.
 
-    *on_ready* runs once everything the loop needs exists (slirp4netns's ready fd).
+    *on_ready* runs once everything the loop needs exists and slirpy is confined as
+    *config* asks (--enable-sandbox, --enable-seccomp), as slirp4netns's ready fd says.
     *device* makes the frame device from the tap fd (tests wrap it, e.g. to lose frames).
     """
     # Every flow is an fd: take the hard limit, and fit the flow caps to it.
@@ -177,6 +179,9 @@ def serve(config: Config, tap_fd: int, *, stop_fds: Sequence[int] = (),
             instance.start_api(config.api_socket)
         for fd in stop_fds:
             instance.driver.watch_stop_fd(fd)
+        # Everything slirpy opens at start is open: confine it (--enable-sandbox,
+        # --enable-seccomp) before saying ready, as slirp4netns does.
+        harden(config, host_addresses=instance.driver.host_addresses is not None)
         if on_ready is not None:
             on_ready()
         instance.driver.run(stop_signals)

@@ -51,6 +51,7 @@ OUTSIDE: Final = {
     "slirpy.runtime": "runtime",  # the event loop, sockets, the tap fd, the host's addresses
     "slirpy.netns": "netns",  # namespaces, links and processes (setns, pyroute2, fork)
     "slirpy.api": "api",  # the control socket: its server, and its commands over the app
+    "slirpy.hardening": "hardening",  # the sandbox and the seccomp filter, once set up
     "slirpy.app": "app",  # the composition root: core + runtime + forwards + control socket
     "slirpy.cli": "cli",  # argv, config files, logging setup, the process's lifetime
     "slirpy.__main__": "main",  # `python -m slirpy`
@@ -64,7 +65,8 @@ FLOORS: Final[dict[str, tuple[int, frozenset[str]]]] = {
     "runtime": (3, frozenset({"leaf", "wire", "core", "runtime"})),
     "netns": (3, frozenset({"leaf", "wire", "core", "netns"})),
     "api": (4, frozenset({"leaf", "wire", "core", "runtime", "api"})),
-    "app": (5, frozenset({"leaf", "wire", "core", "runtime", "api"})),
+    "hardening": (4, frozenset({"leaf", "wire", "core", "runtime", "hardening"})),
+    "app": (5, frozenset({"leaf", "wire", "core", "runtime", "api", "hardening"})),
     "cli": (6, frozenset({"leaf", "wire", "core", "runtime", "netns", "api", "app", "cli"})),
     "main": (7, frozenset({"cli"})),
 }
