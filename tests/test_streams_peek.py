@@ -2,11 +2,11 @@
 
 HostStreams keeps no copy of what it carries to the guest: bytes stay in the host
 socket until the guest acknowledges them, read with MSG_PEEK at the kernel's peek
-offset. Acknowledged bytes are dropped in batches, so these tests hold a real loopback
-TCP connection and check, byte by byte, that every read starts where the core expects:
-at the first byte not yet sent (snd_nxt), or after a rewind at the first one not yet
+offset, dropped with MSG_TRUNC once acknowledged. These tests hold a real loopback TCP
+connection and check, byte by byte, that every read starts where the core expects: at
+the first byte not yet sent (snd_nxt), or after a rewind at the first one not yet
 acknowledged (snd_una), including the case where the guest acknowledges more than was
-sent again since the rewind; and that batching stops where it would hold a sender up.
+sent again since the rewind (the kernel stops the offset at 0).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from slirpy.config import Config
 from slirpy.events import Event, HostData
 from slirpy.flows.key import FlowKey
 from slirpy.runtime.loop import EventLoop
-from slirpy.runtime.streams import CONSUME_BATCH_COUNT, HostStreams
+from slirpy.runtime.streams import HostStreams
 from slirpy.wire.ipv4 import IpProto
 
 FLOW = FlowKey(IpProto.TCP, bytes([10, 0, 2, 100]), 40000, bytes([192, 0, 2, 1]), 80)
@@ -63,50 +63,15 @@ def read_all(streams: HostStreams, nbytes: int) -> bytes:
     return got
 
 
-def test_reads_continue_after_deferred_consumes(pair: tuple[HostStreams, socket.socket]) -> None:
+def test_reads_continue_after_consumes(pair: tuple[HostStreams, socket.socket]) -> None:
     streams, theirs = pair
     theirs.sendall(DATA[:100])
     assert read_all(streams, 100) == DATA[:100]
-    streams.consume(FLOW, 60)  # small, and the socket holds nothing else: kept owed
-    assert streams.owed[FLOW] == (60, 1)
+    streams.consume(FLOW, 60)  # snd_una = 60, snd_nxt = 100
     theirs.sendall(DATA[100:200])
     assert read_all(streams, 100) == DATA[100:200]
-    streams.rewind(FLOW)  # from snd_una = 60, not from the queue's head
+    streams.rewind(FLOW)  # from snd_una = 60
     assert read(streams, 5) == DATA[60:65]
-
-
-def test_a_batch_is_dropped_after_enough_acknowledgements(
-        pair: tuple[HostStreams, socket.socket]) -> None:
-    streams, theirs = pair
-    for i in range(CONSUME_BATCH_COUNT):
-        theirs.sendall(DATA[4 * i:4 * i + 4])
-        assert read_all(streams, 4) == DATA[4 * i:4 * i + 4]
-        streams.consume(FLOW, 4)
-        assert (FLOW in streams.owed) == (i + 1 < CONSUME_BATCH_COUNT)
-    streams.rewind(FLOW)  # the kernel's offset is back at 0, at the next byte
-    start = 4 * CONSUME_BATCH_COUNT
-    theirs.sendall(DATA[start:start + 4])
-    assert read_all(streams, 4) == DATA[start:start + 4]
-
-
-def test_bulk_is_dropped_at_once(pair: tuple[HostStreams, socket.socket]) -> None:
-    """More than a little queued: every acknowledgement is a read, which lets the kernel
-    tell the sender its window opened."""
-    streams, theirs = pair
-    theirs.sendall(DATA)
-    assert read_all(streams, len(DATA)) == DATA
-    streams.consume(FLOW, 100)
-    assert FLOW not in streams.owed
-    streams.rewind(FLOW)
-    assert read(streams, 7) == DATA[100:107]
-
-
-def test_more_data_arriving_ends_the_batching(pair: tuple[HostStreams, socket.socket]) -> None:
-    streams, theirs = pair
-    theirs.sendall(DATA[:100])
-    assert read(streams, 50) == DATA[:50]  # asked for less than there is: not drained
-    streams.consume(FLOW, 50)
-    assert FLOW not in streams.owed
 
 
 def test_acknowledged_beyond_a_rewind(pair: tuple[HostStreams, socket.socket]) -> None:
@@ -115,21 +80,18 @@ def test_acknowledged_beyond_a_rewind(pair: tuple[HostStreams, socket.socket]) -
     streams, theirs = pair
     theirs.sendall(DATA[:40])
     assert read_all(streams, 40) == DATA[:40]
-    streams.consume(FLOW, 10)  # owed, snd_una = 10
-    assert FLOW in streams.owed
+    streams.consume(FLOW, 10)  # snd_una = 10
     streams.rewind(FLOW)  # snd_nxt = 10
     assert read(streams, 5) == DATA[10:15]  # sent again: 10..15
     streams.consume(FLOW, 20)  # the old 10..30 is acknowledged: snd_una = snd_nxt = 30
     assert read(streams, 10) == DATA[30:40]
 
 
-def test_graceful_close_drops_what_is_owed(pair: tuple[HostStreams, socket.socket]) -> None:
-    """The kernel resets a connection closed with unread bytes: owed bytes go first."""
+def test_graceful_close_sends_a_fin(pair: tuple[HostStreams, socket.socket]) -> None:
     streams, theirs = pair
     theirs.sendall(DATA[:300])
     assert read_all(streams, 300) == DATA[:300]
     streams.consume(FLOW, 300)
-    assert FLOW in streams.owed
     streams.close(FLOW, reset=False)
     theirs.settimeout(5)
     assert theirs.recv(16) == b""  # a FIN, not ECONNRESET

@@ -2,13 +2,9 @@
 
 The stack keeps no copy of the bytes it carries; this module is where they live:
 - host -> guest: bytes are read with MSG_PEEK at SO_PEEK_OFF, which the kernel keeps
-  at "bytes peeked but not consumed". A Consume (the guest's ACK) drops bytes with
-  MSG_TRUNC, which also moves the peek offset back; a Rewind sets it back to snd_una to
-  send again from there. In a request/response exchange, acknowledgements are dropped
-  in batches (CONSUME_BATCH_*): one MSG_TRUNC per exchange is a sixth of its system
-  calls. Only while the socket holds nothing but a few KiB we have read: a read is also
-  what makes the kernel tell a sender its window opened, so a connection with more
-  queued (bulk, a sender held up by our window) drops at once. Sockets are edge-triggered: an edge says
+  at "bytes peeked but not consumed", i.e. snd_nxt - snd_una. A Consume (the guest's
+  ACK) drops bytes with MSG_TRUNC, which also moves the peek offset back; a Rewind
+  sets it to 0 to send again from snd_una. Sockets are edge-triggered: an edge says
   Readable, and the core asks for a read (Peek) as far as the guest's window allows,
   again when the window opens, so a socket whose data is all in flight never spins
   the loop.
@@ -42,11 +38,6 @@ log = logging.getLogger(__name__)
 SO_PEEK_OFF: Final = 42
 SIOCOUTQ: Final = 0x5411  # TIOCOUTQ: bytes in the send queue, not yet acknowledged
 PEEK_BUFFER_BYTES: Final = 1 << 20
-# Acknowledged bytes wait to be dropped only while the socket holds at most this many,
-# and for this many acknowledgements at most; all go before a close (the kernel resets
-# a connection closed with unread data).
-CONSUME_BATCH_BYTES: Final = 1 << 14
-CONSUME_BATCH_COUNT: Final = 8
 _EDGE: Final = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLET
 _INT: Final = struct.Struct("i")
 _LINGER_RESET: Final = struct.pack("ii", 1, 0)
@@ -76,11 +67,6 @@ class HostStreams:
         self.watching_out: set[FlowKey] = set()
         # Free space in the send buffer: our running estimate, and the kernel's last answer.
         self.space_estimate: dict[FlowKey, tuple[int, int]] = {}
-        # Acknowledged bytes not yet dropped (and how many acknowledgements they are), and
-        # the kernel's peek offset as we moved it: bytes past the queue's head peeked.
-        self.owed: dict[FlowKey, tuple[int, int]] = {}
-        self.peeked: dict[FlowKey, int] = {}
-        self.drained: set[FlowKey] = set()  # the last peek got all there was, none came since
         # Sockets whose peer closed or reset: their one edge may come while data is
         # still queued, so once drained they are peeked once more for the EOF or error.
         self.hung_up: set[FlowKey] = set()
@@ -147,7 +133,6 @@ class HostStreams:
         if mask & (select.EPOLLRDHUP | select.EPOLLERR | select.EPOLLHUP):
             self.hung_up.add(key)
         if mask & (select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLERR | select.EPOLLHUP):
-            self.drained.discard(key)
             self.post(Readable(key))
 
     def _connected(self, key: FlowKey, sock: socket.socket) -> None:
@@ -189,11 +174,6 @@ class HostStreams:
         if nbytes == 0:
             log.debug("%s: host EOF (peek limit %d)", key, limit)
             return HostEof(key)
-        self.peeked[key] = self.peeked.get(key, 0) + nbytes
-        if nbytes < limit:
-            self.drained.add(key)
-        else:
-            self.drained.discard(key)
         return HostData(key, self.peek_view[:nbytes], more=nbytes == limit or key in self.hung_up)
 
     def send(self, key: FlowKey, data: bytes | bytearray | memoryview) -> None:
@@ -218,35 +198,17 @@ class HostStreams:
         self.post(Sent(key, sent, len(data), space))
 
     def consume(self, key: FlowKey, nbytes: int) -> None:
-        """Drop *nbytes* acknowledged bytes, now or with the next ones (see the top)."""
-        owed_bytes, acks = self.owed.get(key, (0, 0))
-        owed_bytes += nbytes
-        # Kept only while all the socket holds is what we peeked, a little (see the top).
-        # After a rewind the guest may acknowledge bytes we have not peeked again: the peek
-        # offset must then move past them, which only a drop does (the kernel stops the
-        # offset at 0), so they are dropped at once.
-        if (acks + 1 < CONSUME_BATCH_COUNT and key in self.drained
-                and owed_bytes <= self.peeked.get(key, 0) <= CONSUME_BATCH_BYTES):
-            self.owed[key] = (owed_bytes, acks + 1)
-            return
-        self.owed.pop(key, None)
-        self._drop(key, owed_bytes)
-
-    def _drop(self, key: FlowKey, nbytes: int) -> None:
         sock = self.by_key.get(key)
-        if sock is not None and nbytes:
+        if sock is not None:
             try:
                 sock.recv(nbytes, socket.MSG_TRUNC | socket.MSG_DONTWAIT)
             except OSError as exc:
                 log.debug("%s: consume failed: %s", key, exc)
-            self.peeked[key] = max(self.peeked.get(key, 0) - nbytes, 0)
 
     def rewind(self, key: FlowKey) -> None:
-        """Peek again from the first byte the guest has not acknowledged."""
         sock = self.by_key.get(key)
         if sock is not None:
-            offset = self.peeked[key] = self.owed.get(key, (0, 0))[0]
-            sock.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, offset)
+            sock.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, 0)
 
     def watch_writable(self, key: FlowKey) -> None:
         sock = self.by_key.get(key)
@@ -264,8 +226,6 @@ class HostStreams:
                 log.debug("%s: shutdown failed: %s", key, exc)
 
     def close(self, key: FlowKey, reset: bool) -> None:
-        if not reset:
-            self._drop(key, self.owed.get(key, (0, 0))[0])
         sock = self._forget(key)
         if sock is not None:
             if reset:
@@ -282,9 +242,6 @@ class HostStreams:
         self.connecting.discard(key)
         self.watching_out.discard(key)
         self.space_estimate.pop(key, None)
-        self.owed.pop(key, None)
-        self.peeked.pop(key, None)
-        self.drained.discard(key)
         self.hung_up.discard(key)
         if sock is not None:
             self.loop.remove(sock.fileno())
