@@ -71,8 +71,8 @@ class HostSide:
         if fwd is None:
             return refuse  # removed meanwhile
         port = fwd.target_port or event.guest_port
-        if not port:
-            return refuse
+        if not port or not event.client[1]:
+            return refuse  # no guest port known; or a PROXY header naming port 0 (no TCP's)
         base = FlowKey(IpProto.TCP, fwd.target.packed, port,
                        visible_source(event.client[0], self.network, fwd.target.version),
                        event.client[1])
@@ -92,6 +92,10 @@ class HostSide:
         fwd = self.control.local_forward(event.forward_id)
         if fwd is None:
             return []  # removed meanwhile
+        if not event.peer[1]:
+            # From port 0 (a raw socket can send that): the guest could never answer it.
+            self.stats.count_drop("udp-port-zero")
+            return []
         try:
             frames = self.inbound.from_host(event.forward_id, fwd, event.peer, event.data,
                                             now, lambda k: k in self.udp)

@@ -205,6 +205,9 @@ class ForwardSockets:
             header = parse_proxy_header(memoryview(self.peek)[:nbytes])
             if header is None and nbytes == 0:
                 raise Malformed("proxy-eof")
+            if header is not None and header.source is not None and header.source[1] == 0:
+                # The guest would see a connection from port 0, which no TCP sends.
+                raise Malformed("proxy-source-port-zero")
         except Malformed as exc:
             self._log.info("bad-header", self.loop.now(), "local forward %s: bad PROXY header "
                            "from %s (%s): reset", fwd.spec(),

@@ -43,6 +43,8 @@ class DhcpServer:
     def __init__(self, config: Config) -> None:
         self.log = RateLimitedLog(log, burst=1)  # a guest can ask from new MACs at line rate
         net = config.network
+        # Where a client's ciaddr may be answered (RFC 2131 4.1): a host of the network.
+        self.hosts = range(int(net.cidr.network_address) + 1, int(net.cidr.broadcast_address))
         self.server_id = net.gateway.packed
         self.pool = [ipaddress.IPv4Address(int(net.dhcp_start) + i).packed
                      for i in range(int(net.dhcp_end) - int(net.dhcp_start) + 1)
@@ -124,7 +126,7 @@ class DhcpServer:
                                    options=options)
         log.debug("DHCP %s to %s: %s", kind.name, msg.chaddr.hex(":"),
                   ipaddress.IPv4Address(ip))
-        if msg.ciaddr != _ZERO and kind != DhcpType.NAK:
+        if int.from_bytes(msg.ciaddr, "big") in self.hosts and kind != DhcpType.NAK:
             return DhcpReply(payload, msg.ciaddr, msg.chaddr)
         if msg.flags & FLAG_BROADCAST or kind == DhcpType.NAK or ip == _ZERO:
             return DhcpReply(payload, b"\xff" * 4, b"\xff" * 6)

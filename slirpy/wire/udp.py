@@ -52,7 +52,9 @@ class UdpHeader:
         if verify_checksum and check and finish(
                 ones_sum(datagram, pseudo_header_sum(src, dst, _PROTO, length))):
             raise Malformed("udp-checksum")
-        if dst_port == 0:
+        if dst_port == 0 or src_port == 0:
+            # A source port of 0 means "no reply expected" (RFC 768); a flow would send the
+            # host's replies to port 0, which no socket has.
             raise Malformed("udp-port-zero")
         return UdpHeader(src_port, dst_port, datagram[HEADER_LEN:])
 
