@@ -17,7 +17,9 @@ seen) and run from there, so one run compares the compiled build with the pure o
 `slirpy/pure` ratio column). The default connectors are slirp4netns,pasta,slirpy, plus
 slirpy-pure when the working tree is compiled (has `.so` files under slirpy/). Each
 slirpy's build is the last line of its `--version` (`build: compiled (mypyc)` or `build:
-pure Python`), printed at start and shown under its column.
+pure Python`), printed at start and shown under its column. `slirpy-confined` is the
+working tree run with --enable-sandbox --enable-seccomp: the cost of confinement, as a
+`confined/slirpy` ratio column.
 
 --baseline REV exports REV (a tag, a branch, any commit-ish) with `git archive` into a
 temporary directory, removed at exit, and adds the connector `slirpy@REV`: it runs like
@@ -94,6 +96,7 @@ RR_PORT = 7002  # TCP and UDP echo servers on HOST_ADDR
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 SLIRPY = "slirpy"  # the working tree's connector; f"{SLIRPY}@{rev}" is slirpy at rev
 PURE = "slirpy-pure"  # the working tree's sources without the compiled extensions
+CONFINED = "slirpy-confined"  # the working tree with --enable-sandbox --enable-seccomp
 CPS_MAX = 20000  # connections per run: the guest's ephemeral ports outlast TIME_WAIT
 
 
@@ -126,7 +129,7 @@ def build_world() -> None:
 # --- connectors ---
 
 def is_slirpy(name: str) -> bool:
-    return name in (SLIRPY, PURE) or name.startswith(SLIRPY + "@")
+    return name in (SLIRPY, PURE, CONFINED) or name.startswith(SLIRPY + "@")
 
 
 def compiled_files(tree: Path) -> list[Path]:
@@ -210,8 +213,9 @@ class Connector:
 
     def command(self, pid: int, mtu: int, ready_fd: int) -> list[str]:
         if self.tree is not None:  # slirpy, of the working tree or of a revision
+            confine = ["--enable-sandbox", "--enable-seccomp"] if self.name == CONFINED else []
             return [*slirpy_python(self.tree)[0], "-m", "slirpy", "-c", "-6", "-m", str(mtu),
-                    "-r", str(ready_fd),
+                    "-r", str(ready_fd), *confine,
                     "-L", f"{HOST_ADDR}:{FORWARD_PORT}:10.0.2.100:{IPERF_PORT}",
                     str(pid), "tap0"]
         match self.name:
@@ -586,6 +590,8 @@ def report(results: dict[str, Result], baseline: str | None = None,
         ratios.append(("slirpy/base", SLIRPY, baseline))
     if SLIRPY in results and PURE in results:
         ratios.append(("slirpy/pure", SLIRPY, PURE))
+    if SLIRPY in results and CONFINED in results:
+        ratios.append(("confined/slirpy", CONFINED, SLIRPY))
     if PURE in results and baseline is not None and baseline in results:
         ratios.append(("pure/base", PURE, baseline))
     for head, a, b in ratios:
@@ -631,7 +637,7 @@ def baseline_name(args: argparse.Namespace, names: list[str]) -> str | None:
 
 def inner(args: argparse.Namespace) -> int:
     names = connector_names(args)
-    trees = {SLIRPY: REPO}
+    trees = {SLIRPY: REPO, CONFINED: REPO}
     for spec in args.tree:  # NAME=DIR, from outer()
         name, _, path = spec.rpartition("=")
         trees[name] = Path(path)
@@ -764,9 +770,11 @@ def main() -> int:
     parser.add_argument("--connectors",
                         help="comma-separated: slirp4netns, pasta, slirpy (the working "
                              "tree, compiled if built in place), slirpy-pure (the working "
-                             "tree's sources without *.so), slirpy@REV (slirpy at a git "
-                             "revision, pure); default: slirp4netns,pasta,slirpy, plus "
-                             "slirpy-pure if the working tree is compiled")
+                             "tree's sources without *.so), slirpy-confined (the working "
+                             "tree with --enable-sandbox --enable-seccomp), slirpy@REV "
+                             "(slirpy at a git revision, pure); default: slirp4netns, "
+                             "pasta, slirpy, plus slirpy-pure if the working tree is "
+                             "compiled")
     parser.add_argument("--baseline", metavar="REV",
                         help="also run slirpy@REV and print the working tree's slirpy "
                              "over it (slirpy/base)")
