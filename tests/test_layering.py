@@ -65,7 +65,7 @@ FLOORS: Final[dict[str, tuple[int, frozenset[str]]]] = {
     "runtime": (3, frozenset({"leaf", "wire", "core", "runtime"})),
     "netns": (3, frozenset({"leaf", "wire", "core", "netns"})),
     "api": (4, frozenset({"leaf", "wire", "core", "runtime", "api"})),
-    "hardening": (4, frozenset({"leaf", "wire", "core", "runtime", "hardening"})),
+    "hardening": (4, frozenset({"leaf", "wire", "core", "runtime", "netns", "hardening"})),
     "app": (5, frozenset({"leaf", "wire", "core", "runtime", "api", "hardening"})),
     "cli": (6, frozenset({"leaf", "wire", "core", "runtime", "netns", "api", "app", "cli"})),
     "main": (7, frozenset({"cli"})),

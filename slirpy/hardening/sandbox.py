@@ -51,6 +51,8 @@ from types import ModuleType
 from typing import Final, NoReturn
 
 from slirpy.errors import SetupError
+from slirpy.netns.linux import (CLONE_NEWNS, CLONE_NEWUSER, MS_BIND, MS_NODEV, MS_NOEXEC,
+                                MS_NOSUID, MS_REC)
 
 log = logging.getLogger(__name__)
 
@@ -78,18 +80,12 @@ MAX_SYMLINKS: Final = 40  # as the kernel's path walk (MAXSYMLINKS)
 TMPFS_OPTIONS: Final = "size=64k,nr_inodes=256,mode=0755"
 HINT: Final = " (--disable-sandbox runs without it)"  # it is `slirpy run`'s default
 
-# <linux/sched.h>, <sys/mount.h>, <linux/mount.h>, <linux/prctl.h>, <linux/capability.h>
-CLONE_NEWNS: Final = 0x00020000
-CLONE_NEWUSER: Final = 0x10000000
+# <sys/mount.h>, <linux/mount.h>, <linux/prctl.h>, <linux/capability.h>: what
+# slirpy.netns.linux (the namespace and mount flags both use) does not define.
 MS_RDONLY: Final = 0x1
-MS_NOSUID: Final = 0x2
-MS_NODEV: Final = 0x4
-MS_NOEXEC: Final = 0x8
 MS_REMOUNT: Final = 0x20
 MS_NOATIME: Final = 0x400
 MS_NODIRATIME: Final = 0x800
-MS_BIND: Final = 0x1000
-MS_REC: Final = 0x4000
 MS_SLAVE: Final = 1 << 19
 MS_RELATIME: Final = 1 << 21
 MS_STRICTATIME: Final = 1 << 24
