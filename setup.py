@@ -24,7 +24,8 @@ NOT_COMPILED = ("slirpy/__init__.py", "slirpy/__main__.py", "slirpy/app.py",
                 # when compiled by mypyc 2.4.1, with no build error: tests caught it.
                 "slirpy/errors.py")
 # The sandbox and the seccomp filter run once, at start, and call into ctypes.
-NOT_COMPILED_DIRS = ("slirpy/cli/", "slirpy/netns/", "slirpy/api/", "slirpy/hardening/")
+NOT_COMPILED_DIRS = ("slirpy/cli/", "slirpy/netns/", "slirpy/api/", "slirpy/hardening/",
+                     "slirpy/observe/")
 
 
 def compiled_modules() -> list[str]:

@@ -13,7 +13,7 @@ import importlib.machinery
 import logging
 import os
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from slirpy.api.commands import Api
 from slirpy.api.server import ApiServer
@@ -21,13 +21,19 @@ from slirpy.config import Config
 from slirpy.errors import SetupError
 from slirpy.forward.spec import Forward, ForwardError, Kind, LocalForward
 from slirpy.hardening import harden
-from slirpy.policy.rules import Rule
+from slirpy.observe import registry
+from slirpy.observe.events import EventHub, Subscription
+from slirpy.observe.pcap import CaptureError, PcapControl
+from slirpy.policy.rules import Rule, format_rule
 from slirpy.ratelog import RateLimitedLog
 from slirpy.runtime.driver import STOP_SIGNALS, Driver
 from slirpy.runtime.sockets import fit_to_fd_limit
 from slirpy.runtime.tap import FrameDevice, TapDevice
 import slirpy.stack
 from slirpy.stack import Stack
+
+if TYPE_CHECKING:  # imported when metrics may be asked for (start_metrics)
+    from slirpy.observe.metrics import Metrics, MetricsServer
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +54,13 @@ class Instance:
         # Forwards and rules change on a local client's word, as often as it likes.
         self.log = RateLimitedLog(log, burst=20)
         self.api: ApiServer | None = None
+        self.metrics: Metrics | None = None  # made at start, if --metrics or the API is on
+        self.metrics_server: MetricsServer | None = None
+        self.pcap = PcapControl(self.driver, size_limit=config.pcap_size)
+        # The event stream: the core reports flows only while a sink or subscriber listens.
+        self.events = EventHub(self.driver.loop)
+        self.events.on_change = self._events_on
+        self._events_on(False)
 
     def start_forwards(self) -> None:
         """The configured -L/-R forwards; a bind that fails stops slirpy at start."""
@@ -64,7 +77,81 @@ class Instance:
                              Api(self, self.config.network, ipv6=self.config.ipv6).handle)
         self.driver.runtime_timed.append(self.api)
 
+    def start_metrics(self) -> None:
+        """Before confinement: /proc/self/statm is opened now, the --metrics port bound.
+
+        prometheus_client takes ~70 ms to import: only an instance whose metrics may be
+        asked for (--metrics, or the API's `metrics`) pays for it, at start.
+        """
+        from slirpy.observe.metrics import Metrics, MetricsServer
+
+        self.metrics = Metrics(self.counters)
+        if self.config.metrics is not None:
+            address, port = self.config.metrics
+            self.metrics_server = MetricsServer(address, port, self.driver.loop,
+                                                self.metrics.text)
+            self.driver.runtime_timed.append(self.metrics_server)
+
+    def start_events(self, dest: str) -> None:
+        """--events: opened now (a path is invisible once confined); SetupError if not."""
+        self.events.open(dest)
+
+    def _events_on(self, on: bool) -> None:
+        self.stack.reports.set_on(on)
+        self.driver.reports = self.events if on else None
+
+    def emit_ready(self, sandbox: bool, seccomp: bool) -> None:
+        """The ready event: addresses, MTU, forwards and what passes (once confined)."""
+        config, net = self.config, self.config.network
+        addresses: dict[str, Any] = {"network": str(net.cidr), "guest": str(net.guest),
+                                     "gateway": str(net.gateway), "dns": str(net.dns)}
+        if config.ipv6:
+            addresses.update({"network6": str(net.cidr6), "guest6": str(net.guest6),
+                              "gateway6": str(net.gateway6), "dns6": str(net.dns6)})
+        self.events.emit("ready", {
+            "version": slirpy.__version__, "build": build(), "pid": os.getpid(),
+            "addresses": addresses, "mtu": config.mtu, "ipv6": config.ipv6,
+            "dns": config.dns,
+            "forwards": [_forward_fields(forward_id, fwd, origin)
+                         for forward_id, fwd, origin in self.list_forwards()],
+            "rules": [_rule_fields(rule_id, rule) for rule_id, rule in self.list_rules()],
+            "posture": {**self.posture(), "sandbox": sandbox, "seccomp": seccomp}})
+
+    def emit_exit(self, reason: str, error: str | None = None) -> None:
+        fields: dict[str, object] = {"reason": reason}
+        if error is not None:
+            fields["error"] = error
+        self.events.emit("exit", fields)
+
+    def subscribe(self) -> Subscription | None:
+        return self.events.subscribe()
+
+    def _flow_reports(self) -> None:
+        """Reports the control surface made between events (flows of a removed forward)."""
+        if self.stack.reports.outbox:
+            self.driver.apply(self.stack.reports.take())
+
+    def start_pcap(self, path: str) -> None:
+        """--pcap: its files opened now, before confinement hides their paths."""
+        try:
+            self.pcap.start_path(path, rotate=self.config.pcap_rotate)
+        except CaptureError as exc:
+            raise SetupError(f"--pcap {exc}") from None
+
     # --- the control socket's commands (api.commands.Controller) ---------------------------
+
+    def pcap_start(self, path: str | None, fd: int | None) -> str:
+        """A capture to *path* or to *fd* (taken over); CaptureError with the reason."""
+        if fd is not None:
+            self.pcap.start_fd(fd)
+            return "fd"
+        assert path is not None
+        self.pcap.start_path(path)
+        return path
+
+    def pcap_stop(self) -> dict[str, Any] | None:
+        return self.pcap.stop()
+
 
     def add_forward(self, fwd: Forward, origin: str) -> tuple[int, Forward]:
         control = self.stack.control
@@ -78,18 +165,22 @@ class Instance:
         self.forwards[forward_id] = (fwd, origin)
         self.log.info("forwards", self.driver.loop.now(), "%s forward %d: %s", fwd.kind.value,
                       forward_id, fwd.spec())
+        if origin != "config":  # those are in the ready event, the stream's first
+            self.events.emit("forward-added", _forward_fields(forward_id, fwd, origin))
         return forward_id, fwd
 
     def remove_forward(self, forward_id: int) -> Forward | None:
         entry = self.forwards.pop(forward_id, None)
         if entry is None:
             return None
-        fwd = entry[0]
+        fwd, origin = entry
         if fwd.kind is Kind.LOCAL:
             self.driver.forward_sockets.close(forward_id)
-        self.stack.control.remove(forward_id)
+        self.stack.control.remove(forward_id, self.driver.loop.now())
+        self._flow_reports()
         self.log.info("forwards", self.driver.loop.now(), "%s forward %d removed: %s",
                       fwd.kind.value, forward_id, fwd.spec())
+        self.events.emit("forward-removed", _forward_fields(forward_id, fwd, origin))
         return fwd
 
     def list_forwards(self) -> list[tuple[int, Forward, str]]:
@@ -103,18 +194,34 @@ class Instance:
         stats = self.stack.stats
         return {"frames": {"from_guest": self.driver.frames_in,
                            "to_guest": self.driver.frames_out},
+                "bytes": {"from_guest": self.driver.bytes_in,
+                          "to_guest": self.driver.bytes_out},
                 "drops": stats.drop_counts(),
                 "tap_errors": dict(getattr(self.device, "errors", {})),
                 "flows": stats.flow_counts(),
                 "forwards": len(self.forwards),
                 "blocked": stats.blocked_counts(),
+                **stats.flow_totals(),
+                "tcp": stats.tcp_counts(),
+                "dns": stats.dns_counts(),
+                "forward_connections": {str(forward_id): count for forward_id, count
+                                        in sorted(self.stack.reports.forward_flows.items())},
+                "events": {"lines": self.events.lines, "dropped": self.events.dropped(),
+                           "subscribers": self.events.subscribers},
                 "uptime_s": round(self.driver.loop.now() - self.driver.started, 3),
                 "build": build()}
+
+    def metrics_text(self) -> str:
+        if self.metrics is None:  # an instance driven without serve() (tests)
+            self.start_metrics()
+        assert self.metrics is not None
+        return self.metrics.text().decode()
 
     def add_rule(self, rule: Rule) -> int:
         rule_id = self.stack.control.add_rule(rule)
         self.log.info("rules", self.driver.loop.now(), "rule %d: --%s %s", rule_id,
                       rule.action.value, rule.text)
+        self.events.emit("rule-added", _rule_fields(rule_id, rule))
         return rule_id
 
     def remove_rule(self, rule_id: int) -> Rule | None:
@@ -122,6 +229,7 @@ class Instance:
         if rule is not None:
             self.log.info("rules", self.driver.loop.now(), "rule %d removed: --%s %s", rule_id,
                           rule.action.value, rule.text)
+            self.events.emit("rule-removed", _rule_fields(rule_id, rule))
         return rule
 
     def list_rules(self) -> list[tuple[int, Rule]]:
@@ -150,7 +258,21 @@ class Instance:
                   dict(getattr(self.device, "errors", {})) or "none")
         if self.api is not None:
             self.api.close()
+        self.events.close()
+        if self.metrics_server is not None:
+            self.metrics_server.close()
+        self.pcap.close()
+        if self.metrics is not None:
+            self.metrics.close()
         self.driver.close()
+
+
+def _forward_fields(forward_id: int, fwd: Forward, origin: str) -> dict[str, object]:
+    return {"id": forward_id, "kind": fwd.kind.value, "spec": fwd.spec(), "origin": origin}
+
+
+def _rule_fields(rule_id: int, rule: Rule) -> dict[str, object]:
+    return {"id": rule_id, "action": rule.action.value, "rule": format_rule(rule)}
 
 
 def build() -> str:
@@ -173,17 +295,37 @@ def serve(config: Config, tap_fd: int, *, stop_fds: Sequence[int] = (),
     # Every flow is an fd: take the hard limit, and fit the flow caps to it.
     config = fit_to_fd_limit(config)
     instance = Instance(config, device(tap_fd), secret=os.urandom(16))
+    registration: registry.Registration | None = None
+    exit_reason, exit_error = "error", None
     try:
+        if config.events is not None:
+            instance.start_events(config.events)
         instance.start_forwards()
+        if config.pcap is not None:
+            instance.start_pcap(config.pcap)
         if config.api_socket is not None:
             instance.start_api(config.api_socket)
+            # For `slirpy ctl`: by pid, and by --name. Now: after harden() no path is left.
+            registration = registry.register(config.api_socket, config.name)
+        if config.metrics is not None or config.api_socket is not None:
+            instance.start_metrics()
         for fd in stop_fds:
             instance.driver.watch_stop_fd(fd)
         # Everything slirpy opens at start is open: confine it (--enable-sandbox,
         # --enable-seccomp) before saying ready, as slirp4netns does.
-        harden(config, host_addresses=instance.driver.host_addresses is not None)
+        harden(config, host_addresses=instance.driver.host_addresses is not None,
+               truncate_fds=instance.pcap.ring_fds())
+        # Written before the ready fd is: whoever waits on it finds the line there.
+        instance.emit_ready(sandbox=config.enable_sandbox, seccomp=config.enable_seccomp)
         if on_ready is not None:
             on_ready()
         instance.driver.run(stop_signals)
+        exit_reason = instance.driver.stop_reason or "stopped"
+    except BaseException as exc:
+        exit_error = str(exc) or type(exc).__name__
+        raise
     finally:
+        instance.emit_exit(exit_reason, exit_error)
         instance.close()
+        if registration is not None:
+            registration.close()

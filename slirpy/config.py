@@ -113,3 +113,10 @@ class Config:
     # a seccomp filter (--enable-seccomp). slirp4netns's options; `slirpy run` turns both on.
     enable_sandbox: bool = False
     enable_seccomp: bool = False
+    # Observability (slirpy.observe): all off by default, and off costs nothing.
+    name: str | None = None  # --name: the API socket's registered name (slirpy ctl --name)
+    events: str | None = None  # --events DEST: a path, "-" (stderr) or "fd:N"
+    pcap: str | None = None  # --pcap FILE
+    pcap_size: int | None = None  # --pcap-size: bytes per capture file
+    pcap_rotate: bool = False  # --pcap-size SIZE,rotate: start a new file instead of stopping
+    metrics: tuple[str, int] | None = None  # --metrics ADDR:PORT

@@ -75,11 +75,11 @@ class Control:
                 self.remote_ids[forward_id] = key
                 self.addrs.set_remote_addresses(addr for _, addr, _ in self.remote)
 
-    def remove(self, forward_id: int) -> None:
+    def remove(self, forward_id: int, now: float = 0.0) -> None:
         """Forget a forward: a local one's UDP flows go with it (TCP ones run to their
         end); a remote one's address stops being answered."""
         if self.local.pop(forward_id, None) is not None:
-            self.inbound.remove_forward(forward_id)
+            self.inbound.remove_forward(forward_id, now)
         key = self.remote_ids.pop(forward_id, None)
         if key is not None:
             del self.remote[key]
@@ -92,6 +92,14 @@ class Control:
                        port: int) -> RemoteForward | SrvForward | None:
         """The remote forward answering at *addr*:*port* inside the guest, if any."""
         return self.remote.get((transport, addr, port)) if self.remote else None
+
+    def remote_forward_id(self, fwd: RemoteForward | SrvForward) -> int | None:
+        """The id remote forward *fwd* was added under (for a flow's report)."""
+        key = self._remote_key(fwd)
+        for forward_id, known in self.remote_ids.items():
+            if known == key:
+                return forward_id
+        return None
 
     @staticmethod
     def _remote_key(fwd: RemoteForward | SrvForward) -> RemoteKey:

@@ -198,6 +198,20 @@ class RefuseStream:
     token: int
 
 
+@dataclass(slots=True, init=False)
+class Report:
+    """Tell the event stream: *event* (flow-new, flow-done, blocked, dns-upstream) with
+    its *fields*. Made only while reports are on (slirpy.reports); the runtime adds the
+    time and writes the line."""
+
+    event: str
+    fields: dict[str, object]
+
+    def __init__(self, event: str, fields: dict[str, object]) -> None:
+        self.event = event
+        self.fields = fields
+
+
 Effect = (ToGuest | OpenUdp | OpenPing | SendDatagram | Close | Connect | Send | Consume
           | Rewind | Peek | WatchWritable | ShutdownWrite | SendTo | AdoptStream
-          | RefuseStream)
+          | RefuseStream | Report)

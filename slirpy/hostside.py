@@ -23,6 +23,7 @@ from slirpy.flows.key import FlowKey
 from slirpy.forward.nat import InboundUdpFlows, free_key, visible_source
 from slirpy.icmp import EchoFlows
 from slirpy.neighbours import Neighbours
+from slirpy.reports import Reporter
 from slirpy.services.dnsclient import DnsClient
 from slirpy.stats import Stats
 from slirpy.tcp.flows import TcpFlows
@@ -36,7 +37,8 @@ log = logging.getLogger(__name__)
 class HostSide:
     def __init__(self, config: Config, *, neighbours: Neighbours, tcp: TcpFlows,
                  udp: UdpFlows, echo: EchoFlows, dns_client: DnsClient,
-                 inbound: InboundUdpFlows, control: Control, stats: Stats) -> None:
+                 inbound: InboundUdpFlows, control: Control, stats: Stats,
+                 reports: Reporter | None = None) -> None:
         self.network = config.network
         self.neighbours = neighbours
         self.tcp = tcp
@@ -46,6 +48,7 @@ class HostSide:
         self.inbound = inbound
         self.control = control
         self.stats = stats
+        self.reports = reports or Reporter()
         self.tcp_clashes = 0  # forwarded clients that could not keep their own port
 
     def on_datagram(self, flow: FlowKey, data: bytes | memoryview,
@@ -82,8 +85,11 @@ class HostSide:
         if key != base:
             self.tcp_clashes += 1
         syn = self.tcp.open_to_guest(key, event.space, now)
-        if syn is None:
+        conn = self.tcp.get(key)
+        if syn is None or conn is None:
             return refuse
+        self.reports.flow_new(key, key, now, conn, "local-forward", "local forward",
+                              forward=event.forward_id, client=event.client)
         return [AdoptStream(event.token, key),
                 *self.neighbours.when_resolved(key.guest_addr, syn, now)]
 

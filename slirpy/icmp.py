@@ -19,10 +19,11 @@ from typing import Final
 from slirpy.addresses import is_ipv6
 from slirpy.effects import Close, Effect, OpenPing, SendDatagram
 from slirpy.events import HostError
-from slirpy.flows.key import ECHO_REMOTE_PORT, FlowKey
+from slirpy.flows.key import ECHO_REMOTE_PORT, FlowKey, FlowRecord, Traffic
 from slirpy.flows.table import FlowTable
 from slirpy.guest import GuestLink
-from slirpy.udp import icmp_error_for
+from slirpy.reports import Reporter
+from slirpy.udp import icmp_error_for, os_error_text
 from slirpy.wire import Malformed
 from slirpy.wire.icmp import IcmpHeader, IcmpType, build_icmp, echo_rest
 from slirpy.wire.icmpv6 import Icmp6Type
@@ -44,9 +45,11 @@ def _echo_types(addr: bytes) -> tuple[int, int, int]:
 
 
 class EchoFlows:
-    def __init__(self, link: GuestLink, limit: int, idle_s: float) -> None:
+    def __init__(self, link: GuestLink, limit: int, idle_s: float,
+                 reports: Reporter | None = None) -> None:
         self.link = link
-        self.table: FlowTable[bool] = FlowTable(limit, idle_s)
+        self.table: FlowTable[Traffic] = FlowTable(limit, idle_s)  # ICMP payload bytes
+        self.reports = reports or Reporter()
 
     def answer_ourselves(self, src: bytes, dst: bytes, echo: IcmpHeader) -> list[Effect]:
         return list(self.link.icmp(src=dst, dst=src, icmp_type=_echo_types(src)[2],
@@ -57,9 +60,15 @@ class EchoFlows:
         proto, request_type, _ = _echo_types(src)
         key = FlowKey(proto, src, echo.echo_id, dst, ECHO_REMOTE_PORT)
         effects: list[Effect] = []
-        if not self.table.get(key, now):
-            effects += [Close(old) for old in self.table.add(key, True, now)]
+        traffic = self.table.get(key, now)
+        if traffic is None:
+            traffic = Traffic(now)
+            for old in self.table.add(key, traffic, now):
+                self.reports.flow_done(old, old.proto, now, "closed", "evicted: flow limit")
+                effects.append(Close(old))
             effects.append(OpenPing(key, dst))
+        traffic.from_guest += len(echo.payload)
+        traffic.packets_from_guest += 1
         # The kernel sets the id and, for ICMPv6 too, the checksum.
         request = build_icmp(request_type, ECHO_CODE, echo.rest, echo.payload)
         effects.append(SendDatagram(key, request))
@@ -67,7 +76,8 @@ class EchoFlows:
 
     def on_host_datagram(self, key: FlowKey, data: bytes | memoryview,
                          now: float) -> list[Effect]:
-        if not self.table.get(key, now):
+        traffic = self.table.get(key, now)
+        if traffic is None:
             return []
         try:  # the kernel checked it (an ICMPv6 sum needs addresses the socket hides)
             reply = IcmpHeader.parse(memoryview(data), verify_checksum=False)
@@ -76,6 +86,8 @@ class EchoFlows:
         reply_type = _echo_types(key.guest_addr)[2]
         if reply.type != reply_type:
             return []
+        traffic.to_guest += len(reply.payload)
+        traffic.packets_to_guest += 1
         rest = echo_rest(key.guest_port, reply.echo_seq)  # the guest's id back
         return list(self.link.icmp(src=key.remote_addr, dst=key.guest_addr,
                                    icmp_type=reply_type, code=ECHO_CODE, rest=rest,
@@ -86,6 +98,7 @@ class EchoFlows:
             return []
         if error.icmp_type is None:
             self.table.remove(key)  # no ping socket to be had: the guest sees silence
+            self.reports.flow_done(key, key.proto, now, "error", os_error_text(error.errno))
             return [Close(key)]
         return icmp_error_for(self.link, key, error.icmp_type, error.icmp_code or 0, error.info)
 
@@ -96,7 +109,17 @@ class EchoFlows:
         return len(self.table)
 
     def expire(self, now: float) -> list[Effect]:
-        return [Close(key) for key in self.table.expire(now)]
+        expired = self.table.expire(now)
+        for key in expired:
+            self.reports.flow_done(key, key.proto, now, "timeout")
+        return [Close(key) for key in expired]
+
+    def traffic(self, key: FlowKey) -> Traffic | None:
+        return self.table.peek(key)
+
+    def records(self) -> list[FlowRecord]:
+        return [FlowRecord("icmp6" if key.proto == IpProto.ICMPV6 else "icmp", key, traffic)
+                for key, traffic in self.table.items()]
 
     def next_deadline(self) -> float | None:
         return self.table.next_deadline()

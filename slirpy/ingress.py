@@ -43,12 +43,12 @@ from slirpy.guest import GuestLink
 from slirpy.icmp import EchoFlows
 from slirpy.ndp import NeighborDiscovery
 from slirpy.neighbours import Neighbours
-from slirpy.policy.decide import Outcome, Policy
+from slirpy.policy.decide import Outcome, Policy, Verdict
 from slirpy.reassembly import FragKey, Reassembler
+from slirpy.reports import Measured, Reporter
 from slirpy.services.dhcp import DhcpServer
 from slirpy.services.dns import DnsForwarder
 from slirpy.stats import Stats
-from slirpy.tcp.conn import reset_for
 from slirpy.tcp.flows import TcpFlows
 from slirpy.udp import UdpFlows, unreachable
 from slirpy.wire import Malformed
@@ -69,6 +69,8 @@ log = logging.getLogger(__name__)
 Ip = Ipv4Header | Ipv6Header
 TRANSPORT_TCP: Final = "tcp"
 TRANSPORT_UDP: Final = "udp"
+PASSED_BY_DNS: Final = Verdict(Outcome.PASS, "dns forwarder")
+PASSED_BY_NOTHING: Final = Verdict(Outcome.PASS, "")
 
 
 class Ingress:
@@ -76,7 +78,8 @@ class Ingress:
                  tcp: TcpFlows, udp: UdpFlows, echo: EchoFlows, dns: DnsForwarder,
                  dhcp: DhcpServer, ndp: NeighborDiscovery, neighbours: Neighbours,
                  inbound: InboundUdpFlows, srv: SrvResolver, reassembler: Reassembler,
-                 policy: Policy, control: Control, stats: Stats) -> None:
+                 policy: Policy, control: Control, stats: Stats,
+                 reports: Reporter | None = None) -> None:
         self.config = config
         self.addrs = addrs
         self.ipv6 = config.ipv6
@@ -94,6 +97,8 @@ class Ingress:
         self.policy = policy
         self.control = control
         self.stats = stats
+        self.reports = reports or Reporter()
+        self.passed = PASSED_BY_NOTHING  # what let the last new flow pass (its report)
 
     def on_frame(self, frame: bytes | bytearray | memoryview, checksum_ok: bool,
                  now: float) -> list[Effect]:
@@ -213,9 +218,12 @@ class Ingress:
             return unreachable(self.link, key, UnreachCode.PORT)
         host = self._host_address(ip.dst)
         if key not in self.udp:
-            refused = self._egress(key)
+            refused = self._egress(key, now)
             if refused is not None:
                 return unreachable(self.link, key, refused)
+            effects = self.udp.from_guest(key, host, udp.dst_port, udp.payload, now)
+            self._opened(key, self.udp.traffic(key), now, self.passed)
+            return effects
         return self.udp.from_guest(key, host, udp.dst_port, udp.payload, now)
 
     def _on_tcp(self, ip: Ip, seg: TcpHeader, now: float) -> list[Effect]:
@@ -230,29 +238,37 @@ class Ingress:
                 raise Malformed("dns-disabled")  # no reset: a connect times out (see UDP)
             upstream = self.dns.preferred_upstream()
             if seg.dst_port != DNS_PORT or upstream is None:
-                return reset_for(self.link, key, seg)
+                return self.tcp.reset_for(key, seg)
             host = upstream
+            passed = PASSED_BY_DNS
         else:
             host = self._host_address(ip.dst)
             if seg.flags & SYN:  # a new connection, if the policy lets it be
-                refused = self._egress(key)
+                refused = self._egress(key, now)
                 if refused is UnreachCode.NET:
                     return unreachable(self.link, key, UnreachCode.NET, seq=seg.seq)
                 if refused is not None:
-                    return reset_for(self.link, key, seg)
-        return self.tcp.on_segment(key, seg, host, now)
+                    return self.tcp.reset_for(key, seg)
+            passed = self.passed
+        # A segment of no connection: a SYN opens one (then reported), else an RST.
+        effects = self.tcp.on_segment(key, seg, host, now)
+        self._opened(key, self.tcp.get(key), now, passed)
+        return effects
 
     def _remote_tcp(self, key: FlowKey, fwd: RemoteForward | SrvForward, seg: TcpHeader,
                     now: float) -> list[Effect]:
         """A guest connection to remote forward *fwd*: on to its target on the host."""
         match fwd:
             case RemoteForward(target=target, target_port=port):
-                return self.tcp.on_segment(key, seg, target.packed, now, port)
+                effects = self.tcp.on_segment(key, seg, target.packed, now, port)
+                self._opened_remote(key, self.tcp.get(key), fwd, now)
+                return effects
             case SrvForward(target=srv, target_port=port):
                 # The SYN is taken now; the connection waits for the lookup (RFC 2782).
                 effects = self.tcp.on_segment(key, seg, None, now)
                 if key not in self.tcp:
                     return effects
+                self._opened_remote(key, self.tcp.get(key), fwd, now)
 
                 def connect(found: tuple[bytes, int] | None, when: float) -> list[Effect]:
                     where = None if found is None else (found[0], port or found[1])
@@ -264,18 +280,24 @@ class Ingress:
                     now: float) -> list[Effect]:
         """A guest datagram to remote forward *fwd*: on to its target on the host."""
         match fwd:
-            case RemoteForward(target=target, target_port=port):
-                return self.udp.from_guest(key, target.packed, port, payload, now)
-            case SrvForward() if key in self.udp:
+            case RemoteForward() | SrvForward() if key in self.udp:
                 return self.udp.from_guest(key, b"", 0, payload, now)  # its target is known
+            case RemoteForward(target=target, target_port=port):
+                effects = self.udp.from_guest(key, target.packed, port, payload, now)
+                self._opened_remote(key, self.udp.traffic(key), fwd, now)
+                return effects
             case SrvForward(target=srv, target_port=port):
                 data = bytes(payload)  # it waits for the lookup
 
                 def send(found: tuple[bytes, int] | None, when: float) -> list[Effect]:
                     if found is None:
                         return unreachable(self.link, key, UnreachCode.HOST)
-                    return self.udp.from_guest(key, found[0], port or found[1],
-                                               memoryview(data), when)
+                    new = key not in self.udp
+                    effects = self.udp.from_guest(key, found[0], port or found[1],
+                                                  memoryview(data), when)
+                    if new:
+                        self._opened_remote(key, self.udp.traffic(key), fwd, when)
+                    return effects
 
                 return self.srv.lookup(srv, now, send)
 
@@ -313,23 +335,44 @@ class Ingress:
         self._host_address(ip.dst)  # raises for destinations never forwarded
         key = FlowKey(proto, ip.src, icmp.echo_id, ip.dst, ECHO_REMOTE_PORT)
         if key not in self.echo:
-            refused = self._egress(key)
+            refused = self._egress(key, now)
             if refused is not None:
                 return unreachable(self.link, key, refused)
+            effects = self.echo.from_guest(ip.src, ip.dst, icmp, now)
+            self._opened(key, self.echo.traffic(key), now, self.passed)
+            return effects
         return self.echo.from_guest(ip.src, ip.dst, icmp, now)
 
-    def _egress(self, key: FlowKey) -> UnreachCode | None:
-        """None if a new flow on *key* may go; else what to tell the guest (TCP: any
-        code means RST, but "net unreachable" for the gateway without host loopback)."""
+    def _egress(self, key: FlowKey, now: float) -> UnreachCode | None:
+        """None if a new flow on *key* may go (`passed` says why); else what to tell the
+        guest (TCP: any code means RST, but "net unreachable" for the gateway without
+        host loopback)."""
         verdict = self.policy.decide(key.proto, key.remote_addr, key.remote_port,
                                      gateway=key.remote_addr in self.addrs.gateways)
         if verdict.outcome is Outcome.PASS:
+            self.passed = verdict
             return None
         if verdict.outcome is Outcome.UNREACHABLE:
             return UnreachCode.NET  # as slirp4netns answers for the gateway
         self.stats.count_block(verdict.why)
+        self.reports.blocked(key, verdict.why, verdict.rule, now)
         log.debug("%s: blocked by %s", key, verdict.why)
         return UnreachCode.ADMIN_PROHIBITED
+
+    # --- reports of new flows (slirpy.reports): once a flow, never a packet -------------------
+
+    def _opened(self, key: FlowKey, flow: Measured | None, now: float,
+                passed: Verdict) -> None:
+        """A flow the guest opened on *key*, passed by *passed*; none if it was not made."""
+        if flow is not None:
+            self.reports.flow_new(key, key, now, flow, "guest", passed.why, rule=passed.rule)
+
+    def _opened_remote(self, key: FlowKey, flow: Measured | None,
+                       fwd: RemoteForward | SrvForward, now: float) -> None:
+        if flow is not None:
+            forward_id = self.control.remote_forward_id(fwd)  # once a flow: a short scan
+            self.reports.flow_new(key, key, now, flow, "remote-forward", "remote forward",
+                                  forward=forward_id)
 
     def _host_address(self, dst: bytes) -> bytes:
         """The host address a guest destination maps to (the gateway's: host loopback).

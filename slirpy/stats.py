@@ -14,18 +14,23 @@ from slirpy.flows.key import FlowKey, FlowRecord
 from slirpy.forward.nat import InboundUdpFlows
 from slirpy.icmp import EchoFlows
 from slirpy.reassembly import Reassembler
+from slirpy.reports import Reporter
+from slirpy.services.dns import DnsForwarder
 from slirpy.tcp.flows import TcpFlows
 from slirpy.udp import UdpFlows
 
 
 class Stats:
     def __init__(self, tcp: TcpFlows, udp: UdpFlows, inbound: InboundUdpFlows,
-                 echo: EchoFlows, reassembler: Reassembler) -> None:
+                 echo: EchoFlows, reassembler: Reassembler, dns: DnsForwarder | None = None,
+                 reports: Reporter | None = None) -> None:
         self.tcp = tcp
         self.udp = udp
         self.inbound = inbound
         self.echo = echo
         self.reassembler = reassembler
+        self.dns = dns
+        self.reports = reports or Reporter()
         self.drops: Counter[str] = Counter()
         self.blocked: Counter[str] = Counter()  # new flows refused, by what refused them
 
@@ -46,6 +51,26 @@ class Stats:
     def flow_counts(self) -> dict[str, int]:
         return {"tcp": len(self.tcp), "udp": len(self.udp) + len(self.inbound),
                 "icmp": len(self.echo)}
+
+    def flow_totals(self) -> dict[str, dict[str, int]]:
+        """Flows opened and closed since start, by protocol (ICMPv6 echo as "icmp")."""
+        return {"flows_opened": dict(self.reports.opened),
+                "flows_closed": dict(self.reports.closed)}
+
+    def tcp_counts(self) -> dict[str, int]:
+        """Retransmissions (timeouts and fast retransmits, SYN and SYN-ACK included),
+        RSTs sent to the guest and RSTs from the guest that reset a connection."""
+        counters = self.tcp.counters
+        return {"retransmits": counters.retransmits, "resets_sent": counters.resets_sent,
+                "resets_received": counters.resets_received}
+
+    def dns_counts(self) -> dict[str, int]:
+        """The guest's queries to the forwarder, those answered SERVFAIL (no upstream
+        answered), and attempts that failed over to the next upstream."""
+        dns = self.dns
+        if dns is None:
+            return {"queries": 0, "failures": 0, "failovers": 0}
+        return {"queries": dns.queries, "failures": dns.failures, "failovers": dns.failovers}
 
     def records(self) -> list[FlowRecord]:
         return [*(conn.record() for conn in self.tcp.connections()), *self.udp.records(),

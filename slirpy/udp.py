@@ -13,6 +13,7 @@ Not done here: sockets (the runtime), the choice of host address (the stack).
 
 from __future__ import annotations
 
+import errno
 import logging
 import struct
 from typing import Final
@@ -23,6 +24,7 @@ from slirpy.events import HostError
 from slirpy.flows.key import FlowKey, FlowRecord, Traffic
 from slirpy.flows.table import FlowTable
 from slirpy.guest import GuestLink
+from slirpy.reports import Reporter
 from slirpy.wire.icmp import IcmpType, UnreachCode
 from slirpy.wire.icmpv6 import Icmp6Type, Unreach6Code
 from slirpy.wire.ipv4 import HEADER_LEN as IP_LEN, IpProto, build_ipv4
@@ -44,19 +46,25 @@ _NEXT_HOP_MTU_MASK: Final = 0xFFFF  # the low 16 bits of the four
 
 
 class UdpFlows:
-    def __init__(self, link: GuestLink, limit: int, idle_s: float) -> None:
+    def __init__(self, link: GuestLink, limit: int, idle_s: float,
+                 reports: Reporter | None = None) -> None:
         self.link = link
         self.table: FlowTable[Traffic] = FlowTable(limit, idle_s)
+        self.reports = reports or Reporter()
 
     def from_guest(self, key: FlowKey, host_addr: bytes, host_port: int, payload: memoryview,
                    now: float) -> list[Effect]:
+        """A datagram from the guest; a new flow's opening is reported by the caller,
+        which knows what let it pass (`traffic`)."""
         traffic = self.table.get(key, now)
         if traffic is not None:
             traffic.from_guest += len(payload)
+            traffic.packets_from_guest += 1
             return [SendDatagram(key, payload)]
         effects: list[Effect] = []
-        for old in self.table.add(key, Traffic(now, len(payload)), now):
+        for old in self.table.add(key, Traffic(now, len(payload), 0, 1), now):
             log.debug("%s: evicted, flow limit %d reached", old, self.table.limit)
+            self.reports.flow_done(old, old.proto, now, "closed", "evicted: flow limit")
             effects.append(Close(old))
         log.debug("%s: new flow", key)
         effects += [OpenUdp(key, host_addr, host_port), SendDatagram(key, payload)]
@@ -68,6 +76,7 @@ class UdpFlows:
         if traffic is None:
             return []
         traffic.to_guest += len(data)
+        traffic.packets_to_guest += 1
         return list(self.link.udp(src=key.remote_addr, src_port=key.remote_port,
                                   dst=key.guest_addr, dst_port=key.guest_port, payload=data))
 
@@ -77,11 +86,15 @@ class UdpFlows:
         if error.icmp_type is None:
             # The socket could not be made or used at all: the guest learns "unreachable".
             self.table.remove(key)
+            self.reports.flow_done(key, key.proto, now, "error", os_error_text(error.errno))
             return [Close(key), *unreachable(self.link, key, UnreachCode.HOST)]
         return icmp_error_for(self.link, key, error.icmp_type, error.icmp_code or 0, error.info)
 
     def expire(self, now: float) -> list[Effect]:
-        return [Close(key) for key in self.table.expire(now)]
+        expired = self.table.expire(now)
+        for key in expired:
+            self.reports.flow_done(key, key.proto, now, "timeout")
+        return [Close(key) for key in expired]
 
     def next_deadline(self) -> float | None:
         return self.table.next_deadline()
@@ -89,11 +102,21 @@ class UdpFlows:
     def __contains__(self, key: FlowKey) -> bool:
         return key in self.table
 
+    def traffic(self, key: FlowKey) -> Traffic | None:
+        """The flow's counters (for its report), marking it used by no one."""
+        return self.table.peek(key)
+
     def __len__(self) -> int:
         return len(self.table)
 
     def records(self) -> list[FlowRecord]:
         return [FlowRecord("udp", key, traffic) for key, traffic in self.table.items()]
+
+
+def os_error_text(errno_value: int) -> str:
+    """An errno as an event's error text: its symbolic name (the core has no strerror)."""
+    name = errno.errorcode.get(errno_value)
+    return name if name is not None else f"errno {errno_value}"
 
 
 def quoted_header(key: FlowKey, seq: int = 0) -> bytes:

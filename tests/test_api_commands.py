@@ -51,6 +51,9 @@ class FakeController:
     def counters(self) -> dict[str, Any]:
         return self.counts
 
+    def metrics_text(self) -> str:
+        return "# TYPE slirpy_frames_total counter\nslirpy_frames_total 1.0\n"
+
 
 def make(**controller: Any) -> tuple[Api, FakeController]:
     ctl = FakeController(**controller)
@@ -322,6 +325,13 @@ def test_list_flows_and_counters_pass_through() -> None:
         b'"age_s":1.5,"state":"ESTABLISHED"}]}}')
     assert api.handle(request("counters")) \
         == b'{"return":{"ipv4-bad-src":2,"flows":{"tcp":1}}}'
+
+
+def test_metrics_answers_the_text_exposition() -> None:
+    api, _ = make()
+    reply = api.handle(request("metrics"))
+    assert json.loads(reply) == {"return": {"text": "# TYPE slirpy_frames_total counter\n"
+                                                    "slirpy_frames_total 1.0\n"}}
 
 
 # --- add_hostfwd with IPv6 (slirp4netns 1.2 refuses every IPv6 address) ---

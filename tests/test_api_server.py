@@ -39,13 +39,13 @@ def loop() -> EventLoop:
 def test_a_path_too_long_for_a_unix_socket_is_an_error(loop: EventLoop, tmp_path: Path) -> None:
     path = str(tmp_path / ("x" * 120))
     with pytest.raises(SetupError, match="too long for a unix socket"):
-        ApiServer(path, loop, lambda request: b"")
+        ApiServer(path, loop, lambda request, fds: b"")
 
 
 def test_stale_file_replaced_and_mode_0600(loop: EventLoop, tmp_path: Path) -> None:
     path = tmp_path / "api.sock"
     path.write_text("stale")
-    server = ApiServer(str(path), loop, lambda request: b"{}")
+    server = ApiServer(str(path), loop, lambda request, fds: b"{}")
     assert stat.S_ISSOCK(os.stat(path).st_mode)
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     server.close()
@@ -61,7 +61,7 @@ def test_stale_file_replaced_and_mode_0600(loop: EventLoop, tmp_path: Path) -> N
 def test_reading_rules(loop: EventLoop, tmp_path: Path, request_bytes: bytes,
                        half_close: bool, want: bytes) -> None:
     path = str(tmp_path / "api.sock")
-    server = ApiServer(path, loop, lambda request: b"got:" + request)
+    server = ApiServer(path, loop, lambda request, fds: b"got:" + request)
     client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     client.connect(path)
     client.sendall(request_bytes)
@@ -74,7 +74,7 @@ def test_reading_rules(loop: EventLoop, tmp_path: Path, request_bytes: bytes,
 
 def test_a_silent_client_is_dropped_at_its_deadline(loop: EventLoop, tmp_path: Path) -> None:
     path = str(tmp_path / "api.sock")
-    server = ApiServer(path, loop, lambda request: b"")
+    server = ApiServer(path, loop, lambda request, fds: b"")
     client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     client.connect(path)
     loop.wait(loop.now() + 0.05)

@@ -382,7 +382,7 @@ def serve(loop: EventLoop, rounds: int = 5) -> None:
 def test_api_client_at_the_fd_limit_is_dropped_without_spinning(tmp_path: Path) -> None:
     loop = EventLoop()
     path = str(tmp_path / "api.sock")
-    server = ApiServer(path, loop, lambda request: b"{}")
+    server = ApiServer(path, loop, lambda request, fds: b"{}")
     calls = counted(loop, server.sock.fileno())
     client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
@@ -413,7 +413,7 @@ def test_api_client_at_the_fd_limit_is_dropped_without_spinning(tmp_path: Path) 
 def test_api_listener_rests_when_even_the_spare_fd_cannot_help(tmp_path: Path) -> None:
     loop = EventLoop()
     path = str(tmp_path / "api.sock")
-    server = ApiServer(path, loop, lambda request: b"{}")
+    server = ApiServer(path, loop, lambda request, fds: b"{}")
     calls = counted(loop, server.sock.fileno())
     client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:

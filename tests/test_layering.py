@@ -52,6 +52,7 @@ OUTSIDE: Final = {
     "slirpy.netns": "netns",  # namespaces, links and processes (setns, pyroute2, fork)
     "slirpy.api": "api",  # the control socket: its server, and its commands over the app
     "slirpy.hardening": "hardening",  # the sandbox and the seccomp filter, once set up
+    "slirpy.observe": "observe",  # events, packet capture, metrics: files and listeners
     "slirpy.app": "app",  # the composition root: core + runtime + forwards + control socket
     "slirpy.cli": "cli",  # argv, config files, logging setup, the process's lifetime
     "slirpy.__main__": "main",  # `python -m slirpy`
@@ -64,10 +65,12 @@ FLOORS: Final[dict[str, tuple[int, frozenset[str]]]] = {
     "core": (2, frozenset({"leaf", "wire", "core"})),
     "runtime": (3, frozenset({"leaf", "wire", "core", "runtime"})),
     "netns": (3, frozenset({"leaf", "wire", "core", "netns"})),
-    "api": (4, frozenset({"leaf", "wire", "core", "runtime", "api"})),
+    "observe": (4, frozenset({"leaf", "wire", "core", "runtime", "observe"})),
+    "api": (4, frozenset({"leaf", "wire", "core", "runtime", "observe", "api"})),
     "hardening": (4, frozenset({"leaf", "wire", "core", "runtime", "netns", "hardening"})),
-    "app": (5, frozenset({"leaf", "wire", "core", "runtime", "api", "hardening"})),
-    "cli": (6, frozenset({"leaf", "wire", "core", "runtime", "netns", "api", "app", "cli"})),
+    "app": (5, frozenset({"leaf", "wire", "core", "runtime", "observe", "api", "hardening"})),
+    "cli": (6, frozenset({"leaf", "wire", "core", "runtime", "netns", "observe", "api", "app",
+                          "cli"})),
     "main": (7, frozenset({"cli"})),
 }
 SANS_IO: Final = frozenset({"leaf", "wire", "core"})

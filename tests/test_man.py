@@ -8,6 +8,7 @@ import re
 import pytest
 
 from slirpy.cli.args import ATTACH_HELP, RUN_HELP, _attach_parser, _run_parser
+from slirpy.cli.ctl import CTL_HELP
 
 MAN = pathlib.Path(__file__).parent.parent / "man" / "slirpy.1"
 
@@ -30,7 +31,7 @@ def parsed_options(parser: argparse.ArgumentParser) -> set[str]:
 
 def test_man_page_and_help_list_the_same_long_options() -> None:
     man = long_options(MAN.read_text().replace("\\-", "-"))
-    helped = long_options(ATTACH_HELP) | long_options(RUN_HELP)
+    helped = long_options(ATTACH_HELP) | long_options(RUN_HELP) | long_options(CTL_HELP)
     assert helped - man == set(), "in --help, missing from the man page"
     assert man - helped == set(), "in the man page, missing from --help"
 

@@ -128,7 +128,9 @@ TABLE = [
 @pytest.mark.parametrize("posture, allow, deny, proto, addr, port, outcome, why", TABLE)
 def test_truth_table(posture: dict[str, bool], allow: tuple[str, ...], deny: tuple[str, ...],
                      proto: int, addr: str, port: int, outcome: Outcome, why: str) -> None:
-    assert decide(policy(posture, allow, deny), proto, addr, port) == Verdict(outcome, why)
+    verdict = decide(policy(posture, allow, deny), proto, addr, port)
+    assert (verdict.outcome, verdict.why) == (outcome, why)
+    assert (verdict.rule is not None) == why.startswith("--")  # a rule says its id
 
 
 @pytest.mark.parametrize("addr", ["169.254.169.254", "169.254.1.1", "fd00:ec2::254",
@@ -221,13 +223,14 @@ def test_add_and_remove_rules_by_id_change_decisions() -> None:
     deny_id = pol.add(deny)
     assert deny_id == 1
     assert pol.decide(TCP, target, 443, gateway=False) == \
-        Verdict(BLOCK, "--deny tcp://198.51.100.0/24:443")
+        Verdict(BLOCK, "--deny tcp://198.51.100.0/24:443", deny_id)
     (allow,) = parse_rules(Action.ALLOW, "198.51.100.1")
     allow_id = pol.add(allow)
     assert allow_id == 2 and list(pol.rules) == [1, 2]
     assert pol.decide(TCP, target, 443, gateway=False).outcome is BLOCK  # deny still wins
     assert pol.remove(deny_id) == deny
-    assert pol.decide(TCP, target, 443, gateway=False) == Verdict(PASS, "--allow 198.51.100.1")
+    assert pol.decide(TCP, target, 443, gateway=False) == Verdict(PASS, "--allow 198.51.100.1",
+                                                                  allow_id)
     assert pol.remove(deny_id) is None  # gone already
     assert pol.remove(99) is None
     assert pol.remove(allow_id) == allow
@@ -261,7 +264,7 @@ def test_a_name_rule_matches_each_address() -> None:
     rules = parse_rules(Action.ALLOW, "tcp://svc.test:443", lambda name: found)
     pol = Policy(routing=False, host=False, host_loopback=False, rules=rules)
     for addr in ("192.0.2.10", "2001:db8::10"):
-        assert decide(pol, TCP, addr, 443) == Verdict(PASS, "--allow tcp://svc.test:443")
+        assert decide(pol, TCP, addr, 443)[:2] == (PASS, "--allow tcp://svc.test:443")
     assert decide(pol, TCP, "192.0.2.11", 443).outcome is BLOCK
 
 

@@ -20,10 +20,16 @@ slirpy's own commands use the same envelope:
     remove_forward  {"id": N}                                  -> {"return":{}}
     list_flows                                                 -> {"return":{"flows":[...]}}
     counters                                                   -> {"return":{...}}
+    metrics                     -> {"return":{"text": "<Prometheus text exposition>"}}
     add_rule        {"action": "allow"|"deny", "spec": RULES}  -> {"return":{"ids":[...]}}
     list_rules                 -> {"return":{"rules":[{"id","action","rule"}...], "routing",
                                              "host", "host_loopback"}}
     remove_rule     {"id": N}                                  -> {"return":{}}
+    pcap_start      {"path": P} or {"fd": true} + one fd (SCM_RIGHTS) -> {"return":{"path": P|"fd"}}
+    pcap_stop                   -> {"return":{"frames": N, "bytes": N[, "stopped": WHY]}}
+    subscribe       -> {"return":{"schema":1}} then one event a line, until the client closes
+slirpy's own names may be written with "-" for "_" (`pcap-start`); slirp4netns's three
+are taken only as slirp4netns spells them.
 Rules take effect for flows started from then on; host names are resolved at start only
 (a request with one is refused: the loop never waits on a resolver).
 """
@@ -38,11 +44,14 @@ from slirpy.addresses import Network
 from slirpy.control import Ipv6Off, check_family
 from slirpy.forward.spec import (MAX_PORT, Forward, ForwardError, IPAddress, Kind, LocalForward,
                                  Proto, parse_forward)
+from slirpy.observe.events import Subscription
+from slirpy.observe.pcap import CaptureError
 from slirpy.policy.rules import Action, Rule, RuleError, format_rule, parse_rules
 
 MAX_REQUEST: Final = 4096  # slirp4netns's buffer: a request this long is "too large"
 INT_LIMIT: Final = 2**31  # slirp4netns reads numbers into a C int
 IPV6_OFF: Final = "IPv6 is off (slirpy -6 turns it on)"
+SLIRP4NETNS_COMMANDS: Final = frozenset({"add_hostfwd", "list_hostfwd", "remove_hostfwd"})
 
 
 class Controller(Protocol):
@@ -63,6 +72,10 @@ class Controller(Protocol):
 
     def counters(self) -> dict[str, Any]: ...
 
+    def metrics_text(self) -> str:
+        """The counters and the process's CPU and memory, as Prometheus text."""
+        ...
+
     def add_rule(self, rule: Rule) -> int: ...
 
     def remove_rule(self, rule_id: int) -> Rule | None: ...
@@ -71,6 +84,20 @@ class Controller(Protocol):
 
     def posture(self) -> dict[str, bool]:
         """routing, host, host_loopback: what passes when no rule matches."""
+        ...
+
+    def pcap_start(self, path: str | None, fd: int | None) -> str:
+        """Capture to *path*, or to *fd* (taken over, closed if refused): "fd" or the path.
+        Raises CaptureError with the reason (one running already, a path not writable)."""
+        ...
+
+    def pcap_stop(self) -> dict[str, Any] | None:
+        """The capture's frames and bytes (and why, if it stopped on its own); None if
+        none was started."""
+        ...
+
+    def subscribe(self) -> Subscription | None:
+        """A new event stream for this connection; None if too many listen already."""
         ...
 
 
@@ -98,8 +125,12 @@ class Api:
         self.network = network
         self.ipv6 = ipv6
 
-    def handle(self, request: bytes) -> bytes:
-        """The reply to one request (the bytes read before EOF, under MAX_REQUEST)."""
+    def handle(self, request: bytes, fds: list[int] | None = None) -> bytes | Subscription:
+        """The reply to one request (the bytes read before EOF, under MAX_REQUEST).
+
+        *fds*: passed with it (SCM_RIGHTS); the handler takes one over by removing it from
+        the list, the server closes the rest."""
+        fds = [] if fds is None else fds
         try:
             value = json.loads(request.decode("utf-8"))
         except (UnicodeDecodeError, ValueError):
@@ -111,6 +142,8 @@ class Api:
             return error("no execute found")
         arguments = value.get("arguments")
         args: dict[str, Any] = arguments if isinstance(arguments, dict) else {}
+        if "-" in execute and execute.replace("-", "_") not in SLIRP4NETNS_COMMANDS:
+            execute = execute.replace("-", "_")  # slirpy's own: pcap-start is pcap_start
         match execute:
             case "add_hostfwd":
                 return self._add_hostfwd(args)
@@ -128,6 +161,8 @@ class Api:
                 return _dump({"return": {"flows": self.ctl.list_flows()}})
             case "counters":
                 return _dump({"return": self.ctl.counters()})
+            case "metrics":
+                return _dump({"return": {"text": self.ctl.metrics_text()}})
             case "add_rule":
                 return self._add_rule(args)
             case "list_rules":
@@ -139,6 +174,18 @@ class Api:
                 if rule_id is None or self.ctl.remove_rule(rule_id) is None:
                     return error("remove_rule: bad arguments.id")
                 return _dump({"return": {}})
+            case "pcap_start":
+                return self._pcap_start(args, fds)
+            case "pcap_stop":
+                counts = self.ctl.pcap_stop()
+                if counts is None:
+                    return error("pcap_stop: no capture was started")
+                return _dump({"return": counts})
+            case "subscribe":
+                subscription = self.ctl.subscribe()
+                if subscription is None:
+                    return error("subscribe: too many subscribers")
+                return subscription
             case _:
                 return error("unknown execute")
 
@@ -229,6 +276,23 @@ class Api:
         except RuleError as exc:
             return error(f"add_rule: {exc}")
         return _dump({"return": {"ids": [self.ctl.add_rule(rule) for rule in rules]}})
+
+    def _pcap_start(self, args: dict[str, Any], fds: list[int]) -> bytes:
+        path, by_fd = args.get("path"), args.get("fd")
+        fd: int | None = None
+        if by_fd is True:
+            if len(fds) != 1:
+                return error(f"pcap_start: arguments.fd: pass one fd with the request "
+                             f"(SCM_RIGHTS), not {len(fds)}")
+            fd = fds.pop()  # ours now, whatever happens
+        elif not (isinstance(path, str) and path):
+            return error("pcap_start: arguments.path must be a file name, or arguments.fd "
+                         "true with one fd passed")
+        try:
+            started = self.ctl.pcap_start(None if fd is not None else path, fd)
+        except CaptureError as exc:
+            return error(f"pcap_start: {exc}")
+        return _dump({"return": {"path": started}})
 
     def _list_forwards(self) -> bytes:
         return _dump({"return": {"forwards": [

@@ -11,10 +11,18 @@ says nothing is dropped after CLIENT_TIMEOUT_S. Past MAX_CLIENTS, or at the open
 limit, a new client is accepted and closed at once (at the limit, on the spare fd kept
 for that: a level-triggered listener must not spin), and what clients can make us log
 is rate-limited (slirpy.ratelog).
+
+A request may carry file descriptors (SCM_RIGHTS: a capture file `slirpy ctl` opened
+with the user's rights, which a confined slirpy could not open itself). They go to the
+handler with the request; any the handler does not take (by removing it from the list)
+is closed once it returns, and those of a client dropped before its request was whole.
+A handler may answer with a `Subscription` (slirpy.observe.events) rather than bytes:
+the connection then leaves this server for the event hub, which streams to it.
 """
 
 from __future__ import annotations
 
+import array
 import json
 import logging
 import os
@@ -26,6 +34,7 @@ from typing import Final
 
 from slirpy.api.commands import MAX_REQUEST, TOO_LARGE
 from slirpy.errors import SetupError
+from slirpy.observe.events import Subscription
 from slirpy.ratelog import RateLimitedLog
 from slirpy.runtime.loop import EventLoop
 from slirpy.runtime.sockets import CLIENT_GONE, FD_EXHAUSTED, SPARE_FD, Drop, out_of_fds
@@ -36,6 +45,10 @@ CLIENT_TIMEOUT_S: Final = 10.0
 MAX_CLIENTS: Final = 64
 SUN_PATH_MAX: Final = 107  # sizeof(sun_path) - 1 for the NUL
 ACCEPT_REST_S: Final = 0.5  # the listener is not polled for this long if accept() fails
+MAX_FDS: Final = 4  # fds one request may carry; more are closed as they arrive
+_FD_BYTES: Final = array.array("i").itemsize
+
+Handler = Callable[[bytes, list[int]], "bytes | Subscription"]
 
 
 class _Client:
@@ -44,10 +57,11 @@ class _Client:
         self.deadline = deadline
         self.request = bytearray()
         self.reply: memoryview | None = None
+        self.fds: list[int] = []  # passed with the request (SCM_RIGHTS), not yet handled
 
 
 class ApiServer:
-    def __init__(self, path: str, loop: EventLoop, handle: Callable[[bytes], bytes]) -> None:
+    def __init__(self, path: str, loop: EventLoop, handle: Handler) -> None:
         if len(os.fsencode(path)) > SUN_PATH_MAX:
             raise SetupError(f"--api-socket path is too long for a unix socket "
                              f"({len(os.fsencode(path))} bytes, at most {SUN_PATH_MAX}): {path}")
@@ -118,12 +132,15 @@ class ApiServer:
             self._write(fd, client)
             return
         try:
-            data = client.sock.recv(MAX_REQUEST - len(client.request) + 1)
+            data, ancillary, _, _ = client.sock.recvmsg(
+                MAX_REQUEST - len(client.request) + 1, socket.CMSG_SPACE(MAX_FDS * _FD_BYTES),
+                socket.MSG_CMSG_CLOEXEC)
         except BlockingIOError:
             return
         except OSError:
             self._drop(fd)
             return
+        client.fds += _received_fds(ancillary)
         client.request += data
         if len(client.request) >= MAX_REQUEST:
             self._too_large_log.warning("too-large", self.loop.now(), "api socket: too large "
@@ -132,7 +149,20 @@ class ApiServer:
         elif not data or _complete(client.request):
             request = bytes(client.request)
             log.debug("api socket: request %r", request)
-            self._answer(fd, client, self.handle(request))
+            try:
+                reply = self.handle(request, client.fds)
+            finally:
+                _close_all(client.fds)  # those the handler did not take
+            if isinstance(reply, Subscription):
+                self._hand_over(fd, client, reply)
+            else:
+                self._answer(fd, client, reply)
+
+    def _hand_over(self, fd: int, client: _Client, subscription: Subscription) -> None:
+        """The connection leaves this server: the event hub streams to it from now on."""
+        del self.clients[fd]
+        self.loop.remove(fd)
+        subscription.attach(client.sock)
 
     def _answer(self, fd: int, client: _Client, reply: bytes) -> None:
         client.reply = memoryview(reply)
@@ -173,6 +203,7 @@ class ApiServer:
     def _drop(self, fd: int) -> None:
         client = self.clients.pop(fd)
         self.loop.remove(fd)
+        _close_all(client.fds)
         client.sock.close()
 
     def close(self) -> None:
@@ -184,6 +215,24 @@ class ApiServer:
             os.unlink(self.path)
         except OSError:
             pass
+
+
+def _received_fds(ancillary: list[tuple[int, int, bytes]]) -> list[int]:
+    """The fds an SCM_RIGHTS message carried (already ours: the kernel installed them)."""
+    fds: list[int] = []
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            usable = len(data) - len(data) % _FD_BYTES
+            fds += array.array("i", data[:usable])
+    if len(fds) > MAX_FDS:
+        _close_all(fds[MAX_FDS:])
+        del fds[MAX_FDS:]
+    return fds
+
+
+def _close_all(fds: list[int]) -> None:
+    while fds:
+        os.close(fds.pop())
 
 
 def _complete(request: bytearray) -> bool:

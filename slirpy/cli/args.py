@@ -17,7 +17,7 @@ import os
 import re
 import socket
 from collections.abc import Callable
-from typing import Final, NoReturn, TypeVar
+from typing import Any, Final, NoReturn, TypeVar
 
 from slirpy import __version__
 from slirpy.addresses import DEFAULT_CIDR, DEFAULT_CIDR6, Network
@@ -48,6 +48,14 @@ _CONFINE_HELP: Final = (
     "CAP_NET_BIND_SERVICE if running as the root)\n"
     "--enable-seccomp         enable seccomp to limit syscalls (experimental)\n")
 
+_OBSERVE_HELP: Final = """\
+--name=NAME              register the API socket as NAME for `slirpy ctl --name`
+--events=DEST            write events as JSON lines to DEST: a file, - (stderr), fd:N
+--pcap=FILE              capture every frame on the guest link to FILE (pcap)
+--pcap-size=SIZE[,rotate] stop the capture at SIZE bytes (k, M, G), or turn between FILE and FILE.1
+--metrics=ADDR:PORT      serve Prometheus metrics over HTTP (ADDR defaults to 127.0.0.1)
+"""
+
 _LIMITS_HELP: Final = """\
 --max-flows=N            at most N TCP connections and UDP flows at once
                          (default: from the open-file limit)
@@ -58,6 +66,7 @@ _LIMITS_HELP: Final = """\
 ATTACH_HELP: Final = f"""\
 Usage: slirpy [OPTION]... PID|PATH [TAPNAME]
        slirpy run [OPTION]... -- COMMAND [ARG]...
+       slirpy ctl [OPTION]... COMMAND [ARG]...
 User-mode networking for unprivileged network namespaces.
 
 -c, --configure          bring up the interface
@@ -77,7 +86,8 @@ User-mode networking for unprivileged network namespaces.
 --disable-dns            disables the DNS forwarder at the network's third address
 {_CONFINE_HELP}--disable-sandbox        no new mount namespace (default here)
 --disable-seccomp        no seccomp filter (default here)
-{_LIMITS_HELP}-a, --api-socket=PATH    specify API socket path (the slirp4netns JSON API)
+{_LIMITS_HELP}{_OBSERVE_HELP}\
+-a, --api-socket=PATH    specify API socket path (the slirp4netns JSON API)
 -L, --local-forward=SPEC forward a host port to the guest, repeatable:
                          [proto://][bind_ip:]bind_port[:guest_ip:guest_port]
                          proto tcp (default), udp, tcppp, udpspp, udprpc
@@ -116,7 +126,8 @@ COMMAND's exit status is slirpy's; nothing it started outlives it.
 --disable-seccomp        do not limit slirpy's syscalls with seccomp
 --enable-sandbox         confine slirpy in a new mount namespace (the default of this form)
 --enable-seccomp         limit slirpy's syscalls with seccomp (the default of this form)
-{_LIMITS_HELP}-a, --api-socket=PATH    specify API socket path (the slirp4netns JSON API)
+{_LIMITS_HELP}{_OBSERVE_HELP}\
+-a, --api-socket=PATH    specify API socket path (the slirp4netns JSON API)
 -L, --local-forward=SPEC forward a host port to the guest (see `slirpy --help`)
 -R, --remote-forward=SPEC forward a guest address to a host service
 --dns-ttl=SECONDS        cache SRV answers of remote forwards this long (default 60)
@@ -201,6 +212,11 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-flows", type=_positive("max-flows"))
     parser.add_argument("--max-pending-connects", type=_positive("max-pending-connects"))
     parser.add_argument("-a", "--api-socket")
+    parser.add_argument("--name")
+    parser.add_argument("--events")
+    parser.add_argument("--pcap")
+    parser.add_argument("--pcap-size")
+    parser.add_argument("--metrics")
     parser.add_argument("-L", "--local-forward", action="append", default=[])
     parser.add_argument("-R", "--remote-forward", action="append", default=[])
     parser.add_argument("--dns-ttl", default="60")
@@ -388,10 +404,68 @@ def _config(ns: argparse.Namespace, *, host_loopback_default: bool,
         enable_sandbox=_switch(ns, "sandbox", confine_default),
         enable_seccomp=_switch(ns, "seccomp", confine_default),
         max_flows=ns.max_flows, max_pending_connects=ns.max_pending_connects,
+        **_observe(ns),
         outbound_addr=_outbound(ns.outbound_addr, ipaddress.IPv4Address)
         if ns.outbound_addr else None,
         outbound_addr6=_outbound(ns.outbound_addr6, ipaddress.IPv6Address)
         if ns.outbound_addr6 else None)
+
+
+_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_SIZE_UNITS: Final = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+PCAP_MIN_SIZE: Final = 1 << 20  # a capture file holds a few 64 KiB segments at least
+
+
+def _observe(ns: argparse.Namespace) -> dict[str, Any]:
+    """--name, --events, --pcap, --pcap-size, --metrics: checked here for their form;
+    whether a path can be written or a port bound is found out at start."""
+    if ns.name is not None and not _NAME.fullmatch(ns.name):
+        raise UsageError(f"--name {ns.name!r}: use letters, digits, '.', '_' and '-' "
+                         "(at most 64, starting with a letter or digit)")
+    if ns.events is not None:
+        if not ns.events:
+            raise UsageError("--events needs a destination: a file, - (stderr) or fd:N")
+        if ns.events.startswith("fd:"):
+            _fd("events")(ns.events[3:])
+    if ns.pcap is not None and not ns.pcap:
+        raise UsageError("--pcap needs a file name")
+    size, rotate = _pcap_size(ns.pcap_size) if ns.pcap_size is not None else (None, False)
+    return {"name": ns.name, "events": ns.events, "pcap": ns.pcap, "pcap_size": size,
+            "pcap_rotate": rotate,
+            "metrics": parse_listen(ns.metrics) if ns.metrics is not None else None}
+
+
+def _pcap_size(text: str) -> tuple[int, bool]:
+    """SIZE[k|M|G][,rotate] -> (bytes, rotate)."""
+    size_text, _, mode = text.partition(",")
+    match = re.fullmatch(r"([0-9]+)([kKmMgG]?)", size_text.strip())
+    if match is None or mode not in ("", "rotate", "stop"):
+        raise UsageError(f"--pcap-size {text!r}: a size like 100M, optionally ',rotate'")
+    size = int(match.group(1)) * _SIZE_UNITS[match.group(2).lower()]
+    if size < PCAP_MIN_SIZE:
+        raise UsageError(f"--pcap-size {text!r}: at least 1M")
+    return size, mode == "rotate"
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """--metrics ADDR:PORT, [ADDR6]:PORT or PORT (on 127.0.0.1) -> (address, port)."""
+    address, port_text = "127.0.0.1", text
+    if text.startswith("["):
+        address, bracket, rest = text[1:].partition("]")
+        if not bracket or not rest.startswith(":"):
+            raise UsageError(f"--metrics {text!r}: write an IPv6 address as [ADDR]:PORT")
+        port_text = rest[1:]
+    elif ":" in text:
+        address, _, port_text = text.rpartition(":")
+        address = address or "127.0.0.1"
+    try:
+        ipaddress.ip_address(address)
+        port = int(port_text)
+    except ValueError:
+        raise UsageError(f"--metrics {text!r}: expected ADDR:PORT, e.g. 127.0.0.1:9464") from None
+    if not 0 < port < 65536:
+        raise UsageError(f"--metrics {text!r}: the port must be 1-65535")
+    return address, port
 
 
 def _switch(ns: argparse.Namespace, name: str, default: bool) -> bool:

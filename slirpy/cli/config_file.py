@@ -40,7 +40,8 @@ REPEATABLE: Final = frozenset({"local-forward", "remote-forward", "allow", "deny
 VALUES: Final = frozenset({"mtu", "cidr", "cidr6", "outbound-addr", "outbound-addr6",
                            "api-socket", "dns-ttl", "exit-fd", "ready-fd", "netns-type",
                            "userns-path", "macaddress", "target-type", "max-flows",
-                           "max-pending-connects"})
+                           "max-pending-connects", "name", "events", "pcap", "pcap-size",
+                           "metrics"})
 ATTACH_ONLY: Final = frozenset({"configure", "exit-fd", "ready-fd", "netns-type",
                                 "userns-path", "macaddress", "target-type"})
 _EXCLUSIVE: Final = (frozenset({"disable-host-loopback", "enable-host-loopback"}),

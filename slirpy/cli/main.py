@@ -6,12 +6,14 @@ then hand both to serve() (slirpy.app), which returns when it is asked to stop. 
 SlirpyError anywhere ends as `slirpy: <reason>` on stderr and exit status 1; anything
 else is a bug and keeps its traceback. The runtime is imported only once the guest's
 tap is open, so a mistake on the command line costs no more than parsing it.
+`slirpy ctl ...` is the client of a running slirpy's API socket (slirpy.cli.ctl).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import select
 import signal
 import sys
@@ -19,9 +21,11 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
 
 from slirpy.cli.args import Attach, Exit, Run, parse
-from slirpy.errors import SlirpyError
+from slirpy.config import Config
+from slirpy.errors import SetupError, SlirpyError
 from slirpy.netns.attach import (LinkSetup, open_tap, target_for_path, target_for_pid,
                                  write_ready)
+from slirpy.observe import registry
 
 if TYPE_CHECKING:
     from slirpy.runtime.tap import FrameDevice
@@ -42,8 +46,13 @@ class TapOptions:
 
 def main(argv: list[str] | None = None, *, tap: TapOptions = TapOptions()) -> int:
     """Run slirpy with *argv* (default: sys.argv[1:]); return the exit status."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["ctl"]:  # the client: no guest, no logging set-up
+        from slirpy.cli import ctl
+
+        return ctl.main(argv[1:])
     try:
-        parsed = parse(sys.argv[1:] if argv is None else argv)
+        parsed = parse(argv)
     except Exit as done:
         print(done.text, end="")
         return 0
@@ -66,6 +75,8 @@ def attach(args: Attach, tap: TapOptions = TapOptions()) -> int:
         target = target_for_pid(int(args.target))
     else:
         target = target_for_path(args.target, args.userns_path)
+    # --name without -a: a socket in the registry directory (nothing new otherwise).
+    args = dataclasses.replace(args, config=with_api_socket(args.config, by_default=False))
     setup = LinkSetup(args.config, args.mac) if args.configure else None
     tap_fd = open_tap(target, args.tap_name, setup, vnet_hdr=tap.vnet_hdr)
     from slirpy.app import serve
@@ -112,6 +123,7 @@ def run(args: Run, tap: TapOptions = TapOptions()) -> int:
 
     if args.log_level == logging.INFO:
         logging.getLogger().setLevel(logging.WARNING)  # CMD's stderr is the user's
+    args = dataclasses.replace(args, config=with_api_socket(args.config, by_default=True))
     net = args.config.network
     nameservers = [str(net.dns), *([str(net.dns6)] if args.config.ipv6 else [])]
     guest = spawn(args.command, nameservers=nameservers if args.config.dns else [])
@@ -140,6 +152,29 @@ def run(args: Run, tap: TapOptions = TapOptions()) -> int:
         if not _exited(guest.pidfd, GRACE_S):
             guest.signal(signal.SIGKILL)
     return guest.wait()
+
+
+def with_api_socket(config: Config, *, by_default: bool) -> Config:
+    """*config* with an API socket in the registry directory (<dir>/<pid>.api) where it
+    has none: `slirpy run` makes one by default (so `slirpy ctl` reaches any instance),
+    and --name asks for one. A default that cannot be made is left out, with a warning;
+    one --name asks for is a SetupError."""
+    if config.api_socket is not None or not (by_default or config.name is not None):
+        return config
+    try:
+        path = registry.default_api_socket()
+    except SlirpyError as exc:
+        if config.name is not None:
+            raise
+        log.warning("no API socket for slirpy ctl: %s", exc)
+        return config
+    if len(os.fsencode(path)) > registry.SUN_PATH_MAX:
+        if config.name is not None:
+            raise SetupError(f"--name {config.name}: the API socket path {path} is too "
+                             "long for a unix socket: give --api-socket")
+        log.warning("no API socket for slirpy ctl: %s is too long for a unix socket", path)
+        return config
+    return dataclasses.replace(config, api_socket=path)
 
 
 def _exited(pidfd: int, timeout_s: float) -> bool:

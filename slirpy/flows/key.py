@@ -38,11 +38,17 @@ class FlowKey(NamedTuple):
 
 @dataclass(slots=True)
 class Traffic:
-    """What one flow carried: payload bytes each way since it was *created*."""
+    """What one flow carried: payload bytes and packets each way since it was *created*."""
 
     created: float
     from_guest: int = 0
     to_guest: int = 0
+    packets_from_guest: int = 0
+    packets_to_guest: int = 0
+
+    def counts(self) -> tuple[int, int, int, int]:
+        """(bytes from the guest, bytes to it, packets from, packets to): for reports."""
+        return self.from_guest, self.to_guest, self.packets_from_guest, self.packets_to_guest
 
 
 class FlowRecord(NamedTuple):

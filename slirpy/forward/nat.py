@@ -29,6 +29,7 @@ from slirpy.flows.table import FlowTable
 from slirpy.wire.proxy import SppHeader, build_spp, parse_spp
 from slirpy.forward.spec import LocalForward, Proto
 from slirpy.guest import GuestLink
+from slirpy.reports import Reporter
 from slirpy.wire.ipv4 import IpProto
 
 log = logging.getLogger(__name__)
@@ -91,10 +92,12 @@ class InboundUdp(NamedTuple):
 
 
 class InboundUdpFlows:
-    def __init__(self, link: GuestLink, network: Network, limit: int, idle_s: float) -> None:
+    def __init__(self, link: GuestLink, network: Network, limit: int, idle_s: float,
+                 reports: Reporter | None = None) -> None:
         self.link = link
         self.network = network
         self.table: FlowTable[InboundUdp] = FlowTable(limit, idle_s)
+        self.reports = reports or Reporter()
         # (forward id, peer, client) -> key: a client's next datagram finds its flow
         self.by_client: dict[_Client, FlowKey] = {}
         self.client_of: dict[FlowKey, _Client] = {}
@@ -126,10 +129,14 @@ class InboundUdpFlows:
                               Traffic(now))
             for old in self.table.add(key, flow, now):
                 self._forget(old)
+                self.reports.flow_done(old, old.proto, now, "closed", "evicted: flow limit")
             self.by_client[(forward_id, peer, client)] = key
             self.client_of[key] = (forward_id, peer, client)
             log.debug("%s: new forwarded flow from %s", key, peer)
+            self.reports.flow_new(key, key, now, flow.traffic, "local-forward", "local forward",
+                                  forward=forward_id, client=client)
         flow.traffic.to_guest += len(payload)
+        flow.traffic.packets_to_guest += 1
         return list(self.link.udp(src=key.remote_addr, src_port=key.remote_port,
                                   dst=key.guest_addr, dst_port=key.guest_port, payload=payload))
 
@@ -142,23 +149,27 @@ class InboundUdpFlows:
         if flow is None:
             return []
         flow.traffic.from_guest += len(payload)
+        flow.traffic.packets_from_guest += 1
         prefix = build_spp(flow.spp) if flow.spp is not None else b""
         if flow.rpc:
             self.table.remove(key)
             self._forget(key)
+            self.reports.flow_done(key, key.proto, now, "closed")
         return [SendTo(flow.forward_id, flow.peer[0], flow.peer[1], payload, prefix)]
 
-    def remove_forward(self, forward_id: int) -> None:
+    def remove_forward(self, forward_id: int, now: float) -> None:
         for key in self.table.keys():
             flow = self.table.peek(key)
             if flow is not None and flow.forward_id == forward_id:
                 self.table.remove(key)
                 self._forget(key)
+                self.reports.flow_done(key, key.proto, now, "closed", "forward removed")
 
     def expire(self, now: float) -> list[Effect]:
         """Forget idle flows (they hold no socket of their own: nothing to close)."""
         for key in self.table.expire(now):
             self._forget(key)
+            self.reports.flow_done(key, key.proto, now, "timeout")
         return []
 
     def next_deadline(self) -> float | None:

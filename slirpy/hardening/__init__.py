@@ -10,19 +10,22 @@ refuses those, comes last.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from slirpy.config import Config
 from slirpy.hardening import sandbox, seccomp
 
 
-def harden(config: Config, *, host_addresses: bool) -> None:
+def harden(config: Config, *, host_addresses: bool, truncate_fds: Sequence[int] = ()) -> None:
     """Confine this process as *config* asks; SetupError (one line) when refused.
 
     *host_addresses*: the host-address watcher runs (pyroute2 must be preloaded).
+    *truncate_fds*: a rotating packet capture's files, emptied in turn (seccomp.allowed_if).
     """
     if not (config.enable_sandbox or config.enable_seccomp):
         return
     sandbox.preload(host_addresses)
-    syscall_filter = seccomp.build() if config.enable_seccomp else None
+    syscall_filter = seccomp.build(truncate_fds) if config.enable_seccomp else None
     if config.enable_sandbox:
         sandbox.enter(config.resolv_conf if config.dns else None)
     if syscall_filter is not None:

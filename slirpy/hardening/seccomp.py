@@ -10,9 +10,11 @@ arguments only: socket() for IPv4, IPv6 and route netlink sockets (no AF_PACKET,
 other netlink family, and no unix socket: the control socket's are made by accept(), and
 a new one could reach the abstract unix sockets of the host's network namespace, which
 no mount namespace hides), socketpair() for unix pairs only, open() for reading only,
-ioctl() for the few requests CPython and the runtime make, tgkill() to ourselves. No new
-process, no exec, no file written, renamed or removed (so the control socket's file is
-left behind at exit, as slirp4netns always leaves its own). mmap and mprotect are not
+ioctl() for the few requests CPython and the runtime make, tgkill() to ourselves,
+ftruncate() on a rotating packet capture's two files. No new process, no exec, no file
+opened for writing, renamed or removed (so the control socket's file is left behind at
+exit, as slirp4netns always leaves its own; a packet capture's files are opened before
+the filter is loaded). mmap and mprotect are not
 limited to non-executable memory: ctypes and the C extensions loaded at start may need
 it, and the filter's job is the kernel's surface, not exploit mitigation inside the
 process.
@@ -47,6 +49,7 @@ import errno
 import logging
 import os
 import socket
+from collections.abc import Sequence
 from typing import Final, Protocol
 
 from slirpy.errors import SetupError
@@ -113,9 +116,14 @@ TIOCOUTQ: Final = 0x5411
 FIONREAD: Final = 0x541B
 
 
-def allowed_if(pid: int) -> tuple[AllowIf, ...]:
-    """The calls allowed for some arguments only; *pid*: the process the filter is for."""
+def allowed_if(pid: int, truncate_fds: Sequence[int] = ()) -> tuple[AllowIf, ...]:
+    """The calls allowed for some arguments only; *pid*: the process the filter is for;
+    *truncate_fds*: the files of a rotating packet capture (--pcap-size SIZE,rotate)."""
     return (
+        # A ring of two capture files, opened at start, is emptied in turn: ftruncate on
+        # those two fds only, so no other file (the fds are opened for writing already).
+        *(AllowIf("ftruncate", "the rotating packet capture's two files only",
+                  (Compare(0, fd),)) for fd in truncate_fds),
         *(AllowIf("socket", "host sockets of either family, forwards", (Compare(0, family),))
           for family in (socket.AF_INET, socket.AF_INET6)),
         AllowIf("socket", "route netlink only: the host-address watcher",
@@ -149,8 +157,8 @@ REFUSED: Final[dict[str, tuple[str, ...]]] = {
                                            "rename", "renameat", "renameat2", "mkdir",
                                            "mkdirat", "chmod", "fchmod", "fchmodat",
                                            "chown", "fchown", "fchownat", "truncate",
-                                           "ftruncate", "link", "linkat", "symlink",
-                                           "symlinkat"),
+                                           "link", "linkat", "symlink", "symlinkat"),
+    # ftruncate is refused too, but for the rotating capture's files (allowed_if).
     "credentials and process attributes": ("setuid", "setgid", "setreuid", "setregid",
                                            "setresuid", "setresgid", "setgroups", "capset",
                                            "prctl", "seccomp", "personality",
@@ -176,9 +184,10 @@ class Filter(Protocol):
     def load(self) -> None: ...
 
 
-def build() -> Filter:
+def build(truncate_fds: Sequence[int] = ()) -> Filter:
     """The filter for this process, built (libseccomp loaded, every rule added) but not
-    loaded yet. Raises SetupError if libseccomp or pyseccomp is missing."""
+    loaded yet. Raises SetupError if libseccomp or pyseccomp is missing.
+    *truncate_fds*: see allowed_if."""
     try:
         import pyseccomp  # type: ignore[import-untyped]  # no py.typed marker
     except (ImportError, RuntimeError) as exc:  # RuntimeError: no libseccomp.so.2
@@ -213,7 +222,7 @@ def build() -> Filter:
     for name in allowed_names():
         if known(name):
             syscall_filter.add_rule(pyseccomp.ALLOW, name)
-    for rule in allowed_if(os.getpid()):
+    for rule in allowed_if(os.getpid(), truncate_fds):
         if known(rule.syscall):
             syscall_filter.add_rule(pyseccomp.ALLOW, rule.syscall, *(
                 pyseccomp.Arg(c.index, pyseccomp.EQ, c.value) if c.mask is None

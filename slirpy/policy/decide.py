@@ -40,6 +40,7 @@ class Outcome(enum.Enum):
 class Verdict(NamedTuple):
     outcome: Outcome
     why: str  # the rule or the setting that decided, for the log and the counters
+    rule: int | None = None  # the id of the rule that decided, if a rule did
 
 
 class Policy:
@@ -51,8 +52,8 @@ class Policy:
         self.rules: dict[int, Rule] = {}  # id -> rule, in the order given
         self.next_id = 1
         self._host = NetSet()
-        self._deny: list[Rule] = []
-        self._allow: list[Rule] = []
+        self._deny: list[tuple[int, Rule]] = []
+        self._allow: list[tuple[int, Rule]] = []
         for rule in rules:
             self.add(rule)
 
@@ -69,8 +70,8 @@ class Policy:
         return rule
 
     def _split(self) -> None:
-        self._deny = [r for r in self.rules.values() if r.action is Action.DENY]
-        self._allow = [r for r in self.rules.values() if r.action is Action.ALLOW]
+        self._deny = [(i, r) for i, r in self.rules.items() if r.action is Action.DENY]
+        self._allow = [(i, r) for i, r in self.rules.items() if r.action is Action.ALLOW]
 
     def listed(self) -> list[tuple[int, Rule]]:
         """Every rule with its id, in the order given."""
@@ -87,13 +88,13 @@ class Policy:
 
     def decide(self, proto: int, addr: bytes, port: int, *, gateway: bool) -> Verdict:
         """May a new flow of *proto* go to *addr*:*port* (as the guest named it)?"""
-        for rule in self._deny:
+        for rule_id, rule in self._deny:
             if rule.matches(proto, addr, port):
-                return Verdict(Outcome.BLOCK, f"--deny {rule.text}")
+                return Verdict(Outcome.BLOCK, f"--deny {rule.text}", rule_id)
         static = STATIC_DENY.prefix_of(addr)
-        for rule in self._allow:
+        for rule_id, rule in self._allow:
             if rule.matches(proto, addr, port) and rule.network.prefixlen >= (static or 0):
-                return Verdict(Outcome.PASS, f"--allow {rule.text}")
+                return Verdict(Outcome.PASS, f"--allow {rule.text}", rule_id)
         if gateway:
             if self.host_loopback:
                 return Verdict(Outcome.PASS, "host loopback")

@@ -28,8 +28,8 @@ from typing import Final, Protocol, assert_never
 
 from slirpy.config import Config
 from slirpy.effects import (AdoptStream, Close, Connect, Consume, Effect, OpenPing, OpenUdp, Peek,
-                            RefuseStream, Rewind, Send, SendDatagram, SendTo, ShutdownWrite,
-                            ToGuest, WatchWritable)
+                            RefuseStream, Report, Rewind, Send, SendDatagram, SendTo,
+                            ShutdownWrite, ToGuest, WatchWritable)
 from slirpy.events import DnsUpstreams, Event, GuestFrame, TimerDue
 from slirpy.flows.key import FlowKey
 from slirpy.runtime.forwards import ForwardSockets
@@ -56,6 +56,21 @@ class Core(Protocol):
     def feed(self, event: Event, now: float) -> list[Effect]: ...
 
     def next_deadline(self) -> float | None: ...
+
+
+class FrameCapture(Protocol):
+    """A tee of the guest link (slirpy.observe.pcap): sees every frame, both ways, before
+    the core handles it or the tap sends it, and keeps no reference to it."""
+
+    def from_guest(self, frame: memoryview) -> None: ...
+
+    def to_guest(self, frame: ToGuest) -> None: ...
+
+
+class ReportSink(Protocol):
+    """Where the core's reports go: the event hub (slirpy.observe.events), when on."""
+
+    def emit(self, event: str, fields: dict[str, object]) -> None: ...
 
 
 class RuntimeTimed(Protocol):
@@ -91,10 +106,15 @@ class Driver:
         self.host_addresses = HostAddresses(self.loop, self.post) \
             if config.routing != config.host else None
         self.frames_in = 0
+        self.bytes_in = 0  # frame lengths, as the tap gives them (no virtio-net header)
         self.tap_reads = ReadBudget(self.loop, TAP_BATCH)
         self.frames_out = 0
+        self.bytes_out = 0
+        self.capture: FrameCapture | None = None  # --pcap, pcap_start: only while one runs
         self.started = self.loop.now()
         self.stopping = False
+        self.stop_reason = ""  # why the loop stopped: the exit event says it
+        self.reports: ReportSink | None = None  # the event hub, while events are on
         self.on_dump: Callable[[], None] = lambda: None
         self._resolv_stamp: tuple[int, int, int] | None = None
         self._resolv_check_at = 0.0
@@ -138,6 +158,9 @@ class Driver:
         self.tap_reads.used(len(frames))
         for frame in frames:
             self.frames_in += 1
+            self.bytes_in += len(frame.data)
+            if self.capture is not None:  # before the core: its replies come after
+                self.capture.from_guest(frame.data)
             self.post(GuestFrame(frame.data, frame.checksum_ok))
 
     # --- effects from the core --------------------------------------------------------------
@@ -147,6 +170,9 @@ class Driver:
             match effect:
                 case ToGuest():
                     self.frames_out += 1
+                    self.bytes_out += len(effect.headers) + len(effect.payload)
+                    if self.capture is not None:
+                        self.capture.to_guest(effect)
                     self.device.write(effect)
                 case OpenUdp(flow, host_addr, host_port):
                     self.sockets.open_udp(flow, host_addr, host_port)
@@ -180,6 +206,9 @@ class Driver:
                     self.streams.adopt(flow, self.forward_sockets.take_accepted(token))
                 case RefuseStream(token):
                     self.forward_sockets.refuse(token)
+                case Report(event, fields):
+                    if self.reports is not None:
+                        self.reports.emit(event, fields)
                 case _:
                     assert_never(effect)
 
@@ -193,10 +222,15 @@ class Driver:
             if exc.errno not in (errno.EBADF, errno.EPERM):
                 raise
             log.debug("stop fd %d is not open: stopping", fd)
-            self.stopping = True
+            self._stop(f"stop fd {fd} is not open")
 
     def _on_stop_fd(self, mask: int) -> None:
         log.debug("stop fd event")
+        self._stop("stop fd")
+
+    def _stop(self, reason: str) -> None:
+        if not self.stopping:
+            self.stop_reason = reason
         self.stopping = True
 
     def _on_signal(self, mask: int) -> None:
@@ -206,9 +240,10 @@ class Driver:
             return
         if signal.SIGUSR1 in signals:
             self.on_dump()
-        if self._stop_signals.intersection(signals):
+        stops = self._stop_signals.intersection(signals)
+        if stops:
             log.debug("stop signal")
-            self.stopping = True
+            self._stop(f"signal {signal.Signals(min(stops)).name}")
 
     def _check_resolv_conf(self, now: float) -> None:
         self._resolv_check_at = now + RESOLV_CONF_CHECK_S

@@ -29,10 +29,13 @@ from typing import Final
 
 from slirpy.addresses import address_text
 from slirpy.effects import Effect
+from slirpy.flows.key import FlowKey, Traffic
 from slirpy.guest import GuestLink
+from slirpy.reports import Reporter
 from slirpy.services.dnsclient import DnsClient, Failure, Outcome
 from slirpy.wire import Malformed
 from slirpy.wire.dns import DNS_PORT, RCODE_SERVFAIL, DnsQuery, build_error_reply
+from slirpy.wire.ipv4 import IpProto
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +58,9 @@ def parse_resolv_conf(text: str) -> list[tuple[bytes, int]]:
     return servers
 
 
-@dataclasses.dataclass(slots=True)
+# eq=False: a query is its own identity (its report's handle: one guest socket may have
+# two queries out at once, as glibc's A and AAAA).
+@dataclasses.dataclass(slots=True, eq=False)
 class _Pending:
     our_addr: bytes  # the DNS address the guest asked: the answer comes from it
     guest_addr: bytes
@@ -65,16 +70,23 @@ class _Pending:
     first: int  # index of the upstream tried first
     tried: int = 0  # how many upstreams were tried
     upstream: bytes = b""  # the one asked now
+    traffic: Traffic | None = None  # the query's and the answer's bytes, for its report
 
 
 class DnsForwarder:
-    def __init__(self, link: GuestLink, timeout_s: float, client: DnsClient) -> None:
+    def __init__(self, link: GuestLink, timeout_s: float, client: DnsClient,
+                 reports: Reporter | None = None) -> None:
         self.link = link
         self.timeout_s = timeout_s
         self.client = client
+        self.reports = reports or Reporter()
         self.upstreams: list[tuple[bytes, int]] = []
         self.preferred = 0
+        self.chosen: bytes | None = None  # the upstream that answered last (reported)
         self.in_flight = 0  # guest queries not yet answered (nor failed)
+        self.queries = 0  # the guest's queries taken
+        self.failures = 0  # of them, answered SERVFAIL: no upstream answered
+        self.failovers = 0  # attempts that failed, so the next upstream was asked
 
     def set_upstreams(self, servers: list[tuple[bytes, int]]) -> None:
         if servers != self.upstreams:
@@ -95,19 +107,28 @@ class DnsForwarder:
         query = DnsQuery.parse(payload)  # Malformed goes to the stack's drop counter
         if self.in_flight >= MAX_PENDING:
             raise Malformed("dns-too-many-pending")
+        self.queries += 1
         if not self.upstreams:
+            self.failures += 1
             return self._servfail(our_addr, guest_addr, guest_port, query)
         self.in_flight += 1
+        traffic = Traffic(now, len(payload), 0, 1)
         pending = _Pending(our_addr, guest_addr, guest_port, bytes(payload), query.ident,
-                           self.preferred % len(self.upstreams))
+                           self.preferred % len(self.upstreams), traffic=traffic)
+        self.reports.flow_new(pending, FlowKey(IpProto.UDP, guest_addr, guest_port, our_addr,
+                                               DNS_PORT),
+                              now, traffic, "guest", "dns forwarder")
         return self._attempt(pending, now)
 
     def _attempt(self, pending: _Pending, now: float) -> list[Effect]:
         if pending.tried >= len(self.upstreams):
             self.in_flight -= 1
+            self.failures += 1
             query = DnsQuery.parse(memoryview(pending.query))
-            return self._servfail(pending.our_addr, pending.guest_addr, pending.guest_port,
-                                  query)
+            reply = self._servfail(pending.our_addr, pending.guest_addr, pending.guest_port,
+                                   query)
+            self._done_report(pending, now, "error", "no upstream answered (SERVFAIL)")
+            return reply
         addr, port = self.upstreams[(pending.first + pending.tried) % len(self.upstreams)]
         pending.tried += 1
         pending.upstream = addr
@@ -119,14 +140,29 @@ class DnsForwarder:
         match outcome:
             case Failure(why):
                 log.debug("DNS upstream %s: %s", address_text(pending.upstream), why)
+                if pending.tried < len(self.upstreams):
+                    self.failovers += 1
+                self.reports.dns_upstream("failed", pending.upstream, why)
                 return self._attempt(pending, now)
             case answer:
                 self.in_flight -= 1
                 self.preferred = (pending.first + pending.tried - 1) % max(len(self.upstreams),
                                                                            1)
+                if pending.upstream != self.chosen:
+                    self.chosen = pending.upstream
+                    self.reports.dns_upstream("chosen", pending.upstream)
+                if pending.traffic is not None:
+                    pending.traffic.to_guest += len(answer)
+                    pending.traffic.packets_to_guest += 1
+                self._done_report(pending, now, "closed")
                 return list(self.link.udp(src=pending.our_addr, src_port=DNS_PORT,
                                           dst=pending.guest_addr, dst_port=pending.guest_port,
                                           payload=answer))
+
+    def _done_report(self, pending: _Pending, now: float, reason: str,
+                     error: str = "") -> None:
+        if pending.traffic is not None:
+            self.reports.flow_done(pending, IpProto.UDP, now, reason, error)
 
     def _servfail(self, our_addr: bytes, guest_addr: bytes, guest_port: int,
                   query: DnsQuery) -> list[Effect]:

@@ -141,6 +141,19 @@ class ReorderBudget:
         self.used_bytes -= nbytes
 
 
+class TcpCounters:
+    """Counts of all connections of one link, kept by each as it goes: retransmissions
+    (timeouts and fast retransmits, SYN and SYN-ACK included), RSTs sent to the guest
+    and RSTs from the guest that reset a connection."""
+
+    __slots__ = ("retransmits", "resets_sent", "resets_received")
+
+    def __init__(self) -> None:
+        self.retransmits = 0
+        self.resets_sent = 0
+        self.resets_received = 0
+
+
 class TcpConn:
     """One connection between the guest and a host socket: its state machine (RFC 9293
     3.3.2) and both sequence spaces, turning each event into segments for the guest and
@@ -167,10 +180,12 @@ class TcpConn:
                  "held", "held_bytes", "read_wanted", "reader_waits", "dupacks", "rto",
                  "rtt_probe", "rto_deadline", "ack_deadline", "deadline", "quick_ack",
                  "pingpong", "delay_missed", "never_delay", "data_at", "space_advertised",
-                 "created")
+                 "created", "packets_from_guest", "packets_to_guest", "end_reason",
+                 "end_error", "counters", "guest_fin")
 
     def __init__(self, key: FlowKey, link: GuestLink, syn: TcpHeader | None, iss: int,
-                 our_mss: int, now: float, budget: ReorderBudget | None = None) -> None:
+                 our_mss: int, now: float, budget: ReorderBudget | None = None,
+                 counters: TcpCounters | None = None) -> None:
         """A connection the guest opens with *syn*; with None, one we open (see `active`)."""
         self.key = key
         self.link = link
@@ -214,6 +229,14 @@ class TcpConn:
         self.data_at = _LONG_AGO  # when the host socket last took the guest's data
         self.space_advertised = 0  # send_space as the last ACK we sent advertised it
         self.created = now
+        # For the flow's report (slirpy.reports): segments each way (a super-segment
+        # counts once, as a frame on the link), and why it ended, set where it ends.
+        self.packets_from_guest = 1 if syn is not None else 0
+        self.packets_to_guest = 0
+        self.end_reason = ""
+        self.end_error = ""
+        self.guest_fin = False  # the guest's FIN was taken (it holds a sequence number)
+        self.counters = counters or TcpCounters()
 
     def __repr__(self) -> str:
         return f"<TcpConn {self.key} {self.state.value}>"
@@ -236,11 +259,22 @@ class TcpConn:
         return FlowRecord("tcp", self.key, Traffic(self.created, from_guest, to_guest),
                           state=self.state.value)
 
+    def counts(self) -> tuple[int, int, int, int]:
+        """(bytes from the guest, bytes to it, segments from, segments to): its report's."""
+        from_guest, to_guest = self.bytes_each_way()
+        return from_guest, to_guest, self.packets_from_guest, self.packets_to_guest
+
+    def _end(self, reason: str, error: str = "") -> None:
+        """Say why the connection ends (the first reason given stands)."""
+        if not self.end_reason:
+            self.end_reason = reason
+            self.end_error = error
+
     def bytes_each_way(self) -> tuple[int, int]:
         """(bytes taken from the guest, bytes the guest acknowledged), SYN and FIN aside."""
         from_guest = max(0, seq_diff(self.rcv_nxt, self.irs) - 1)
         to_guest = max(0, seq_diff(self.snd_una, self.iss) - 1)
-        if self.state in (State.CLOSE_WAIT, State.LAST_ACK, State.CLOSING):
+        if self.guest_fin:
             from_guest -= 1  # the guest's FIN
         if self.fin_seq is not None and seq_lt(self.fin_seq, self.snd_una):
             to_guest -= 1  # our FIN
@@ -263,11 +297,12 @@ class TcpConn:
 
     @classmethod
     def active(cls, key: FlowKey, link: GuestLink, iss: int, our_mss: int, space: int,
-               now: float, budget: ReorderBudget | None = None) -> tuple[TcpConn, ToGuest]:
+               now: float, budget: ReorderBudget | None = None,
+               counters: TcpCounters | None = None) -> tuple[TcpConn, ToGuest]:
         """A connection to the guest for a host client a local forward accepted: the
         connection and our SYN. The host socket is connected already; the guest's
         SYN-ACK establishes it, its RST (nothing listening) resets the host client."""
-        conn = cls(key, link, None, iss, our_mss, now, budget)
+        conn = cls(key, link, None, iss, our_mss, now, budget, counters)
         conn.send_space = conn.space_advertised = space
         conn.snd_nxt = conn.snd_max = seq_add(iss, 1)
         conn._arm_rto(now)
@@ -298,6 +333,12 @@ class TcpConn:
     def on_connect_failed(self, error: int, now: float) -> list[Effect]:
         self._set_state(State.CLOSED)
         log.debug("%s: connect failed: %s", self.key, errno.errorcode.get(error, error))
+        if error == errno.ECONNREFUSED:
+            self._end("refused")
+        elif error == errno.ETIMEDOUT:
+            self._end("timeout")
+        else:
+            self._end("error", errno.errorcode.get(error, f"errno {error}"))
         unreachable = {errno.ENETUNREACH: UnreachCode.NET, errno.EHOSTUNREACH: UnreachCode.HOST,
                        errno.EACCES: UnreachCode.ADMIN_PROHIBITED,
                        errno.EPERM: UnreachCode.ADMIN_PROHIBITED}.get(error)
@@ -305,6 +346,7 @@ class TcpConn:
             return [Close(self.key), *icmp_unreachable(self.link, self.key, unreachable,
                                                        seq=self.irs)]
         # Refused, timed out, anything else: the guest's connect() fails with a reset.
+        self.counters.resets_sent += 1
         return [Close(self.key), self._segment(RST | ACK, seq=0)]
 
     def _syn_ack(self) -> Effect:
@@ -315,6 +357,7 @@ class TcpConn:
     # --- segments from the guest ----------------------------------------------------------
 
     def on_segment(self, seg: TcpHeader, now: float) -> list[Effect]:
+        self.packets_from_guest += 1
         if seg.flags & RST:
             return self._on_rst(seg)
         match self.state:
@@ -349,15 +392,21 @@ class TcpConn:
         # a challenge ACK (the guest is ours, but a stale RST must not kill a new flow).
         if self.state is State.CONNECTING or self.state is State.CLOSED:
             self._set_state(State.CLOSED)
+            self._end("reset")
+            self.counters.resets_received += 1
             return [Close(self.key, reset=True)]
         if self.state is State.SYN_SENT:
             if seg.flags & ACK and seg.ack == seq_add(self.iss, 1):
                 log.debug("%s: the guest refused the forwarded connection", self.key)
                 self._set_state(State.CLOSED)  # nothing listens: reset the host client
+                self._end("refused")
+                self.counters.resets_received += 1
                 return [Close(self.key, reset=True)]
             return []
         if seg.seq == self.rcv_nxt:
             self._set_state(State.CLOSED)
+            self._end("reset")
+            self.counters.resets_received += 1
             return [Close(self.key, reset=True)]
         return [self._ack_now()]
 
@@ -417,6 +466,7 @@ class TcpConn:
                     self._set_state(State.FIN_WAIT_2)
                 case State.CLOSING | State.LAST_ACK:
                     self._set_state(State.CLOSED)  # the host socket has nothing left to say
+                    self._end("fin")
                     effects.append(Close(self.key))
         return effects
 
@@ -562,6 +612,7 @@ class TcpConn:
 
     def _on_guest_fin(self) -> list[Effect]:
         self.rcv_nxt = seq_add(self.rcv_nxt, 1)
+        self.guest_fin = True
         match self.state:
             case State.ESTABLISHED:
                 self._set_state(State.CLOSE_WAIT)
@@ -571,6 +622,7 @@ class TcpConn:
                 return [ShutdownWrite(self.key), self._ack_now()]
             case _:  # FIN-WAIT-2: both directions done; the host socket goes
                 self._set_state(State.CLOSED)
+                self._end("fin")
                 return [self._ack_now(), Close(self.key)]
 
     # --- bytes from the host ------------------------------------------------------------------
@@ -648,6 +700,8 @@ class TcpConn:
         if self.state is State.CLOSED:
             return []
         self._set_state(State.CLOSED)
+        self._end("reset")
+        self.counters.resets_sent += 1
         return [self._segment(RST | ACK, seq=self.snd_nxt),
                 Close(self.key, reset=True)]
 
@@ -678,20 +732,25 @@ class TcpConn:
             # the guest (it never answered), with a reset for the host's end.
             log.debug("%s: the guest never completed the handshake", self.key)
             self._set_state(State.CLOSED)
+            self._end("timeout", "the guest never completed the handshake")
             return [Close(self.key, reset=True)]
         if self.rto.backoffs >= MAX_RETRIES:
             log.debug("%s: guest stopped answering, reset", self.key)
+            self._end("timeout", "the guest stopped answering")
             return self.on_host_reset(now)  # RST both ways
         self.rto.on_timeout()
         if self.state is State.SYN_RECEIVED:
             self._arm_rto(now)
+            self.counters.retransmits += 1
             return [self._syn_ack()]
         if self.state is State.SYN_SENT:
             if self.rto.backoffs > MAX_SYN_RETRIES:
                 log.debug("%s: the guest never answered the forwarded SYN", self.key)
                 self._set_state(State.CLOSED)
+                self._end("timeout", "the guest never answered the SYN")
                 return [Close(self.key, reset=True)]
             self._arm_rto(now)
+            self.counters.retransmits += 1
             return list(self.link.unless_pending(self.key.guest_addr, [self._syn()]))
         if self.snd_una == self.snd_nxt:
             if self.snd_wnd == 0 and self.state in _SENDING:
@@ -705,6 +764,7 @@ class TcpConn:
 
     def _retransmit(self, now: float) -> list[Effect]:
         """Go back to snd_una: the runtime peeks again from there."""
+        self.counters.retransmits += 1
         self.rtt_probe = None  # Karn: no samples from retransmitted data
         self.dupacks = 0
         self._arm_rto(now)
@@ -765,6 +825,7 @@ class TcpConn:
                  options: bytes = b"") -> ToGuest:
         """A segment to the guest: from the connection's template (`TcpTemplate`), but
         for options (SYNs) and for what the MTU would fragment (`build_segment`)."""
+        self.packets_to_guest += 1
         ack = self.rcv_nxt if flags & ACK else 0
         window = 0 if flags & RST else (
             min(self.send_space, MAX_WINDOW) if flags & SYN else self._window())

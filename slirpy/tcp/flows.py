@@ -31,7 +31,9 @@ from slirpy.events import (ConnectFailed, Connected, HostData, HostEof, HostRese
 from slirpy.flows.key import FlowKey
 from slirpy.guest import GuestLink
 from slirpy.ratelog import RateLimitedLog
-from slirpy.tcp.conn import InitialSequence, ReorderBudget, State, TcpConn, reset_for
+from slirpy.reports import Reporter
+from slirpy.tcp.conn import (InitialSequence, ReorderBudget, State, TcpConn, TcpCounters,
+                             reset_for)
 from slirpy.tcp.timers import (PRESSURE_MIN_PENDING, SYNACK_RETRIES,
                                SYNACK_RETRIES_UNDER_PRESSURE)
 from slirpy.wire.ipv4 import HEADER_LEN as IP_LEN
@@ -55,8 +57,10 @@ HostTcpEvent = (Connected | ConnectFailed | Sent | Writable | Readable | HostDat
 
 class TcpFlows:
     def __init__(self, link: GuestLink, *, limit: int, secret: bytes, mtu: int,
-                 pending_limit: int | None = None) -> None:
+                 pending_limit: int | None = None, reports: Reporter | None = None) -> None:
         self.link = link
+        self.reports = reports or Reporter()
+        self.counters = TcpCounters()
         self.limit = limit
         self.pending_limit = pending_limit if pending_limit is not None \
             else max(1, limit // PENDING_SHARE)
@@ -83,16 +87,16 @@ class TcpFlows:
         conn = self.conns.get(key)
         if conn is None:
             if seg.flags & (SYN | ACK | RST) != SYN:
-                return reset_for(self.link, key, seg)
+                return self.reset_for(key, seg)
             if len(self.embryonic) >= self.pending_limit:
                 self.syns_dropped += 1
                 self._log.warning("pending", now, "TCP: %d handshakes under way (the cap): "
                                   "new SYNs are dropped (a SYN flood?)", self.pending_limit)
                 return []
             if self._full(now):
-                return reset_for(self.link, key, seg)
+                return self.reset_for(key, seg)
             conn = TcpConn(key, self.link, seg, self.isn.for_connection(key, now),
-                           self._mss(key), now, self.reorder_budget)
+                           self._mss(key), now, self.reorder_budget, self.counters)
             self.conns[key] = conn
             self.embryonic.add(key)
             conn.arm_connect_timeout(now + CONNECT_TIMEOUT_S)
@@ -100,7 +104,14 @@ class TcpFlows:
             if host_addr is None:
                 return []
             return [Connect(key, host_addr, key.remote_port if host_port is None else host_port)]
-        return self._after(conn, conn.on_segment(seg, now))
+        return self._after(conn, conn.on_segment(seg, now), now)
+
+    def reset_for(self, key: FlowKey, seg: TcpHeader) -> list[Effect]:
+        """RFC 9293 3.10.7.1's answer to a segment of no connection, counted."""
+        effects = reset_for(self.link, key, seg)
+        if effects:
+            self.counters.resets_sent += 1
+        return effects
 
     def connect_later(self, key: FlowKey, target: tuple[bytes, int] | None,
                       now: float) -> list[Effect]:
@@ -109,7 +120,7 @@ class TcpFlows:
         if conn is None or conn.state is not State.CONNECTING:
             return []
         if target is None:
-            return self._after(conn, conn.on_connect_failed(errno.ECONNREFUSED, now))
+            return self._after(conn, conn.on_connect_failed(errno.ECONNREFUSED, now), now)
         return [Connect(key, target[0], target[1])]
 
     def open_to_guest(self, key: FlowKey, space: int, now: float) -> list[Effect] | None:
@@ -118,7 +129,8 @@ class TcpFlows:
         if key in self.conns or self._full(now):
             return None
         conn, syn = TcpConn.active(key, self.link, self.isn.for_connection(key, now),
-                                   self._mss(key), space, now, self.reorder_budget)
+                                   self._mss(key), space, now, self.reorder_budget,
+                                   self.counters)
         self.conns[key] = conn
         self._schedule(conn)
         return [syn]
@@ -173,14 +185,16 @@ class TcpFlows:
                 effects = conn.on_host_reset(now)
             case _:
                 assert_never(event)
-        return self._after(conn, effects)
+        return self._after(conn, effects, now)
 
-    def _after(self, conn: TcpConn, effects: list[Effect]) -> list[Effect]:
+    def _after(self, conn: TcpConn, effects: list[Effect], now: float) -> list[Effect]:
         """Book-keeping after any event on *conn*: the read it made due, its timer, and
-        forgetting it once closed."""
+        forgetting (and reporting) it once closed."""
         if conn.state is State.CLOSED:
             conn.forget_held()
-            self.conns.pop(conn.key, None)
+            if self.conns.pop(conn.key, None) is not None:
+                self.reports.flow_done(conn.key, conn.key.proto, now,
+                                       conn.end_reason or "closed", conn.end_error)
             self._scheduled.pop(conn.key, None)
             self.embryonic.discard(conn.key)
         else:
@@ -216,7 +230,7 @@ class TcpFlows:
             if conn is None:
                 continue
             handshaking = conn.state is State.SYN_RECEIVED
-            effects += self._after(conn, conn.on_timer(now, synack_retries))
+            effects += self._after(conn, conn.on_timer(now, synack_retries), now)
             if handshaking and conn.state is State.CLOSED:
                 self.given_up += 1
         return effects
