@@ -55,7 +55,7 @@ from slirpy.wire.icmp import UnreachCode
 from slirpy.wire.ipv4 import HEADER_LEN as IP_LEN, MAX_DATAGRAM, IpProto
 from slirpy.wire.tcp import (ACK, CHECKSUM_OFFSET as TCP_CHECKSUM_OFFSET, FIN,
                              HEADER_LEN as TCP_LEN, PSH, RST, SYN, TcpHeader, build_tcp,
-                             mss_option, syn_options)
+                             sack_option, syn_options)
 
 log = logging.getLogger(__name__)
 
@@ -181,7 +181,7 @@ class TcpConn:
                  "rtt_probe", "rto_deadline", "ack_deadline", "deadline", "quick_ack",
                  "pingpong", "delay_missed", "never_delay", "data_at", "space_advertised",
                  "created", "packets_from_guest", "packets_to_guest", "end_reason",
-                 "end_error", "counters", "guest_fin")
+                 "end_error", "counters", "guest_fin", "sack", "last_held")
 
     def __init__(self, key: FlowKey, link: GuestLink, syn: TcpHeader | None, iss: int,
                  our_mss: int, now: float, budget: ReorderBudget | None = None,
@@ -211,6 +211,11 @@ class TcpConn:
         self.budget = budget or ReorderBudget(REORDER_MAX_BYTES)
         self.held: dict[int, bytes] = {}  # sequence number -> data beyond rcv_nxt
         self.held_bytes = 0
+        # SACK (RFC 2018): whether both ends offered it (we offer it on our SYN: an active
+        # connection learns the guest's answer from its SYN-ACK), and where the latest
+        # segment held beyond a hole starts (its block is reported first).
+        self.sack = syn.sack_ok if syn is not None else True
+        self.last_held = 0
         self.read_wanted = False  # a Peek is due once this event is handled
         self.reader_waits = False  # the guest's window stopped reading: ask again when it opens
         self.dupacks = 0
@@ -309,7 +314,8 @@ class TcpConn:
         return conn, conn._syn()
 
     def _syn(self) -> ToGuest:
-        return self._segment(SYN, seq=self.iss, options=syn_options(self.our_mss, OUR_WSCALE))
+        return self._segment(SYN, seq=self.iss,
+                             options=syn_options(self.our_mss, OUR_WSCALE, sack=True))
 
     def _on_syn_ack(self, seg: TcpHeader, now: float) -> list[Effect]:
         """SYN-SENT: the guest accepted (RFC 9293 3.10.7.3)."""
@@ -324,6 +330,7 @@ class TcpConn:
         else:
             self.our_wscale = 0  # RFC 7323 2.2: scaling only if both offered it
         self.send_mss = min(seg.mss or DEFAULT_GUEST_MSS, self.our_mss)
+        self.sack = seg.sack_ok
         self.rto.backoffs = 0
         self._cancel_timer()
         self._set_state(State.ESTABLISHED)
@@ -350,8 +357,8 @@ class TcpConn:
         return [Close(self.key), self._segment(RST | ACK, seq=0)]
 
     def _syn_ack(self) -> Effect:
-        options = syn_options(self.our_mss, OUR_WSCALE) if self.our_wscale else \
-            mss_option(self.our_mss)
+        options = syn_options(self.our_mss, OUR_WSCALE if self.our_wscale else None,
+                              sack=self.sack)
         return self._segment(SYN | ACK, seq=self.iss, options=options)
 
     # --- segments from the guest ----------------------------------------------------------
@@ -567,6 +574,7 @@ class TcpConn:
         grow = len(data) - old
         if self.held_bytes + grow > REORDER_MAX_BYTES or not self.budget.take(grow):
             return
+        self.last_held = seq
         self.held[seq] = bytes(data)
         self.held_bytes += grow
 
@@ -819,7 +827,29 @@ class TcpConn:
         return min(self.send_space >> self.our_wscale, MAX_WINDOW)
 
     def _ack(self) -> Effect:
+        if self.held and self.sack:
+            return self._segment(ACK, seq=self.snd_nxt,
+                                 options=sack_option(self._sack_blocks()))
         return self._segment(ACK, seq=self.snd_nxt)
+
+    def _sack_blocks(self) -> list[tuple[int, int]]:
+        """The data held beyond the hole as SACK blocks (RFC 2018 4): runs of held bytes
+        joined, the one with the latest segment first, then the others in order. Without
+        them a guest's loss recovery sees only duplicate ACKs; a Linux sender then takes
+        one for reordering after a timeout, stops retransmitting fast, and backs off."""
+        runs: list[list[int]] = []
+        for offset, length in sorted((seq_diff(seq, self.rcv_nxt), len(data))
+                                     for seq, data in self.held.items()):
+            if runs and offset <= runs[-1][1]:
+                runs[-1][1] = max(runs[-1][1], offset + length)
+            else:
+                runs.append([offset, offset + length])
+        latest = seq_diff(self.last_held, self.rcv_nxt)
+        first = [run for run in runs if run[0] <= latest < run[1]]
+        ordered = first + [run for run in runs if run not in first]
+        # Only what lies beyond the cumulative ACK (a short write may have taken part).
+        return [(seq_add(self.rcv_nxt, max(left, 1)), seq_add(self.rcv_nxt, right))
+                for left, right in ordered if right > 1]
 
     def _segment(self, flags: int, *, seq: int, payload: memoryview | bytes = b"",
                  options: bytes = b"") -> ToGuest:

@@ -1,4 +1,5 @@
-"""TCP headers (RFC 9293 section 3.1) and the options we negotiate: MSS and window scale."""
+"""TCP headers (RFC 9293 section 3.1) and the options we negotiate: MSS, window scale and
+selective acknowledgement (RFC 2018)."""
 
 from __future__ import annotations
 
@@ -28,6 +29,11 @@ OPT_END: Final = 0
 OPT_NOP: Final = 1
 OPT_MSS: Final = 2
 OPT_WSCALE: Final = 3
+OPT_SACK_PERMITTED: Final = 4
+OPT_SACK: Final = 5
+_SACK_PERMITTED: Final = bytes((OPT_NOP, OPT_NOP, OPT_SACK_PERMITTED, 2))  # 4 bytes, aligned
+_SACK_BLOCK: Final = struct.Struct("!II")  # left edge, right edge (the first byte after)
+MAX_SACK_BLOCKS: Final = 4  # 2 NOPs + 2 + 4 * 8 = 36 of the 40 bytes options may take
 _MSS: Final = struct.Struct("!BBH")  # kind, length, MSS
 MSS_OPTION_LEN: Final = _MSS.size  # 4
 _WSCALE: Final = struct.Struct("!BBB")  # kind, length, shift count
@@ -58,9 +64,11 @@ class TcpHeader:
     mss: int | None  # options, meaningful on SYN only
     wscale: int | None
     payload: memoryview
+    sack_ok: bool  # SACK-permitted (RFC 2018), on SYN only
 
     def __init__(self, src_port: int, dst_port: int, seq: int, ack: int, flags: int, window: int,
-                 mss: int | None, wscale: int | None, payload: memoryview) -> None:
+                 mss: int | None, wscale: int | None, payload: memoryview,
+                 sack_ok: bool = False) -> None:
         self.src_port = src_port
         self.dst_port = dst_port
         self.seq = seq
@@ -70,6 +78,7 @@ class TcpHeader:
         self.mss = mss
         self.wscale = wscale
         self.payload = payload
+        self.sack_ok = sack_ok
 
     @classmethod
     def parse(cls, segment: memoryview, src: bytes, dst: bytes, *,
@@ -85,15 +94,18 @@ class TcpHeader:
             raise Malformed("tcp-checksum")
         if dst_port == 0 or src_port == 0:
             raise Malformed("tcp-port-zero")
-        mss = wscale = None
         if flags & SYN and header_len > HEADER_LEN:
-            mss, wscale = _parse_options(segment[HEADER_LEN:header_len])
-        return TcpHeader(src_port, dst_port, seq, ack, flags, window, mss, wscale,
-                   segment[header_len:])
+            mss, wscale, sack_ok = _parse_options(segment[HEADER_LEN:header_len])
+            return TcpHeader(src_port, dst_port, seq, ack, flags, window, mss, wscale,
+                             segment[header_len:], sack_ok)
+        return TcpHeader(src_port, dst_port, seq, ack, flags, window, None, None,
+                         segment[header_len:])
 
 
-def _parse_options(options: memoryview) -> tuple[int | None, int | None]:
+def _parse_options(options: memoryview) -> tuple[int | None, int | None, bool]:
+    """A SYN's options: MSS, window scale, SACK-permitted; others are skipped."""
     mss = wscale = None
+    sack_ok = False
     i = 0
     while i < len(options):
         kind = options[i]
@@ -109,8 +121,10 @@ def _parse_options(options: memoryview) -> tuple[int | None, int | None]:
             mss = int.from_bytes(options[i + 2:i + MSS_OPTION_LEN], "big")
         elif kind == OPT_WSCALE and length == _WSCALE_OPTION_LEN:
             wscale = min(options[i + 2], MAX_WSCALE)  # RFC 7323 2.3: larger values mean 14
+        elif kind == OPT_SACK_PERMITTED and length == 2:
+            sack_ok = True
         i += length
-    return mss, wscale
+    return mss, wscale, sack_ok
 
 
 def mss_option(mss: int) -> bytes:
@@ -118,10 +132,21 @@ def mss_option(mss: int) -> bytes:
     return _MSS.pack(OPT_MSS, MSS_OPTION_LEN, mss)
 
 
-def syn_options(mss: int, wscale: int) -> bytes:
-    """MSS, then NOP and window scale: 8 bytes, keeping the header 32-bit aligned."""
-    return (mss_option(mss) + bytes((OPT_NOP,))
-            + _WSCALE.pack(OPT_WSCALE, _WSCALE_OPTION_LEN, wscale))
+def syn_options(mss: int, wscale: int | None, sack: bool = False) -> bytes:
+    """MSS, then NOP and window scale (unless None), then NOP NOP SACK-permitted if
+    *sack*: 4, 8 or 12 bytes, keeping the header 32-bit aligned."""
+    options = mss_option(mss)
+    if wscale is not None:
+        options += bytes((OPT_NOP,)) + _WSCALE.pack(OPT_WSCALE, _WSCALE_OPTION_LEN, wscale)
+    return options + _SACK_PERMITTED if sack else options
+
+
+def sack_option(blocks: list[tuple[int, int]]) -> bytes:
+    """NOP NOP and a SACK option (RFC 2018 3) of up to MAX_SACK_BLOCKS (left, right) blocks,
+    in the order given: the first should hold the segment that arrived last."""
+    blocks = blocks[:MAX_SACK_BLOCKS]
+    return bytes((OPT_NOP, OPT_NOP, OPT_SACK, 2 + _SACK_BLOCK.size * len(blocks))) + b"".join(
+        _SACK_BLOCK.pack(left, right) for left, right in blocks)
 
 
 def build_tcp(buf: bytearray, offset: int, *, src: bytes, dst: bytes, src_port: int,
