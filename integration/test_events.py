@@ -189,10 +189,14 @@ def test_guest_traffic_appears_as_events_with_the_right_bytes() -> None:
     assert out["dns_done"]["reason"] == "closed" and out["dns_done"]["bytes"]["to_guest"] > 0
     assert {"state": "chosen", "upstream": "127.0.0.1"}.items() <= next(
         e for e in events if e["event"] == "dns-upstream").items()
-    # ping: an ICMP flow opened (it ends after its idle time, beyond this test).
+    # ping: an ICMP flow, still open (idle) when slirpy stops: it ends with reason exit.
     assert out["ping"] == 0
     pings = [e for e in events if e["event"] == "flow-new" and e["proto"] == "icmp"]
     assert [p["remote"]["addr"] for p in pings] == [INTERNET]
+    (ping_done,) = [e for e in events if e["event"] == "flow-done" and e["id"] == pings[0]["id"]]
+    assert ping_done["reason"] == "exit" and ping_done["packets"] == {"from_guest": 1,
+                                                                      "to_guest": 1}
+    assert events.index(ping_done) < len(events) - 1  # before the exit event
     # The refused connection: blocked, by rule 1.
     assert out["refused"] != 0
     (blocked,) = [e for e in events if e["event"] == "blocked"]

@@ -118,6 +118,8 @@ class Instance:
             "posture": {**self.posture(), "sandbox": sandbox, "seccomp": seccomp}})
 
     def emit_exit(self, reason: str, error: str | None = None) -> None:
+        self.stack.reports.end_all(self.driver.loop.now())  # flow-done, reason "exit"
+        self._flow_reports()
         fields: dict[str, object] = {"reason": reason}
         if error is not None:
             fields["error"] = error

@@ -81,6 +81,11 @@ class _Open:
         self.fields = fields
 
 
+def _proto_of(fields: Fields) -> int:
+    """The IP protocol number of a report's "proto" field (for the closed counters)."""
+    return {"tcp": _TCP, "udp": _UDP, "icmp6": _ICMP6}.get(str(fields["proto"]), 1)
+
+
 class _Fold:
     __slots__ = ("until", "count", "fields")
 
@@ -161,6 +166,12 @@ class Reporter:
         if error:
             fields["error"] = error
         self.outbox.append(Report("flow-done", fields))
+
+    def end_all(self, now: float) -> None:
+        """slirpy stops: every flow still followed ends, with reason "exit" (its bytes so
+        far), so each flow-new of the stream has its flow-done."""
+        for handle, entry in list(self.open.items()):
+            self.flow_done(handle, _proto_of(entry.fields), now, "exit")
 
     # --- refusals and DNS ------------------------------------------------------------------
 
