@@ -19,7 +19,8 @@ slirpy-pure when the working tree is compiled (has `.so` files under slirpy/). E
 slirpy's build is the last line of its `--version` (`build: compiled (mypyc)` or `build:
 pure Python`), printed at start and shown under its column. `slirpy-confined` is the
 working tree run with --enable-sandbox --enable-seccomp: the cost of confinement, as a
-`confined/slirpy` ratio column.
+`confined/slirpy` ratio column. `slirpy-observed` is the working tree with --events,
+--pcap (rotating) and --metrics all on: their cost, as an `observed/slirpy` column.
 
 --baseline REV exports REV (a tag, a branch, any commit-ish) with `git archive` into a
 temporary directory, removed at exit, and adds the connector `slirpy@REV`: it runs like
@@ -97,6 +98,9 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 SLIRPY = "slirpy"  # the working tree's connector; f"{SLIRPY}@{rev}" is slirpy at rev
 PURE = "slirpy-pure"  # the working tree's sources without the compiled extensions
 CONFINED = "slirpy-confined"  # the working tree with --enable-sandbox --enable-seccomp
+# The working tree with every observability feature on: events to a file, a rotating
+# capture, the metrics listener (the cost of each when on; off is what `slirpy` measures).
+OBSERVED = "slirpy-observed"
 CPS_MAX = 20000  # connections per run: the guest's ephemeral ports outlast TIME_WAIT
 
 
@@ -129,7 +133,7 @@ def build_world() -> None:
 # --- connectors ---
 
 def is_slirpy(name: str) -> bool:
-    return name in (SLIRPY, PURE, CONFINED) or name.startswith(SLIRPY + "@")
+    return name in (SLIRPY, PURE, CONFINED, OBSERVED) or name.startswith(SLIRPY + "@")
 
 
 def compiled_files(tree: Path) -> list[Path]:
@@ -214,6 +218,9 @@ class Connector:
     def command(self, pid: int, mtu: int, ready_fd: int) -> list[str]:
         if self.tree is not None:  # slirpy, of the working tree or of a revision
             confine = ["--enable-sandbox", "--enable-seccomp"] if self.name == CONFINED else []
+            if self.name == OBSERVED:
+                confine = ["--events", "/tmp/bench-events.jsonl", "--pcap", "/tmp/bench.pcap",
+                           "--pcap-size", "256M,rotate", "--metrics", "127.0.0.1:19464"]
             return [*slirpy_python(self.tree)[0], "-m", "slirpy", "-c", "-6", "-m", str(mtu),
                     "-r", str(ready_fd), *confine,
                     "-L", f"{HOST_ADDR}:{FORWARD_PORT}:10.0.2.100:{IPERF_PORT}",
@@ -592,6 +599,8 @@ def report(results: dict[str, Result], baseline: str | None = None,
         ratios.append(("slirpy/pure", SLIRPY, PURE))
     if SLIRPY in results and CONFINED in results:
         ratios.append(("confined/slirpy", CONFINED, SLIRPY))
+    if SLIRPY in results and OBSERVED in results:
+        ratios.append(("observed/slirpy", OBSERVED, SLIRPY))
     if PURE in results and baseline is not None and baseline in results:
         ratios.append(("pure/base", PURE, baseline))
     for head, a, b in ratios:
@@ -637,7 +646,7 @@ def baseline_name(args: argparse.Namespace, names: list[str]) -> str | None:
 
 def inner(args: argparse.Namespace) -> int:
     names = connector_names(args)
-    trees = {SLIRPY: REPO, CONFINED: REPO}
+    trees = {SLIRPY: REPO, CONFINED: REPO, OBSERVED: REPO}
     for spec in args.tree:  # NAME=DIR, from outer()
         name, _, path = spec.rpartition("=")
         trees[name] = Path(path)
@@ -771,7 +780,8 @@ def main() -> int:
                         help="comma-separated: slirp4netns, pasta, slirpy (the working "
                              "tree, compiled if built in place), slirpy-pure (the working "
                              "tree's sources without *.so), slirpy-confined (the working "
-                             "tree with --enable-sandbox --enable-seccomp), slirpy@REV "
+                             "tree with --enable-sandbox --enable-seccomp), slirpy-observed "
+                             "(with --events, --pcap and --metrics), slirpy@REV "
                              "(slirpy at a git revision, pure); default: slirp4netns, "
                              "pasta, slirpy, plus slirpy-pure if the working tree is "
                              "compiled")
