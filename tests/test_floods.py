@@ -23,7 +23,8 @@ import pytest
 from scapy.layers.inet import ICMP, IP, TCP, UDP  # type: ignore[import-untyped]
 from scapy.layers.l2 import Ether  # type: ignore[import-untyped]
 
-from slirpy.api.server import ACCEPT_REST_S, ApiServer
+from slirpy.api.server import ApiServer
+from slirpy.runtime.listener import ACCEPT_REST_S
 from slirpy.config import Config
 from slirpy.effects import Close, Connect, OpenUdp
 from slirpy.events import ConnectFailed, Event, HostError, HostFailed

@@ -23,6 +23,7 @@ the connection then leaves this server for the event hub, which streams to it.
 from __future__ import annotations
 
 import array
+import functools
 import json
 import logging
 import os
@@ -36,15 +37,14 @@ from slirpy.api.commands import MAX_REQUEST, TOO_LARGE
 from slirpy.errors import SetupError
 from slirpy.observe.events import Subscription
 from slirpy.ratelog import RateLimitedLog
+from slirpy.runtime.listener import Listener
 from slirpy.runtime.loop import EventLoop
-from slirpy.runtime.sockets import CLIENT_GONE, FD_EXHAUSTED, SPARE_FD, Drop, out_of_fds
 
 log = logging.getLogger(__name__)
 
 CLIENT_TIMEOUT_S: Final = 10.0
 MAX_CLIENTS: Final = 64
 SUN_PATH_MAX: Final = 107  # sizeof(sun_path) - 1 for the NUL
-ACCEPT_REST_S: Final = 0.5  # the listener is not polled for this long if accept() fails
 MAX_FDS: Final = 4  # fds one request may carry; more are closed as they arrive
 _FD_BYTES: Final = array.array("i").itemsize
 
@@ -69,10 +69,8 @@ class ApiServer:
         self.loop = loop
         self.handle = handle
         self.clients: dict[int, _Client] = {}
-        self.resting_until: float | None = None
         self._log = RateLimitedLog(log)
         self._too_large_log = RateLimitedLog(log, burst=1)
-        SPARE_FD.hold()
         try:
             if not stat.S_ISDIR(os.lstat(path).st_mode):
                 os.unlink(path)  # a stale socket of an earlier run (slirp4netns does too)
@@ -91,38 +89,16 @@ class ApiServer:
             raise SetupError(f"--api-socket {path}: {exc.strerror}") from None
         finally:
             os.umask(old_umask)
-        loop.add(self.sock.fileno(), self._accept)
+        self.listener = Listener(self.sock, loop, self._add_client, label="api socket",
+                                 client="an api socket client", log=self._log)
 
-    def _accept(self, mask: int) -> None:
-        while True:
-            try:
-                sock, _ = self.sock.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                if exc.errno in CLIENT_GONE:
-                    continue
-                if exc.errno in FD_EXHAUSTED:
-                    dropped = SPARE_FD.drop_client(self.sock)
-                    if dropped is Drop.NONE_WAITING:
-                        return
-                    out_of_fds("an api socket client", exc, self.loop.now())
-                    if dropped is Drop.DROPPED:
-                        continue
-                else:
-                    self._log.warning("accept", self.loop.now(),
-                                      "api socket: accept failed: %s", exc)
-                self.loop.epoll.modify(self.sock.fileno(), 0)  # rest, rather than spin
-                self.resting_until = self.loop.now() + ACCEPT_REST_S
-                return
-            if len(self.clients) >= MAX_CLIENTS:
-                sock.close()
-                continue
-            sock.setblocking(False)
-            fd = sock.fileno()
-            self.clients[fd] = _Client(sock, self.loop.now() + CLIENT_TIMEOUT_S)
-            self.loop.add(fd, lambda mask, fd=fd: self._ready(fd, mask),  # type: ignore[misc]
-                          select.EPOLLIN | select.EPOLLRDHUP)
+    def _add_client(self, sock: socket.socket) -> None:
+        if len(self.clients) >= MAX_CLIENTS:
+            sock.close()
+            return
+        fd = sock.fileno()
+        self.clients[fd] = _Client(sock, self.loop.now() + CLIENT_TIMEOUT_S)
+        self.loop.add(fd, functools.partial(self._ready, fd), select.EPOLLIN | select.EPOLLRDHUP)
 
     def _ready(self, fd: int, mask: int) -> None:
         client = self.clients.get(fd)
@@ -191,14 +167,12 @@ class ApiServer:
             if client.deadline <= now:
                 log.debug("api socket: client said nothing in time")
                 self._drop(fd)
-        if self.resting_until is not None and self.resting_until <= now:
-            self.resting_until = None
-            self.loop.epoll.modify(self.sock.fileno(), select.EPOLLIN)
+        self.listener.expire(now)
 
     def next_deadline(self) -> float | None:
+        rest = self.listener.next_deadline()
         return min((*(c.deadline for c in self.clients.values()),
-                    *((self.resting_until,) if self.resting_until is not None else ())),
-                   default=None)
+                    *((rest,) if rest is not None else ())), default=None)
 
     def _drop(self, fd: int) -> None:
         client = self.clients.pop(fd)
@@ -209,8 +183,7 @@ class ApiServer:
     def close(self) -> None:
         for fd in list(self.clients):
             self._drop(fd)
-        self.loop.remove(self.sock.fileno())
-        self.sock.close()
+        self.listener.close()
         try:
             os.unlink(self.path)
         except OSError:

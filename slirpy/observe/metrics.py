@@ -47,8 +47,8 @@ from prometheus_client.registry import CollectorRegistry
 import slirpy
 from slirpy.errors import SetupError
 from slirpy.ratelog import RateLimitedLog
+from slirpy.runtime.listener import Listener
 from slirpy.runtime.loop import EventLoop
-from slirpy.runtime.sockets import CLIENT_GONE, FD_EXHAUSTED, SPARE_FD, Drop, out_of_fds
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,6 @@ CLIENT_TIMEOUT_S: Final = 10.0  # Prometheus's default scrape timeout
 LINGER_S: Final = 2.0  # after the reply: how long a client may take to close its side
 MAX_CLIENTS: Final = 16  # scrapers are few; each one here holds an fd
 MAX_REQUEST_BYTES: Final = 8192  # a request's head; Go's and curl's are a few hundred
-ACCEPT_REST_S: Final = 0.5  # the listener is not polled for this long if accept() fails
 STATM: Final = "/proc/self/statm"
 
 Counters = Callable[[], Mapping[str, Any]]
@@ -289,10 +288,8 @@ class MetricsServer:
         self.loop = loop
         self.render = render
         self.clients: dict[int, _Client] = {}
-        self.resting_until: float | None = None
         self.scrapes = 0
         self._log = RateLimitedLog(log)
-        SPARE_FD.hold()
         family = socket.AF_INET6 if ipaddress.ip_address(address).version == 6 else socket.AF_INET
         self.sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK
                                   | socket.SOCK_CLOEXEC)
@@ -305,38 +302,18 @@ class MetricsServer:
         except OSError as exc:
             self.sock.close()
             raise SetupError(f"--metrics {self.where}: {exc.strerror or exc}") from None
-        loop.add(self.sock.fileno(), self._accept)
+        self.listener = Listener(self.sock, loop, self._add_client,
+                                 label=f"--metrics {self.where}", client="a metrics client",
+                                 log=self._log)
         log.info("metrics at http://%s/metrics", self.where)
 
-    def _accept(self, mask: int) -> None:
-        while True:
-            try:
-                sock, _ = self.sock.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                if exc.errno in CLIENT_GONE:
-                    continue
-                if exc.errno in FD_EXHAUSTED:
-                    dropped = SPARE_FD.drop_client(self.sock)
-                    if dropped is Drop.NONE_WAITING:
-                        return
-                    out_of_fds("a metrics client", exc, self.loop.now())
-                    if dropped is Drop.DROPPED:
-                        continue
-                else:
-                    self._log.warning("accept", self.loop.now(), "--metrics %s: accept failed: %s",
-                                      self.where, exc)
-                self.loop.epoll.modify(self.sock.fileno(), 0)  # rest, rather than spin
-                self.resting_until = self.loop.now() + ACCEPT_REST_S
-                return
-            if len(self.clients) >= MAX_CLIENTS:
-                sock.close()
-                continue
-            sock.setblocking(False)
-            fd = sock.fileno()
-            self.clients[fd] = _Client(sock, self.loop.now() + CLIENT_TIMEOUT_S)
-            self.loop.add(fd, functools.partial(self._ready, fd), select.EPOLLIN)
+    def _add_client(self, sock: socket.socket) -> None:
+        if len(self.clients) >= MAX_CLIENTS:
+            sock.close()
+            return
+        fd = sock.fileno()
+        self.clients[fd] = _Client(sock, self.loop.now() + CLIENT_TIMEOUT_S)
+        self.loop.add(fd, functools.partial(self._ready, fd), select.EPOLLIN)
 
     def _ready(self, fd: int, mask: int) -> None:
         client = self.clients.get(fd)
@@ -398,14 +375,12 @@ class MetricsServer:
                 if not client.lingering:
                     log.debug("metrics: a client took too long")
                 self._drop(fd)
-        if self.resting_until is not None and self.resting_until <= now:
-            self.resting_until = None
-            self.loop.epoll.modify(self.sock.fileno(), select.EPOLLIN)
+        self.listener.expire(now)
 
     def next_deadline(self) -> float | None:
+        rest = self.listener.next_deadline()
         return min((*(c.deadline for c in self.clients.values()),
-                    *((self.resting_until,) if self.resting_until is not None else ())),
-                   default=None)
+                    *((rest,) if rest is not None else ())), default=None)
 
     def _drop(self, fd: int) -> None:
         client = self.clients.pop(fd)
@@ -415,5 +390,4 @@ class MetricsServer:
     def close(self) -> None:
         for fd in list(self.clients):
             self._drop(fd)
-        self.loop.remove(self.sock.fileno())
-        self.sock.close()
+        self.listener.close()
