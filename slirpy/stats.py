@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from slirpy.addresses import endpoint_text
+from slirpy.addresses import address_text, endpoint_text
 from slirpy.flows.key import FlowKey, FlowRecord
 from slirpy.forward.nat import InboundUdpFlows
 from slirpy.icmp import EchoFlows
@@ -74,22 +74,28 @@ class Stats:
 
     def records(self) -> list[FlowRecord]:
         return [*(conn.record() for conn in self.tcp.connections()), *self.udp.records(),
-                *self.inbound.records()]
+                *self.inbound.records(), *self.echo.records()]
 
     def flows(self, now: float) -> list[dict[str, object]]:
         """Every live flow: protocol, both ends, bytes each way, age (for the API)."""
         found: list[dict[str, object]] = []
         for record in self.records():
             key, traffic = record.key, record.traffic
+            echo = record.proto.startswith("icmp")  # guest_port is the echo id; no ports
             entry: dict[str, object] = {
-                "proto": record.proto, "guest": endpoint_text(key.guest_addr, key.guest_port),
-                "remote": endpoint_text(key.remote_addr, key.remote_port),
+                "proto": record.proto,
+                "guest": address_text(key.guest_addr) if echo
+                else endpoint_text(key.guest_addr, key.guest_port),
+                "remote": address_text(key.remote_addr) if echo
+                else endpoint_text(key.remote_addr, key.remote_port),
                 "bytes_from_guest": traffic.from_guest, "bytes_to_guest": traffic.to_guest,
                 "age_s": round(now - traffic.created, 3)}
             if record.state is not None:
                 entry["state"] = record.state
             if record.forward_id is not None:
                 entry["forward"] = record.forward_id
+            if echo:
+                entry["echo_id"] = key.guest_port
             found.append(entry)
         return found
 

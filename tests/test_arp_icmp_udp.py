@@ -71,6 +71,12 @@ def test_echo_to_remote_opens_ping_socket_and_relays_reply_with_guest_id() -> No
     assert reply[IP].src == "192.0.2.1"
     assert (reply[ICMP].type, reply[ICMP].id, reply[ICMP].seq) == (0, 7, 3)
     assert ICMP(bytes(reply[ICMP])).chksum == reply[ICMP].chksum  # checksum is right
+    # Listed among the flows (the API's list_flows, `slirpy ctl flows`): no ports, its id.
+    (listed,) = guest.stack.stats.flows(guest.now)
+    assert {k: listed[k] for k in ("proto", "guest", "remote", "echo_id", "bytes_from_guest",
+                                   "bytes_to_guest")} == {
+        "proto": "icmp", "guest": GUEST_IP, "remote": "192.0.2.1", "echo_id": 7,
+        "bytes_from_guest": 4, "bytes_to_guest": 4}
 
 
 def test_echo_without_host_answer_gets_no_reply_and_flow_expires() -> None:
