@@ -15,6 +15,7 @@ import os
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from slirpy.addresses import address_text
 from slirpy.api.commands import Api
 from slirpy.api.server import ApiServer
 from slirpy.config import Config
@@ -60,6 +61,7 @@ class Instance:
         # The event stream: the core reports flows only while a sink or subscriber listens.
         self.events = EventHub(self.driver.loop)
         self.events.on_change = self._events_on
+        self.events.current = self._current_state
         self._events_on(False)
 
     def start_forwards(self) -> None:
@@ -99,6 +101,14 @@ class Instance:
     def _events_on(self, on: bool) -> None:
         self.stack.reports.set_on(on)
         self.driver.reports = self.events if on else None
+
+    def _current_state(self) -> list[tuple[str, dict[str, object]]]:
+        """For a subscriber joining late: the DNS upstream that answered last, as the
+        dns-upstream event said it when it changed."""
+        chosen = self.stack.dns.chosen
+        if chosen is None:
+            return []
+        return [("dns-upstream", {"state": "chosen", "upstream": address_text(chosen)})]
 
     def emit_ready(self, sandbox: bool, seccomp: bool) -> None:
         """The ready event: addresses, MTU, forwards and what passes (once confined)."""

@@ -357,6 +357,26 @@ def test_subscribe_streams_events_over_the_api_socket(tmp_path: Any) -> None:
     loop.close()
 
 
+def test_a_late_subscriber_is_told_the_current_dns_upstream_first(tmp_path: Any) -> None:
+    loop = EventLoop()
+    hub = EventHub(loop)
+    hub.current = lambda: [("dns-upstream", {"state": "chosen", "upstream": "192.0.2.53"})]
+    path = str(tmp_path / "api.sock")
+    server = ApiServer(path, loop, Api(Controller(hub), Network()).handle)  # type: ignore[arg-type]
+    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    client.connect(path)
+    client.sendall(b'{"execute": "subscribe"}')
+    header, line = drain(loop, client).splitlines()
+    assert header + b"\n" == SUBSCRIBED
+    event = json.loads(line)
+    VALIDATOR.validate(event)
+    assert (event["event"], event["state"], event["upstream"]) == (
+        "dns-upstream", "chosen", "192.0.2.53")
+    client.close()
+    server.close()
+    loop.close()
+
+
 def test_dashes_name_slirpys_commands_but_never_slirp4netns_ones() -> None:
     hub = EventHub(EventLoop())
     api = Api(Controller(hub), Network())  # type: ignore[arg-type]

@@ -198,6 +198,9 @@ class EventHub:
         self.lines = 0  # lines emitted (to at least one sink)
         # Told whether anyone listens now: the core makes flow reports only then.
         self.on_change: Callable[[bool], None] = lambda on: None
+        # What a subscriber joining late is told first: state an event said earlier and
+        # does not say again until it changes (the DNS upstream in use).
+        self.current: Callable[[], list[tuple[str, Fields]]] = lambda: []
         self._failed: set[tuple[str, int]] = set()  # (sink, errno) said once in the log
 
     @property
@@ -264,6 +267,8 @@ class EventHub:
         sink.subscriber = True
         self._add(sink)
         sink.write(SUBSCRIBED)
+        for event, fields in self.current():
+            sink.write(event_line(event, fields, self.wall()))
 
     def forget(self, sink: _Sink) -> None:
         if sink in self.sinks:
