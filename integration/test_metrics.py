@@ -170,6 +170,12 @@ def scenario_confined() -> dict[str, Any]:
         out["seccomp"] = [line for line in status.splitlines() if line.startswith("Seccomp:")]
         out["root"] = sorted(os.listdir(f"/proc/{slirpy.proc.pid}/root"))
         out.update(observed(guest, slirpy, api, "::1", PORT))
+    # Seccomp alone, an API socket and no --metrics: prometheus_client is imported at
+    # start all the same (no import is allowed once confined), and `metrics` answers.
+    with attached("-c", "--enable-seccomp", "-a", str(api)) as (guest, slirpy):
+        text = api_request(api, {"execute": "metrics"})["return"]["text"]
+        out["lazy"] = sorted(families(text))
+        out["lazy_log"] = slirpy.log()
     return out
 
 
@@ -236,3 +242,6 @@ def test_metrics_under_sandbox_and_seccomp() -> None:
     assert out["root"] == ["etc"]
     check_observed(out)
     assert not [line for line in out["log"].splitlines() if any(b in line for b in BAD_LOG)]
+    assert {"slirpy_frames", "process_resident_memory_bytes"} <= set(out["lazy"])
+    assert not [line for line in out["lazy_log"].splitlines()
+                if any(b in line for b in BAD_LOG)]

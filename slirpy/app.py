@@ -82,8 +82,8 @@ class Instance:
     def start_metrics(self) -> None:
         """Before confinement: /proc/self/statm is opened now, the --metrics port bound.
 
-        prometheus_client takes ~70 ms to import: only an instance whose metrics may be
-        asked for (--metrics, or the API's `metrics`) pays for it, at start.
+        prometheus_client takes ~70 ms and ~3 MiB to import: only an instance whose
+        metrics may be asked for pays for it (see serve).
         """
         from slirpy.observe.metrics import Metrics, MetricsServer
 
@@ -224,7 +224,7 @@ class Instance:
                 "build": build()}
 
     def metrics_text(self) -> str:
-        if self.metrics is None:  # an instance driven without serve() (tests)
+        if self.metrics is None:  # not imported at start: unconfined, no --metrics
             self.start_metrics()
         assert self.metrics is not None
         return self.metrics.text().decode()
@@ -319,7 +319,12 @@ def serve(config: Config, tap_fd: int, *, stop_fds: Sequence[int] = (),
             instance.start_api(config.api_socket)
             # For `slirpy ctl`: by pid, and by --name. Now: after harden() no path is left.
             registration = registry.register(config.api_socket, config.name)
-        if config.metrics is not None or config.api_socket is not None:
+        # prometheus_client costs ~3 MiB and ~70 ms: imported now for --metrics, or for
+        # the API's `metrics` when confinement forbids a later import (the sandbox hides
+        # the files; the hardening layer refuses imports once confined); an unconfined
+        # instance imports it when first asked (metrics_text).
+        if config.metrics is not None or config.api_socket is not None and (
+                config.enable_sandbox or config.enable_seccomp):
             instance.start_metrics()
         for fd in stop_fds:
             instance.driver.watch_stop_fd(fd)
