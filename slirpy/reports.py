@@ -183,12 +183,13 @@ class Reporter:
         if fold is not None:
             fold.count += 1
             return
+        if len(self.folds) >= FOLDS_MAX:
+            return  # a scan of many destinations: counted (slirpy.stats), not reported
         fields = flow_fields(key)
         fields["by"] = why
         if rule is not None:
             fields["rule"] = rule
-        if len(self.folds) < FOLDS_MAX:
-            self.folds[(why, key.remote_addr)] = _Fold(now + FOLD_S, fields)
+        self.folds[(why, key.remote_addr)] = _Fold(now + FOLD_S, fields)
         fields = dict(fields)
         fields["count"] = 1
         self.outbox.append(Report("blocked", fields))

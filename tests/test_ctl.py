@@ -73,6 +73,8 @@ def reply_for(request: dict[str, Any], fds: list[int]) -> bytes:
                                 "routing": True, "host": False, "host_loopback": False}}
         case "add_rule", _:
             value = {"return": {"ids": [2]}}
+        case "pcap_start", {"fd": True} if len(fds) == 1 and os.fstat(fds[0]).st_size:
+            value = {"error": {"desc": "bad request: pcap_start: a capture to x is running"}}
         case "pcap_start", {"fd": True} if len(fds) == 1:
             os.write(fds[0], b"written by the server")
             value = {"return": {"path": "fd"}}
@@ -327,6 +329,29 @@ def test_pcap_start_passes_an_fd_opened_by_the_client(fake: FakeSlirpy, tmp_path
     assert run_ctl("-a", fake.path, "pcap-stop") == (0, "capture stopped: 3 frames, 2.9 KiB\n")
 
 
+def test_pcap_start_makes_a_private_file_and_a_refusal_leaves_the_old_one(
+        fake: FakeSlirpy, tmp_path: Path) -> None:
+    target = tmp_path / "out.pcap"
+    assert run_ctl("-a", fake.path, "pcap-start", str(target))[0] == 0
+    assert target.stat().st_mode & 0o777 == 0o600  # a capture holds passwords and all
+    # The fake refuses a file with something in it (standing for "a capture is running"):
+    # slirpy is handed a new, empty file, so the fake must accept; make it see a full
+    # one by filling what ctl opens: a refusal must leave the target as it was.
+    target.write_bytes(b"the running capture")
+    real_open = os.open
+
+    def open_full(path: str, flags: int, mode: int = 0o777) -> int:
+        fd = real_open(path, flags, mode)
+        os.write(fd, b"x")
+        return fd
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ctl.os, "open", open_full)
+        assert run_ctl("-a", fake.path, "pcap-start", str(target))[0] == 1
+    assert target.read_bytes() == b"the running capture"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["api.sock", "out.pcap"]  # no leftover
+
+
 def test_pcap_start_unwritable_file_one_line(fake: FakeSlirpy,
                                             capsys: pytest.CaptureFixture[str]) -> None:
     assert run_ctl("-a", fake.path, "pcap-start", "/nonexistent/x.pcap") == (1, "")
@@ -462,3 +487,12 @@ def test_default_api_socket_left_out_when_the_directory_is_unsafe(xdg: Path) -> 
     assert with_api_socket(Config(), by_default=True).api_socket is None  # a warning only
     with pytest.raises(SetupError, match="is not a directory"):
         with_api_socket(Config(name="web"), by_default=False)
+
+
+def test_watch_keys_echo_flows_by_id_and_names_ipv6_talkers_whole() -> None:
+    ping1 = {"proto": "icmp6", "guest": "fd00::100", "remote": "2001:db8::1", "echo_id": 1}
+    ping2 = {**ping1, "echo_id": 2}
+    assert ctl.flow_key(ping1) != ctl.flow_key(ping2)
+    assert ctl.remote_host(ping1) == "2001:db8::1"
+    assert ctl.remote_host({"proto": "tcp", "remote": "[2001:db8::1]:443"}) == "2001:db8::1"
+    assert ctl.remote_host({"proto": "udp", "remote": "192.0.2.1:53"}) == "192.0.2.1"

@@ -18,7 +18,7 @@ from scapy.layers.inet import ICMP, IP, TCP, UDP  # type: ignore[import-untyped]
 from scapy.layers.l2 import Ether  # type: ignore[import-untyped]
 
 from slirpy.api.commands import Api
-from slirpy.api.server import ApiServer
+from slirpy.api.server import MAX_FDS, ApiServer
 from slirpy.addresses import Network
 from slirpy.config import Config
 from slirpy.effects import OpenPing, OpenUdp, Report, SendDatagram
@@ -167,6 +167,20 @@ def test_blocked_flows_fold_per_rule_and_remote_each_second() -> None:
     (folded,) = reports(guest.effects, "blocked")
     assert folded["count"] == 4
     assert guest.stack.stats.blocked_counts() == {"--deny tcp://198.51.100.7": 5}
+
+
+def test_a_scan_past_the_folds_is_counted_not_reported() -> None:
+    from slirpy.reports import FOLDS_MAX
+    rules = tuple(parse_rules(Action.DENY, "tcp://198.51.0.0/16", lambda name: []))
+    guest = GuestHarness(Config(events="-", rules=rules))
+    lines = 0
+    for n in range(FOLDS_MAX + 50):  # a scan of a denied /16: one SYN per address
+        guest.send(Ether(src=GUEST_MAC, dst=OUR_MAC)
+                   / IP(src=GUEST_IP, dst=f"198.51.{n // 250}.{n % 250 + 1}")
+                   / TCP(sport=1000 + n % 50000, dport=22, flags="S"))
+        lines += len(reports(guest.effects, "blocked"))
+    assert lines == FOLDS_MAX  # one per destination folded; past the table, counted only
+    assert guest.stack.stats.blocked_counts() == {"--deny tcp://198.51.0.0/16": FOLDS_MAX + 50}
 
 
 def query(ident: int = 77) -> Ether:
@@ -372,6 +386,36 @@ def test_a_late_subscriber_is_told_the_current_dns_upstream_first(tmp_path: Any)
     VALIDATOR.validate(event)
     assert (event["event"], event["state"], event["upstream"]) == (
         "dns-upstream", "chosen", "192.0.2.53")
+    client.close()
+    server.close()
+    loop.close()
+
+
+def test_fds_sent_over_several_messages_are_bounded_per_request(tmp_path: Any) -> None:
+    loop = EventLoop()
+    seen: list[int] = []
+
+    def handle(request: bytes, fds: list[int]) -> bytes:
+        seen.append(len(fds))
+        return b"{}"
+
+    path = str(tmp_path / "api.sock")
+    server = ApiServer(path, loop, handle)
+    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    client.connect(path)
+    pipes = [os.pipe() for _ in range(12)]
+    for batch in range(3):  # no complete request yet: the fds pile up, up to a bound
+        client.sendmsg([b" "], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array(
+            "i", [w for _, w in pipes[batch * 4:batch * 4 + 4]]))])
+        loop.wait(0.05)
+    for _, w in pipes:
+        os.close(w)  # ours; only the server's copies are left open
+    client.sendall(b'{"execute":"x"}')
+    assert drain(loop, client) == b"{}"
+    assert seen == [MAX_FDS]
+    for r, _ in pipes:  # every copy the server held is closed: each reader sees EOF
+        assert os.read(r, 1) == b""
+        os.close(r)
     client.close()
     server.close()
     loop.close()

@@ -317,6 +317,23 @@ def test_pcap_start_refusals(wired: Wired, tmp_path: pathlib.Path) -> None:
     assert fds == []
     with pytest.raises(OSError):
         os.fstat(read_only)  # taken over and closed
+    # Names no file system takes: an error reply, never an exception in the loop.
+    for name in ("x\u0000y", "\ud800"):
+        reply = wired.request("pcap_start", {"path": name})
+        assert reply["error"]["desc"].endswith("not a file name"), reply
+
+
+def test_a_passed_fd_is_made_non_blocking(wired: Wired) -> None:
+    """A terminal (a character device, which a capture may go to) whose reader stalls
+    must never make the loop wait: slirpy writes the fd passed to it without blocking,
+    and a write it cannot take stops the capture (the write-error path)."""
+    import pty
+    master, slave = pty.openpty()
+    fds = [slave]
+    assert wired.request("pcap_start", {"fd": True}, fds) == {"return": {"path": "fd"}}
+    assert os.get_blocking(slave) is False
+    assert "frames" in wired.request("pcap_stop")["return"]
+    os.close(master)
 
 
 def test_a_capture_that_stopped_on_its_own_leaves_the_driver_and_says_why(

@@ -101,3 +101,14 @@ def test_option_builders_keep_the_header_aligned() -> None:
     for blocks in range(1, MAX_SACK_BLOCKS + 1):
         assert len(sack_option([(1, 2)] * blocks)) % 4 == 0
     assert len(sack_option([(1, 2)] * 9)) == 2 + 2 + 8 * MAX_SACK_BLOCKS
+
+
+def test_held_data_left_behind_by_a_short_write_sends_no_empty_sack_option(family: int) -> None:
+    t = sack_handshake(family)
+    (dup,) = t.segment("A", b"later", seq=1010, ack=t.ack_point)  # held: 1010..1015
+    assert options_of(dup)["SAck"] == (1010, 1015)
+    t.host.accept = 16  # a retransmission covering it all, taken only in part: to 1017
+    acks = t.segment("A", b"r" * 20, seq=1001, ack=t.ack_point)
+    assert acks and all(a[TCP].ack == 1017 for a in acks)
+    assert all("SAck" not in options_of(a) for a in acks)  # nothing beyond the ACK: none
+    assert all(len(bytes(a[TCP])) == 20 for a in acks)  # and no option of length 2

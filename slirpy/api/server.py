@@ -117,6 +117,9 @@ class ApiServer:
             self._drop(fd)
             return
         client.fds += _received_fds(ancillary)
+        if len(client.fds) > MAX_FDS:  # a request's fds may come over several reads: bound
+            _close_all(client.fds[MAX_FDS:])  # them all, or a client hoards the fd table
+            del client.fds[MAX_FDS:]
         client.request += data
         if len(client.request) >= MAX_REQUEST:
             self._too_large_log.warning("too-large", self.loop.now(), "api socket: too large "

@@ -394,7 +394,19 @@ class Sample:
 def flow_key(flow: dict[str, Any]) -> tuple[str, ...]:
     if "id" in flow:
         return (str(flow["id"]),)
-    return (str(flow.get("proto")), str(flow.get("guest")), str(flow.get("remote")))
+    return (str(flow.get("proto")), str(flow.get("guest")), str(flow.get("remote")),
+            str(flow.get("echo_id", "")))  # echo flows have addresses for ends, and an id
+
+
+def remote_host(flow: dict[str, Any]) -> str:
+    """The far end's address: "192.0.2.1:80" and "[2001:db8::1]:80" lose the port; an
+    echo flow's remote is an address already."""
+    remote = str(flow.get("remote", "?"))
+    if "echo_id" in flow:
+        return remote
+    if remote.startswith("["):
+        return remote[1:].partition("]")[0]
+    return remote.rsplit(":", 1)[0]
 
 
 def rates(before: Sample, after: Sample) -> list[tuple[dict[str, Any], float, float]]:
@@ -446,7 +458,7 @@ def render_watch(before: Sample, after: Sample, label: str, width: int = 100,
             for reason, count in sorted(totals.items(), key=lambda kv: -kv[1])))
     talkers: dict[str, float] = {}
     for flow, from_guest, to_guest in flow_rates:
-        remote = str(flow.get("remote", "?")).rsplit(":", 1)[0]
+        remote = remote_host(flow)
         talkers[remote] = talkers.get(remote, 0.0) + from_guest + to_guest
     top = sorted(((rate, remote) for remote, rate in talkers.items() if rate > 0), reverse=True)
     lines.append("top talkers: " + (", ".join(f"{remote} {human_rate(rate)}"
@@ -719,16 +731,29 @@ def events(client: Client, raw: bool, out: IO[str]) -> int:
 
 
 def pcap_start(client: Client, path: str, raw: bool, out: IO[str]) -> int:
-    """Open *path* here, with the caller's rights, and hand slirpy the fd: a confined
-    slirpy sees no paths, and a file made here belongs to the user who asked."""
+    """Open the capture here, with the caller's rights, and hand slirpy the fd: a
+    confined slirpy sees no paths, and a file made here belongs to the user who asked.
+
+    The file is made new beside *path* (0600: a capture holds whatever the guest sent,
+    passwords included) and renamed over *path* only once slirpy took it: a refused
+    request (a capture already running) leaves *path*, perhaps that very capture, as
+    it was."""
+    directory, name = os.path.split(os.path.abspath(path))
+    temporary = os.path.join(directory, f".{name}.{os.getpid()}.part")
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     except OSError as exc:
         raise SetupError(f"{path}: {exc.strerror}") from None
     try:
-        reply = client.request("pcap_start", {"fd": True}, fds=(fd,))
-    finally:
-        os.close(fd)  # slirpy holds its own copy
+        try:
+            reply = client.request("pcap_start", {"fd": True}, fds=(fd,))
+        finally:
+            os.close(fd)  # slirpy holds its own copy
+        os.rename(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
     out.write(reply.raw.decode(errors="replace").strip() + "\n" if raw
               else f"capturing to {path}\n")
     return 0

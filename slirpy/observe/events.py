@@ -224,7 +224,7 @@ class EventHub:
         else:
             try:
                 fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
-                             | os.O_NONBLOCK, 0o600)
+                             | os.O_NOCTTY | os.O_NONBLOCK, 0o600)
             except OSError as exc:
                 why = "no reader on the FIFO" if exc.errno == errno.ENXIO else exc.strerror
                 raise SetupError(f"--events {dest}: {why}") from None
@@ -241,7 +241,8 @@ class EventHub:
             sock = socket.socket(fileno=os.dup(fd))
             return _Sink(self, sock.fileno(), name, sock=sock, limit=self.buffer_bytes)
         try:  # a pipe or a terminal: a description of our own, non-blocking
-            own = os.open(f"/proc/self/fd/{fd}", os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            own = os.open(f"/proc/self/fd/{fd}", os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC
+                          | os.O_NOCTTY)
         except OSError:
             own = os.dup(fd)
             os.set_blocking(own, False)  # shared with the fd's other users: the fallback

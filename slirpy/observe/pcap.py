@@ -90,6 +90,10 @@ def open_files(path: str, rotate: bool) -> list[int]:
         for fd in fds:
             os.close(fd)
         raise CaptureError(f"{exc.filename or path}: {exc.strerror or exc}") from None
+    except ValueError:  # a NUL byte, or a lone surrogate, in the name
+        for fd in fds:
+            os.close(fd)
+        raise CaptureError(f"{path!r}: not a file name") from None
     except CaptureError:
         for fd in fds:
             os.close(fd)
@@ -312,6 +316,9 @@ class PcapControl:
         try:
             self._check_idle()
             check_fd(fd, "the fd passed")
+            # A terminal or a device may be slow to take a write: never wait for it (a
+            # write it cannot take stops the capture). Ours alone: the client closed its copy.
+            os.set_blocking(fd, False)
         except CaptureError:
             os.close(fd)
             raise

@@ -11,9 +11,9 @@ exists and is ours, else /tmp/slirpy-<uid>; one that is not a directory of ours 
 access for others is refused, never used (anyone may create /tmp/slirpy-<uid> first).
 
 Entries are registered before confinement; they are removed at a clean exit where the
-filesystem can still be reached. Under --enable-sandbox it cannot (slirpy then sees only
-its own tmpfs), so readers treat an entry as stale when its pid is gone or its socket
-refuses connections, and remove it. A name is held by a live instance only: a second
+filesystem can still be reached. Confined it cannot (--enable-sandbox: slirpy then sees
+only its own tmpfs; --enable-seccomp: the filter refuses unlink), so readers treat an
+entry as stale when its pid is gone or its socket refuses connections, and remove it. A name is held by a live instance only: a second
 slirpy given a live name is refused at start, a stale holder is replaced.
 """
 

@@ -827,9 +827,8 @@ class TcpConn:
         return min(self.send_space >> self.our_wscale, MAX_WINDOW)
 
     def _ack(self) -> Effect:
-        if self.held and self.sack:
-            return self._segment(ACK, seq=self.snd_nxt,
-                                 options=sack_option(self._sack_blocks()))
+        if self.held and self.sack and (blocks := self._sack_blocks()):
+            return self._segment(ACK, seq=self.snd_nxt, options=sack_option(blocks))
         return self._segment(ACK, seq=self.snd_nxt)
 
     def _sack_blocks(self) -> list[tuple[int, int]]:
