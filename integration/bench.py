@@ -20,7 +20,8 @@ slirpy's build is the last line of its `--version` (`build: compiled (mypyc)` or
 pure Python`), printed at start and shown under its column. `slirpy-confined` is the
 working tree run with --enable-sandbox --enable-seccomp: the cost of confinement, as a
 `confined/slirpy` ratio column. `slirpy-observed` is the working tree with --events,
---pcap (rotating) and --metrics all on: their cost, as an `observed/slirpy` column.
+--pcap (rotating) and --metrics all on: their cost, as an `observed/slirpy` column;
+`slirpy-events`, `slirpy-pcap` and `slirpy-metrics` turn on one each.
 
 --baseline REV exports REV (a tag, a branch, any commit-ish) with `git archive` into a
 temporary directory, removed at exit, and adds the connector `slirpy@REV`: it runs like
@@ -98,9 +99,16 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 SLIRPY = "slirpy"  # the working tree's connector; f"{SLIRPY}@{rev}" is slirpy at rev
 PURE = "slirpy-pure"  # the working tree's sources without the compiled extensions
 CONFINED = "slirpy-confined"  # the working tree with --enable-sandbox --enable-seccomp
-# The working tree with every observability feature on: events to a file, a rotating
-# capture, the metrics listener (the cost of each when on; off is what `slirpy` measures).
+# The working tree with observability on: every feature (events to a file, a rotating
+# capture, the metrics listener), or one of them; off is what `slirpy` measures.
 OBSERVED = "slirpy-observed"
+_EVENTS = ("--events", "/tmp/bench-events.jsonl")
+_PCAP = ("--pcap", "/tmp/bench.pcap", "--pcap-size", "256M,rotate")
+_METRICS = ("--metrics", "127.0.0.1:19464")
+VARIANTS: dict[str, tuple[str, ...]] = {
+    CONFINED: ("--enable-sandbox", "--enable-seccomp"),
+    OBSERVED: (*_EVENTS, *_PCAP, *_METRICS),
+    "slirpy-events": _EVENTS, "slirpy-pcap": _PCAP, "slirpy-metrics": _METRICS}
 CPS_MAX = 20000  # connections per run: the guest's ephemeral ports outlast TIME_WAIT
 
 
@@ -133,7 +141,7 @@ def build_world() -> None:
 # --- connectors ---
 
 def is_slirpy(name: str) -> bool:
-    return name in (SLIRPY, PURE, CONFINED, OBSERVED) or name.startswith(SLIRPY + "@")
+    return name in (SLIRPY, PURE, *VARIANTS) or name.startswith(SLIRPY + "@")
 
 
 def compiled_files(tree: Path) -> list[Path]:
@@ -217,12 +225,8 @@ class Connector:
 
     def command(self, pid: int, mtu: int, ready_fd: int) -> list[str]:
         if self.tree is not None:  # slirpy, of the working tree or of a revision
-            confine = ["--enable-sandbox", "--enable-seccomp"] if self.name == CONFINED else []
-            if self.name == OBSERVED:
-                confine = ["--events", "/tmp/bench-events.jsonl", "--pcap", "/tmp/bench.pcap",
-                           "--pcap-size", "256M,rotate", "--metrics", "127.0.0.1:19464"]
             return [*slirpy_python(self.tree)[0], "-m", "slirpy", "-c", "-6", "-m", str(mtu),
-                    "-r", str(ready_fd), *confine,
+                    "-r", str(ready_fd), *VARIANTS.get(self.name, ()),
                     "-L", f"{HOST_ADDR}:{FORWARD_PORT}:10.0.2.100:{IPERF_PORT}",
                     str(pid), "tap0"]
         match self.name:
@@ -597,10 +601,9 @@ def report(results: dict[str, Result], baseline: str | None = None,
         ratios.append(("slirpy/base", SLIRPY, baseline))
     if SLIRPY in results and PURE in results:
         ratios.append(("slirpy/pure", SLIRPY, PURE))
-    if SLIRPY in results and CONFINED in results:
-        ratios.append(("confined/slirpy", CONFINED, SLIRPY))
-    if SLIRPY in results and OBSERVED in results:
-        ratios.append(("observed/slirpy", OBSERVED, SLIRPY))
+    for variant in VARIANTS:  # each variant's cost, beside plain slirpy in the same run
+        if SLIRPY in results and variant in results:
+            ratios.append((f"{variant.removeprefix('slirpy-')}/slirpy", variant, SLIRPY))
     if PURE in results and baseline is not None and baseline in results:
         ratios.append(("pure/base", PURE, baseline))
     for head, a, b in ratios:
@@ -646,7 +649,7 @@ def baseline_name(args: argparse.Namespace, names: list[str]) -> str | None:
 
 def inner(args: argparse.Namespace) -> int:
     names = connector_names(args)
-    trees = {SLIRPY: REPO, CONFINED: REPO, OBSERVED: REPO}
+    trees = {SLIRPY: REPO, **{variant: REPO for variant in VARIANTS}}
     for spec in args.tree:  # NAME=DIR, from outer()
         name, _, path = spec.rpartition("=")
         trees[name] = Path(path)
@@ -781,7 +784,8 @@ def main() -> int:
                              "tree, compiled if built in place), slirpy-pure (the working "
                              "tree's sources without *.so), slirpy-confined (the working "
                              "tree with --enable-sandbox --enable-seccomp), slirpy-observed "
-                             "(with --events, --pcap and --metrics), slirpy@REV "
+                             "(with --events, --pcap and --metrics), slirpy-events, "
+                             "slirpy-pcap, slirpy-metrics (one each), slirpy@REV "
                              "(slirpy at a git revision, pure); default: slirp4netns, "
                              "pasta, slirpy, plus slirpy-pure if the working tree is "
                              "compiled")
