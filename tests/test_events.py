@@ -5,6 +5,7 @@ fd passing, and every event checked against the JSON Schema shipped in the packa
 from __future__ import annotations
 
 import array
+import datetime
 import json
 import os
 import socket
@@ -27,7 +28,7 @@ from slirpy.events import ConnectFailed, DnsUpstreams, HostError
 from slirpy.flows.key import FlowKey
 from slirpy.forward.spec import Kind, parse_forward
 from slirpy.observe.events import (SCHEMA_FILE, SUBSCRIBED, EventHub, Subscription,
-                                   event_line)
+                                   event_line, timestamp)
 from slirpy.policy.rules import Action, parse_rules
 from slirpy.runtime.loop import EventLoop
 from tests.harness import DNS, GUEST_IP, GUEST_MAC, OUR_MAC, GuestHarness, forward_accept, packed
@@ -248,6 +249,11 @@ def test_event_line_has_envelope_and_microsecond_utc_time() -> None:
     assert line == (b'{"event":"exit","time":"1970-01-01T00:00:00.500000Z","schema":1,'
                     b'"reason":"stopped"}\n')
     VALIDATOR.validate(json.loads(line))
+    # The same instants datetime gives, rounded to the microsecond, across a leap day
+    # and the carry into the next second.
+    for wall in (951782399.9999996, 1764614534.047499, 4102444800.25):
+        want = datetime.datetime.fromtimestamp(wall, datetime.timezone.utc)
+        assert timestamp(wall) == want.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def test_file_sink_appends_lines_and_on_change_follows_sinks(tmp_path: Any) -> None:
