@@ -14,7 +14,10 @@ composition root, `slirpy.app`, keeps the real class: it imported it itself.)
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
+
+import pytest
 
 import slirpy.app  # noqa: F401  (binds the real Stack before the name is replaced below)
 import slirpy.stack
@@ -43,3 +46,12 @@ class StrictStack:
 
 
 slirpy.stack.Stack = StrictStack  # type: ignore[misc, assignment]
+
+
+@pytest.fixture
+def xdg(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A private XDG_RUNTIME_DIR for the API socket registry; its slirpy/ directory."""
+    runtime = tmp_path / "run"
+    runtime.mkdir(mode=0o700)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
+    return runtime / "slirpy"

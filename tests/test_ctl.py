@@ -426,14 +426,6 @@ def test_watch_count_prints_screens_one_after_the_other(fake: FakeSlirpy) -> Non
 
 # --- discovery through the registry -------------------------------------------------------
 
-@pytest.fixture
-def xdg(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    runtime = tmp_path / "run"
-    runtime.mkdir(mode=0o700)
-    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
-    return runtime / "slirpy"
-
-
 def test_the_only_instance_is_used_several_are_listed(
         xdg: Path, fake: FakeSlirpy, tmp_path: Path,
         capsys: pytest.CaptureFixture[str]) -> None:
